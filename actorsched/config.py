@@ -1,0 +1,262 @@
+"""Configuration: TOML files into frozen dataclasses that hold the defaults.
+
+Each file has sections; each section is one frozen dataclass below and each key one
+field.  Loading is strict and happens once at start: an unknown section or key, a value
+of the wrong type or out of range raises :class:`ConfigError` naming the file, section,
+key, value and what was expected.  Configs are then passed explicitly; nothing reads a
+global.  ``configs/coordinator.toml`` and ``configs/worker.toml`` list every key with a
+comment; a test keeps them and these dataclasses in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from actorsched.errors import ConfigError
+
+DEFAULT_CLIENT_ENDPOINT = "tcp://127.0.0.1:7700"
+DEFAULT_WORKER_ENDPOINT = "tcp://127.0.0.1:7701"
+COORDINATOR_ENV = "ACTORSCHED_COORDINATOR"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+# ----------------------------------------------------------------- coordinator
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointsConfig:
+    """Where the coordinator listens.  Loopback by default."""
+
+    client_endpoint: str = DEFAULT_CLIENT_ENDPOINT
+    worker_endpoint: str = DEFAULT_WORKER_ENDPOINT
+    max_message_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class JournalConfig:
+    state_dir: str = "state/coordinator"
+    enabled: bool = True
+    fsync: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LivenessConfig:
+    heartbeat_interval_s: float = 1.0
+    worker_timeout_s: float = 15.0
+    scan_interval_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class TasksConfig:
+    default_timeout_s: float = 0.0
+    max_attempts: int = 4
+    retry_backoff_base_s: float = 0.1
+    retry_backoff_cap_s: float = 5.0
+    max_pending_tasks: int = 1_000_000
+    max_worker_deaths: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementConfig:
+    running_weight: float = 1.0
+    cpu_weight: float = 0.5
+    memory_weight: float = 0.25
+    max_assign_batch: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorConfig:
+    endpoints: EndpointsConfig = field(default_factory=EndpointsConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# ----------------------------------------------------------------- worker
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionConfig:
+    coordinator: str = DEFAULT_WORKER_ENDPOINT
+    reconnect_min_s: float = 0.1
+    reconnect_max_s: float = 5.0
+    max_message_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSection:
+    worker_id: str = ""
+    slots: int = 0
+    tags: list[str] = field(default_factory=list)
+    heartbeat_interval_s: float = 1.0
+    drain_timeout_s: float = 30.0
+    start_method: str = "forkserver"
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionConfig:
+    allowed_modules: list[str] = field(default_factory=lambda: ["actorsched.tasks"])
+    default_timeout_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    connection: ConnectionConfig = field(default_factory=ConnectionConfig)
+    worker: WorkerSection = field(default_factory=WorkerSection)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def resolved_worker_id(self) -> str:
+        return self.worker.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    def resolved_slots(self) -> int:
+        return self.worker.slots or (os.cpu_count() or 1)
+
+
+# ----------------------------------------------------------------- rules
+
+_POSITIVE = {
+    "max_message_bytes", "heartbeat_interval_s", "worker_timeout_s", "scan_interval_s",
+    "max_attempts", "retry_backoff_base_s", "retry_backoff_cap_s", "max_pending_tasks",
+    "max_worker_deaths", "max_assign_batch", "reconnect_min_s", "reconnect_max_s",
+}
+_NON_NEGATIVE = {
+    "default_timeout_s", "running_weight", "cpu_weight", "memory_weight", "slots", "drain_timeout_s",
+}
+_CHOICES = {"level": LOG_LEVELS, "start_method": ("fork", "forkserver", "spawn")}
+_ENDPOINTS = {"client_endpoint", "worker_endpoint", "coordinator"}
+
+
+def _check_value(where: str, key: str, value: Any, hint: Any) -> Any:
+    expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings, got {value!r} ({where})")
+        return list(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not hint:
+        raise ConfigError(f"{key} must be {expected[hint]}, got {value!r} ({where})")
+    if key in _POSITIVE and value <= 0:
+        raise ConfigError(f"{key} must be > 0, got {value!r} ({where})")
+    if key in _NON_NEGATIVE and value < 0:
+        raise ConfigError(f"{key} must be >= 0, got {value!r} ({where})")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ConfigError(f"{key} must be one of {', '.join(_CHOICES[key])}, got {value!r} ({where})")
+    if key in _ENDPOINTS:
+        check_endpoint(value, f"{key} ({where})")
+    return value
+
+
+def check_endpoint(endpoint: str, what: str) -> str:
+    """A ZeroMQ TCP endpoint ``tcp://HOST:PORT``; raise ConfigError naming ``what`` otherwise."""
+    host, sep, port = endpoint.removeprefix("tcp://").rpartition(":")
+    if not endpoint.startswith("tcp://") or not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{what} must look like tcp://HOST:PORT, got {endpoint!r}")
+    return endpoint
+
+
+def _build(cls: Any, data: dict[str, Any], source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for name in data:
+        if name not in known:
+            raise ConfigError(
+                f"unknown section [{name}] in {source}; expected one of: {', '.join(sorted(known))}"
+            )
+    sections = {}
+    for name, section_data in data.items():
+        section_cls = hints[name]
+        where = f"{source} [{name}]"
+        if not isinstance(section_data, dict):
+            raise ConfigError(f"[{name}] must be a table, got {section_data!r} ({source})")
+        section_hints = typing.get_type_hints(section_cls)
+        values = {}
+        for key, value in section_data.items():
+            if key not in section_hints:
+                raise ConfigError(
+                    f"unknown key {key!r} in {where}; expected one of: {', '.join(sorted(section_hints))}"
+                )
+            values[key] = _check_value(where, key, value, section_hints[key])
+        sections[name] = section_cls(**values)
+    config = cls(**sections)
+    _check_relations(config, source)
+    return config
+
+
+def _check_relations(config: Any, source: str) -> None:
+    if isinstance(config, CoordinatorConfig):
+        live = config.liveness
+        if live.worker_timeout_s <= live.heartbeat_interval_s:
+            raise ConfigError(
+                f"worker_timeout_s ({live.worker_timeout_s}) must be greater than heartbeat_interval_s "
+                f"({live.heartbeat_interval_s}) or every worker is lost between beats ({source} [liveness])"
+            )
+        if config.tasks.retry_backoff_cap_s < config.tasks.retry_backoff_base_s:
+            raise ConfigError(f"retry_backoff_cap_s must be >= retry_backoff_base_s ({source} [tasks])")
+        ends = config.endpoints
+        if ends.client_endpoint == ends.worker_endpoint:
+            raise ConfigError(f"client_endpoint and worker_endpoint must differ, both are "
+                              f"{ends.client_endpoint!r} ({source} [endpoints])")
+    if isinstance(config, WorkerConfig):
+        conn = config.connection
+        if conn.reconnect_max_s < conn.reconnect_min_s:
+            raise ConfigError(f"reconnect_max_s must be >= reconnect_min_s ({source} [connection])")
+
+
+def _load(cls: Any, path: str | Path | None) -> Any:
+    if path is None:
+        return cls()
+    source = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {source} does not exist; pass --config with an existing file "
+                          f"or leave it out to use the defaults") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from None
+    return _build(cls, data, source)
+
+
+def load_coordinator_config(path: str | Path | None) -> CoordinatorConfig:
+    config: CoordinatorConfig = _load(CoordinatorConfig, path)
+    return config
+
+
+def load_worker_config(path: str | Path | None) -> WorkerConfig:
+    config: WorkerConfig = _load(WorkerConfig, path)
+    return config
+
+
+def with_overrides(config: Any, section: str, source: str = "command line", **values: Any) -> Any:
+    """A copy of ``config`` with ``section`` keys replaced (None values are skipped), validated."""
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
+        return config
+    current = getattr(config, section)
+    hints = typing.get_type_hints(type(current))
+    checked = {k: _check_value(f"{source}", k, v, hints[k]) for k, v in values.items()}
+    updated = dataclasses.replace(config, **{section: dataclasses.replace(current, **checked)})
+    _check_relations(updated, source)
+    return updated
+
+
+def default_client_endpoint() -> str:
+    """``$ACTORSCHED_COORDINATOR`` if set, else the default client endpoint."""
+    endpoint = os.environ.get(COORDINATOR_ENV) or DEFAULT_CLIENT_ENDPOINT
+    return check_endpoint(endpoint, COORDINATOR_ENV if COORDINATOR_ENV in os.environ else "endpoint")

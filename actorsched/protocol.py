@@ -1,0 +1,553 @@
+"""The wire protocol between workers, clients and the coordinator.
+
+Theory of operation
+-------------------
+Every message is three frames, ``[version, kind, body]`` (a ROUTER socket adds the
+peer's routing id in front).  ``version`` is :data:`VERSION`; ``kind`` is the short
+ASCII tag of one frozen dataclass below; ``body`` is a msgpack *array* holding that
+dataclass's fields in declaration order (nested records are arrays too).  Arrays
+rather than maps keep the hot path small and fast; the field order is the schema
+and changing it means a new :data:`VERSION`.
+
+Decoding is strict: a wrong frame count, an oversized frame, an unknown version or
+kind, undecodable msgpack, a wrong field count or a field of the wrong type raise
+:class:`~actorsched.errors.ProtocolError`.  Callers (the coordinator's Transport,
+the worker, the client) log, count and drop such frames; a peer's bad input never
+stops them.  Nothing is ever pickled on the wire.
+
+Batches: ``Submit``, ``Assign``, ``Started``, ``Results`` and ``TasksDone`` carry
+lists so that one frame moves many tasks; throughput comes from that.
+
+Fencing: every assignment carries ``(epoch, attempt)``; a worker echoes both in
+``Started`` and ``Results`` and the coordinator commits only the current pair.
+
+Message kinds
+-------------
+worker -> coordinator: Register, Heartbeat, Started, Results, Goodbye
+coordinator -> worker: Welcome, Assign, CancelTasks, Reregister, Shutdown, Refused
+client -> coordinator: Submit, Cancel, Query, Watch, Unwatch, ListWorkers, GetStats
+coordinator -> client: SubmitReply, CancelReply, QueryReply, TasksDone,
+WorkersReply, StatsReply, ErrorReply, Refused
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+
+from actorsched.errors import ProtocolError
+
+VERSION = b"AS1"
+MAX_FRAMES = 3
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What a client submits.  ``max_attempts``/``timeout_s`` None mean the coordinator's default."""
+
+    task_id: str
+    name: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    deps: list[str] = field(default_factory=list)
+    timeout_s: float | None = None
+    max_attempts: int | None = None
+    retry_on: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """One task sent to a worker for one attempt, fenced by ``(epoch, attempt)``."""
+
+    task_id: str
+    name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    epoch: int
+    attempt: int
+    timeout_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRef:
+    """Names one attempt of one task: what a worker reports as started or running."""
+
+    task_id: str
+    epoch: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    type: str
+    message: str
+    traceback: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutcome:
+    """The end of one attempt on a worker: a value, or an error."""
+
+    task_id: str
+    epoch: int
+    attempt: int
+    ok: bool
+    value: Any
+    error: ErrorInfo | None
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """History of one attempt, as returned by ``query``.  Times are coordinator-monotonic ages."""
+
+    attempt: int
+    worker_id: str
+    outcome: str
+    error: ErrorInfo | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """A task's state as the coordinator knows it.  ``state`` NOT_FOUND for unknown ids."""
+
+    task_id: str
+    state: str
+    name: str = ""
+    priority: int = 0
+    attempt: int = 0
+    worker_id: str = ""
+    value: Any = None
+    error: ErrorInfo | None = None
+    history: list[AttemptRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    worker_id: str
+    host: str
+    pid: int
+    slots: int
+    running: int
+    load_score: float
+    cpu_percent: float
+    memory_percent: float
+    state: str
+    tags: list[str]
+    heartbeat_age_s: float
+    tasks_done: int
+    breaker: str
+
+
+# --------------------------------------------------------------------------- messages
+
+
+class Message:
+    """Marker base of every top-level message; ``KIND`` is its wire tag."""
+
+    __slots__ = ()
+    KIND: ClassVar[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Register(Message):
+    KIND: ClassVar[bytes] = b"register"
+    worker_id: str
+    host: str
+    pid: int
+    slots: int
+    tags: list[str]
+    running: list[AttemptRef]
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    KIND: ClassVar[bytes] = b"heartbeat"
+    cpu_percent: float
+    memory_percent: float
+    running: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Started(Message):
+    KIND: ClassVar[bytes] = b"started"
+    attempts: list[AttemptRef]
+
+
+@dataclass(frozen=True, slots=True)
+class Results(Message):
+    KIND: ClassVar[bytes] = b"results"
+    outcomes: list[TaskOutcome]
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye(Message):
+    KIND: ClassVar[bytes] = b"goodbye"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    KIND: ClassVar[bytes] = b"welcome"
+    worker_id: str
+    epoch: int
+    heartbeat_interval_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Assign(Message):
+    KIND: ClassVar[bytes] = b"assign"
+    assignments: list[Assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTasks(Message):
+    KIND: ClassVar[bytes] = b"cancel-tasks"
+    attempts: list[AttemptRef]
+
+
+@dataclass(frozen=True, slots=True)
+class Reregister(Message):
+    KIND: ClassVar[bytes] = b"reregister"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown(Message):
+    KIND: ClassVar[bytes] = b"shutdown"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused(Message):
+    """The coordinator will not talk to this peer (wrong version, unknown worker, bad key)."""
+
+    KIND: ClassVar[bytes] = b"refused"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Submit(Message):
+    KIND: ClassVar[bytes] = b"submit"
+    request_id: int
+    tasks: list[TaskSpec]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(Message):
+    KIND: ClassVar[bytes] = b"cancel"
+    request_id: int
+    task_ids: list[str]
+    cascade: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Query(Message):
+    KIND: ClassVar[bytes] = b"query"
+    request_id: int
+    task_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Watch(Message):
+    """Ask for a ``TasksDone`` for each listed task as it reaches a final state."""
+
+    KIND: ClassVar[bytes] = b"watch"
+    request_id: int
+    task_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Unwatch(Message):
+    KIND: ClassVar[bytes] = b"unwatch"
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListWorkers(Message):
+    KIND: ClassVar[bytes] = b"list-workers"
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetStats(Message):
+    KIND: ClassVar[bytes] = b"get-stats"
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitReply(Message):
+    """Every task of the batch is durable and known by the coordinator."""
+
+    KIND: ClassVar[bytes] = b"submit-reply"
+    request_id: int
+    task_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelReply(Message):
+    KIND: ClassVar[bytes] = b"cancel-reply"
+    request_id: int
+    cancelled: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class QueryReply(Message):
+    KIND: ClassVar[bytes] = b"query-reply"
+    request_id: int
+    tasks: list[TaskInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class TasksDone(Message):
+    KIND: ClassVar[bytes] = b"tasks-done"
+    request_id: int
+    tasks: list[TaskInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersReply(Message):
+    KIND: ClassVar[bytes] = b"workers-reply"
+    request_id: int
+    workers: list[WorkerInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReply(Message):
+    KIND: ClassVar[bytes] = b"stats-reply"
+    request_id: int
+    stats: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply(Message):
+    """A request was refused; ``code`` is a stable word (``bad-request``, ``queue-full``...)."""
+
+    KIND: ClassVar[bytes] = b"error-reply"
+    request_id: int
+    code: str
+    message: str
+
+
+WORKER_MESSAGES: tuple[type[Message], ...] = (Register, Heartbeat, Started, Results, Goodbye)
+CLIENT_MESSAGES: tuple[type[Message], ...] = (Submit, Cancel, Query, Watch, Unwatch, ListWorkers, GetStats)
+TO_WORKER_MESSAGES: tuple[type[Message], ...] = (Welcome, Assign, CancelTasks, Reregister, Shutdown, Refused)
+TO_CLIENT_MESSAGES: tuple[type[Message], ...] = (
+    SubmitReply, CancelReply, QueryReply, TasksDone, WorkersReply, StatsReply, ErrorReply, Refused,
+)
+
+
+# --------------------------------------------------------------------------- codec
+
+Checker = Callable[[Any], Any]
+
+
+def _fail(expected: str, value: Any) -> ProtocolError:
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return ProtocolError(f"expected {expected}, got {type(value).__name__} {shown}")
+
+
+def _scalar_checker(kind: type) -> Checker:
+    if kind is float:
+        def check_float(value: Any) -> Any:
+            if type(value) is float:
+                return value
+            if type(value) is int:
+                return float(value)
+            raise _fail("a number", value)
+        return check_float
+
+    def check_exact(value: Any) -> Any:
+        if type(value) is not kind:  # exact: a bool is not an int here
+            raise _fail(kind.__name__, value)
+        return value
+    return check_exact
+
+
+def _any_checker(value: Any) -> Any:
+    return value
+
+
+def _checker_for(hint: Any) -> Checker:
+    if hint is Any:
+        return _any_checker
+    if hint in (str, int, float, bool, bytes):
+        return _scalar_checker(hint)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        inner = _checker_for(members[0])
+
+        def check_optional(value: Any) -> Any:
+            return None if value is None else inner(value)
+        return check_optional
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        item = _checker_for(item_hint)
+        if item is _any_checker:
+            def check_list(value: Any) -> Any:
+                if type(value) is not list:
+                    raise _fail("a list", value)
+                return value
+            return check_list
+
+        def check_typed_list(value: Any) -> Any:
+            if type(value) is not list:
+                raise _fail("a list", value)
+            return [item(v) for v in value]
+        return check_typed_list
+    if origin is dict:
+        def check_dict(value: Any) -> Any:
+            if type(value) is not dict:
+                raise _fail("a map", value)
+            return value  # strict_map_key already guarantees str/bytes keys
+        return check_dict
+    if dataclasses.is_dataclass(hint):
+        return _record_decoder(hint)
+    raise TypeError(f"protocol field type {hint!r} has no checker")  # our bug, loud
+
+
+def _record_decoder(cls: Any) -> Checker:
+    cached = _DECODERS.get(cls)
+    if cached is not None:
+        return cached
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    checkers: list[Checker] = []
+    pairs: list[tuple[Checker, str]] = []
+
+    def decode_record(value: Any) -> Any:
+        if type(value) is not list:
+            raise ProtocolError(f"{cls.__name__}: " + str(_fail(f"an array of {len(names)} fields", value)))
+        if len(value) != len(names):
+            raise ProtocolError(
+                f"{cls.__name__}: expected {len(names)} fields ({', '.join(names)}), got {len(value)}"
+            )
+        try:
+            return cls(*[check(v) for check, v in zip(checkers, value)])
+        except ProtocolError as exc:  # slow path only: find the field to name it
+            for (check, name), v in zip(pairs, value):
+                try:
+                    check(v)
+                except ProtocolError as inner:
+                    raise ProtocolError(f"{cls.__name__}.{name}: {inner}") from None
+            raise exc
+
+    _DECODERS[cls] = decode_record  # registered before filling, for recursive records
+    checkers.extend(_checker_for(hints[n]) for n in names)
+    pairs.extend(zip(checkers, names))
+    return decode_record
+
+
+_DECODERS: dict[Any, Checker] = {}
+_ENCODERS: dict[type, Callable[[Any], list[Any]]] = {}
+
+
+def _record_encoder(cls: type) -> Callable[[Any], list[Any]]:
+    """A function turning one record into nested arrays, built once per class."""
+    cached = _ENCODERS.get(cls)
+    if cached is not None:
+        return cached
+    hints = typing.get_type_hints(cls)
+    plan: list[tuple[str, Callable[[Any], Any] | None, bool]] = []  # (name, nested encoder, is list)
+
+    def encode_record(value: Any) -> list[Any]:
+        out = []
+        for name, nested, is_list in plan:
+            item = getattr(value, name)
+            if nested is None or item is None:
+                out.append(item)
+            elif is_list:
+                out.append([nested(v) for v in item])
+            else:
+                out.append(nested(item))
+        return out
+
+    _ENCODERS[cls] = encode_record
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        hint = hints[f.name]
+        is_list = typing.get_origin(hint) is list
+        inner = typing.get_args(hint)[0] if is_list else hint
+        if typing.get_origin(inner) in (typing.Union, types.UnionType):
+            inner = [a for a in typing.get_args(inner) if a is not type(None)][0]
+        nested = _record_encoder(inner) if dataclasses.is_dataclass(inner) else None
+        plan.append((f.name, nested, is_list))
+    return encode_record
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"msgpack extension type {code} is not allowed on the wire")
+
+
+class Codec:
+    """Encodes and strictly decodes messages of a given set of kinds.
+
+    One codec per direction: the coordinator's worker endpoint accepts only
+    :data:`WORKER_MESSAGES`, so a client message arriving there is an unknown kind.
+    """
+
+    def __init__(self, accepts: tuple[type[Message], ...], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.max_message_bytes = max_message_bytes
+        self._by_kind: dict[bytes, tuple[type[Message], Checker]] = {
+            cls.KIND: (cls, _record_decoder(cls)) for cls in accepts
+        }
+
+    def decode(self, frames: list[bytes]) -> Message:
+        if len(frames) != MAX_FRAMES:
+            raise ProtocolError(f"expected {MAX_FRAMES} frames [version, kind, body], got {len(frames)}")
+        version, kind, body = frames
+        if version != VERSION:
+            raise ProtocolError(
+                f"protocol version {bytes(version)[:16]!r} is not supported; this peer speaks {VERSION!r}"
+            )
+        if len(body) > self.max_message_bytes:
+            raise ProtocolError(f"body of {len(body)} bytes exceeds max_message_bytes={self.max_message_bytes}")
+        entry = self._by_kind.get(bytes(kind))
+        if entry is None:
+            raise ProtocolError(
+                f"unknown message kind {bytes(kind)[:32]!r}; expected one of "
+                f"{', '.join(sorted(k.decode() for k in self._by_kind))}"
+            )
+        _cls, decode_record = entry
+        try:
+            value = msgpack.unpackb(
+                body, raw=False, strict_map_key=True, ext_hook=_reject_ext, use_list=True,
+            )
+        except ProtocolError:
+            raise
+        except Exception as exc:  # msgpack raises many unrelated types for garbage
+            raise ProtocolError(f"body of kind {bytes(kind).decode()!r} is not valid msgpack: {exc}") from None
+        message: Message = decode_record(value)
+        return message
+
+
+def encode(message: Message) -> list[bytes]:
+    """The three frames of ``message``; raises ProtocolError if a value is not msgpack-able."""
+    try:
+        body = msgpack.packb(_record_encoder(type(message))(message), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"cannot encode {type(message).__name__}: {exc}") from None
+    return [VERSION, message.KIND, body]
+
+
+def check_packable(value: Any, what: str) -> None:
+    """Raise ProtocolError naming ``what`` if ``value`` cannot travel in msgpack."""
+    try:
+        msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"{what} cannot be sent (msgpack: {exc}); use plain data: "
+                            f"None, bool, int, float, str, bytes, list, dict with str keys") from None

@@ -1,0 +1,56 @@
+"""Built-in tasks for demos, benchmarks and smoke tests.
+
+They are allowed by the default worker config (``allowed_modules = ["actorsched.tasks"]``).
+Each is an ordinary function: a task is any importable ``package.module:function``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+
+def noop() -> None:
+    """Does nothing: the cheapest task, for measuring the scheduler itself."""
+
+
+def echo(*args: Any, **kwargs: Any) -> Any:
+    """Returns its single argument, or all arguments as ``[args, kwargs]``."""
+    if len(args) == 1 and not kwargs:
+        return args[0]
+    return [list(args), kwargs]
+
+
+def sleep(seconds: float) -> float:
+    """Sleeps ``seconds`` and returns them: a task that holds a slot for a while."""
+    time.sleep(seconds)
+    return seconds
+
+
+def fail(message: str = "task failed on purpose") -> None:
+    """Raises RuntimeError(message): for testing error reports."""
+    raise RuntimeError(message)
+
+
+def add(*numbers: float) -> float:
+    return sum(numbers)
+
+
+def crash(exit_code: int = 137) -> None:
+    """Kills the process running it without a Python exception (like a segfault would)."""
+    os._exit(exit_code)
+
+
+def pid() -> int:
+    """The id of the process that ran the task."""
+    return os.getpid()
+
+
+def spin(seconds: float) -> int:
+    """Burns CPU for ``seconds``; returns how many loop turns it made."""
+    deadline = time.monotonic() + seconds
+    turns = 0
+    while time.monotonic() < deadline:
+        turns += 1
+    return turns
