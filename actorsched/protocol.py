@@ -23,7 +23,7 @@ Fencing: every assignment carries ``(epoch, attempt)``; a worker echoes both in
 
 Message kinds
 -------------
-worker -> coordinator: Register, Heartbeat, Started, Results, Goodbye
+worker -> coordinator: Register, Heartbeat, Started, Results, Draining, Goodbye
 coordinator -> worker: Welcome, Assign, CancelTasks, Reregister, Shutdown, Refused
 client -> coordinator: Submit, Cancel, Query, Watch, Unwatch, ListWorkers, GetStats
 coordinator -> client: SubmitReply, CancelReply, QueryReply, TasksDone,
@@ -193,6 +193,14 @@ class Results(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Draining(Message):
+    """The worker stops taking tasks (SIGTERM); the ones it holds will still report."""
+
+    KIND: ClassVar[bytes] = b"draining"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Goodbye(Message):
     KIND: ClassVar[bytes] = b"goodbye"
     reason: str
@@ -341,7 +349,7 @@ class ErrorReply(Message):
     message: str
 
 
-WORKER_MESSAGES: tuple[type[Message], ...] = (Register, Heartbeat, Started, Results, Goodbye)
+WORKER_MESSAGES: tuple[type[Message], ...] = (Register, Heartbeat, Started, Results, Draining, Goodbye)
 CLIENT_MESSAGES: tuple[type[Message], ...] = (Submit, Cancel, Query, Watch, Unwatch, ListWorkers, GetStats)
 TO_WORKER_MESSAGES: tuple[type[Message], ...] = (Welcome, Assign, CancelTasks, Reregister, Shutdown, Refused)
 TO_CLIENT_MESSAGES: tuple[type[Message], ...] = (
