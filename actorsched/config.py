@@ -49,8 +49,10 @@ class JournalConfig:
 @dataclass(frozen=True, slots=True)
 class LivenessConfig:
     heartbeat_interval_s: float = 1.0
+    suspect_after_s: float = 5.0
     worker_timeout_s: float = 15.0
     scan_interval_s: float = 5.0
+    pause_threshold_s: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,7 @@ class PlacementConfig:
     cpu_weight: float = 0.5
     memory_weight: float = 0.25
     max_assign_batch: int = 256
+    aging_s_per_priority: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +133,14 @@ class WorkerConfig:
 # ----------------------------------------------------------------- rules
 
 _POSITIVE = {
-    "max_message_bytes", "heartbeat_interval_s", "worker_timeout_s", "scan_interval_s",
+    "max_message_bytes", "heartbeat_interval_s", "worker_timeout_s", "scan_interval_s", "suspect_after_s",
+    "pause_threshold_s",
     "max_attempts", "retry_backoff_base_s", "retry_backoff_cap_s", "max_pending_tasks",
     "max_worker_deaths", "max_assign_batch", "reconnect_min_s", "reconnect_max_s",
 }
 _NON_NEGATIVE = {
     "default_timeout_s", "running_weight", "cpu_weight", "memory_weight", "slots", "drain_timeout_s",
+    "aging_s_per_priority",
 }
 _CHOICES = {"level": LOG_LEVELS, "start_method": ("fork", "forkserver", "spawn")}
 _ENDPOINTS = {"client_endpoint", "worker_endpoint", "coordinator"}
@@ -206,12 +211,18 @@ def _check_relations(config: Any, source: str) -> None:
                 f"worker_timeout_s ({live.worker_timeout_s}) must be greater than heartbeat_interval_s "
                 f"({live.heartbeat_interval_s}) or every worker is lost between beats ({source} [liveness])"
             )
+        if not live.heartbeat_interval_s < live.suspect_after_s <= live.worker_timeout_s:
+            raise ConfigError(
+                f"suspect_after_s ({live.suspect_after_s}) must be above heartbeat_interval_s "
+                f"({live.heartbeat_interval_s}) and at most worker_timeout_s ({live.worker_timeout_s}) "
+                f"({source} [liveness])"
+            )
         if config.tasks.retry_backoff_cap_s < config.tasks.retry_backoff_base_s:
             raise ConfigError(f"retry_backoff_cap_s must be >= retry_backoff_base_s ({source} [tasks])")
         ends = config.endpoints
-        if ends.client_endpoint == ends.worker_endpoint:
+        if ends.client_endpoint == ends.worker_endpoint and not ends.client_endpoint.endswith(":0"):
             raise ConfigError(f"client_endpoint and worker_endpoint must differ, both are "
-                              f"{ends.client_endpoint!r} ({source} [endpoints])")
+                              f"{ends.client_endpoint!r}; port 0 picks a free port ({source} [endpoints])")
     if isinstance(config, WorkerConfig):
         conn = config.connection
         if conn.reconnect_max_s < conn.reconnect_min_s:

@@ -559,3 +559,19 @@ def check_packable(value: Any, what: str) -> None:
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"{what} cannot be sent (msgpack: {exc}); use plain data: "
                             f"None, bool, int, float, str, bytes, list, dict with str keys") from None
+
+
+def pack_record(record: Any) -> bytes:
+    """msgpack of one record (a TaskSpec for the journal, say), in the wire layout."""
+    return msgpack.packb(_record_encoder(type(record))(record), use_bin_type=True)
+
+
+def unpack_record(cls: type, data: bytes) -> Any:
+    """The strict inverse of :func:`pack_record`; raises ProtocolError on bad data."""
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_reject_ext)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"stored {cls.__name__} is not valid msgpack: {exc}") from None
+    return _record_decoder(cls)(value)

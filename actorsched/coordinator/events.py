@@ -1,0 +1,110 @@
+"""Events the coordinator's actors tell each other.
+
+Facts in the past tense.  Every tell carries a *list* of events so that one actor hop
+moves a whole batch: the Transport collects everything it decoded in one poll turn
+and tells each actor once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from actorsched.core.commands import PeerKey, ReadyTask
+from actorsched.protocol import AttemptRef, Heartbeat, Register, TaskOutcome, TaskSpec
+
+
+@dataclass(frozen=True, slots=True)
+class TasksSubmitted:
+    client: PeerKey
+    request_id: int
+    tasks: list[TaskSpec]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    client: PeerKey
+    request_id: int
+    task_ids: list[str]
+    cascade: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRequested:
+    client: PeerKey
+    request_id: int
+    task_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchRequested:
+    client: PeerKey
+    request_id: int
+    task_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchDropped:
+    client: PeerKey
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersRequested:
+    client: PeerKey
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRequested:
+    """Travels Transport -> WorkerRegistry -> TaskQueue, each adding its figures."""
+
+    client: PeerKey
+    request_id: int
+    stats: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRegistered:
+    worker: PeerKey
+    message: Register
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatSeen:
+    worker: PeerKey
+    message: Heartbeat
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptsStarted:
+    worker: PeerKey
+    attempts: list[AttemptRef]
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomesReported:
+    worker: PeerKey
+    outcomes: list[TaskOutcome]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDraining:
+    worker: PeerKey
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLeft:
+    """Goodbye, a closed connection, or a send that found no peer."""
+
+    worker: PeerKey
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TasksPlaced:
+    """The Dispatcher placed ``tasks`` on ``worker``; told before the Assign leaves."""
+
+    worker: PeerKey
+    worker_id: str
+    tasks: list[ReadyTask]

@@ -1,0 +1,164 @@
+"""The coordinator's durable journal: one SQLite file in WAL mode.
+
+What is written: every accepted task (its spec, once), and every change that must
+survive a crash: QUEUED with a new attempt number, RETRYING, and final states with
+their value or error and attempt history.  ASSIGNED and RUNNING are not written: after
+a crash an assignment is redone under a new epoch, and the epoch in every fencing
+token makes the old attempt's late result stale.
+
+Group commit: the TaskQueue actor hands over all changes of one inbox batch in one
+call to :meth:`Journal.write`, one transaction and one fsync for many tasks.  A client
+is acknowledged only after that call returns.
+
+Start: :meth:`Journal.open` checks the file (``PRAGMA quick_check``), refuses a newer
+schema, creates a missing one, and increments the coordinator epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from actorsched.errors import ActorschedError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+class JournalError(ActorschedError):
+    """The journal file is corrupt, truncated, of a newer schema, or cannot be written."""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRow:
+    task_id: str
+    seq: int
+    state: str
+    attempt: int
+    deaths: int
+    spec: bytes | None  # msgpack of the TaskSpec fields; None on updates of a known task
+    value: Any
+    error: list[Any] | None
+    history: list[Any]
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    deaths INTEGER NOT NULL,
+    spec BLOB NOT NULL,
+    result BLOB
+);
+"""
+
+
+class Journal:
+    def __init__(self, state_dir: str | Path, fsync: bool = True) -> None:
+        self.path = Path(state_dir) / "journal.sqlite3"
+        self.fsync = fsync
+        self.epoch = 0
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> int:
+        """Open or create the journal and return the new coordinator epoch."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists() or self.path.stat().st_size == 0
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'OFF'}")
+            if not fresh:
+                check = db.execute("PRAGMA quick_check").fetchone()[0]
+                if check != "ok":
+                    raise sqlite3.DatabaseError(check)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise JournalError(
+                    f"journal {self.path} has schema version {version}, newer than this coordinator's "
+                    f"{SCHEMA_VERSION}; run a newer actorsched or point [journal] state_dir elsewhere"
+                )
+            if version == 0 and not fresh and db.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE name='tasks'").fetchone()[0] == 0:
+                raise sqlite3.DatabaseError("file exists but holds no actorsched tables")
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            row = db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
+            self.epoch = (row[0] if row else 0) + 1
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('epoch', ?)", (self.epoch,))
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(
+                f"journal {self.path} is corrupt or truncated ({exc}); move it aside to start empty "
+                f"(tasks in it will be lost) or restore it from a backup"
+            ) from None
+        self._db = db
+        log.info("journal opened path=%s epoch=%d", self.path, self.epoch)
+        return self.epoch
+
+    def rows(self) -> Iterator[JournalRow]:
+        """Every task, in submit order, for replay at start."""
+        assert self._db is not None
+        for task_id, seq, state, attempt, deaths, spec, result in self._db.execute(
+                "SELECT task_id, seq, state, attempt, deaths, spec, result FROM tasks ORDER BY seq"):
+            value, error, history = msgpack.unpackb(result, raw=False) if result else (None, None, [])
+            yield JournalRow(task_id, seq, state, attempt, deaths, spec, value, error, history)
+
+    def write(self, rows: list[JournalRow]) -> None:
+        """Apply ``rows`` in one transaction; durable (fsync) when this returns."""
+        if not rows:
+            return
+        assert self._db is not None
+        inserts = [(r.task_id, r.seq, r.state, r.attempt, r.deaths, r.spec, _pack_result(r))
+                   for r in rows if r.spec is not None]
+        updates = [(r.state, r.attempt, r.deaths, _pack_result(r), r.task_id) for r in rows if r.spec is None]
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            if inserts:
+                db.executemany("INSERT OR REPLACE INTO tasks(task_id, seq, state, attempt, deaths, spec, result) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?)", inserts)
+            if updates:
+                db.executemany("UPDATE tasks SET state=?, attempt=?, deaths=?, result=? WHERE task_id=?", updates)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def delete(self, task_ids: list[str]) -> None:
+        assert self._db is not None
+        self._db.execute("BEGIN")
+        self._db.executemany("DELETE FROM tasks WHERE task_id=?", [(t,) for t in task_ids])
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def _pack_result(row: JournalRow) -> bytes | None:
+    if row.value is None and row.error is None and not row.history:
+        return None
+    return msgpack.packb([row.value, row.error, row.history], use_bin_type=True)
+
+
+def state_dir_writable(state_dir: str) -> str:
+    """An error message if ``state_dir`` cannot hold the journal, else ''."""
+    path = Path(state_dir)
+    probe = path if path.exists() else path.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        return f"state_dir {state_dir!r} is not writable; set [journal] state_dir to a writable folder"
+    return ""

@@ -1,0 +1,100 @@
+"""WorkerRegistry actor: the pykka shell around :class:`~actorsched.core.registry.RegistryCore`.
+
+Routes what the core decides: welcomes and re-register requests to the Transport,
+capacity deltas to the Dispatcher, tasks of lost workers to the TaskQueue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from actorsched.config import LivenessConfig, PlacementConfig
+from actorsched.coordinator import events as ev
+from actorsched.core.commands import Command, RequeueLost, SendToClient, SendToWorker
+from actorsched.core.liveness import LocalPauseDetected, ScanWorkers
+from actorsched.core.registry import RegistryCore
+from actorsched.protocol import WorkersReply
+
+log = logging.getLogger(__name__)
+
+
+class RegistryActor(pykka.ThreadingActor):
+    def __init__(self, liveness: LivenessConfig, placement: PlacementConfig, epoch: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.core = RegistryCore(liveness, placement, epoch)
+        self.clock = clock
+        self.queue: pykka.ActorRef[Any] | None = None
+        self.dispatcher: pykka.ActorRef[Any] | None = None
+        self.transport: Any = None
+
+    def connect(self, queue: pykka.ActorRef[Any], dispatcher: pykka.ActorRef[Any], transport: Any) -> None:
+        self.queue = queue
+        self.dispatcher = dispatcher
+        self.transport = transport
+
+    def on_receive(self, message: Any) -> Any:
+        now = self.clock()
+        core = self.core
+        out: list[Command] = []
+        for event in message:
+            match event:
+                case ev.OutcomesReported(worker, outcomes):
+                    out += core.tasks_finished(worker, [o.task_id for o in outcomes], now)
+                case ev.HeartbeatSeen(worker, beat):
+                    out += core.heartbeat(worker, beat.cpu_percent, beat.memory_percent, now)
+                case ev.AttemptsStarted(worker, _):
+                    out += core.seen(worker, now)
+                case ev.TasksPlaced(worker, worker_id, tasks):
+                    out += core.tasks_assigned(worker, worker_id, [t.task_id for t in tasks])
+                case ev.WorkerRegistered(worker, register):
+                    log.info("worker registered worker_id=%s host=%s pid=%d slots=%d", register.worker_id,
+                             register.host, register.pid, register.slots)
+                    out += core.registered(worker, register, now)
+                case ev.WorkerDraining(worker):
+                    out += core.draining(worker, now)
+                case ev.WorkerLeft(worker, reason):
+                    out += core.goodbye(worker) if reason == "goodbye" else core.disconnected(worker)
+                case ScanWorkers(scan_now):
+                    out += core.scan(scan_now)
+                case LocalPauseDetected(pause_now, paused_s):
+                    log.warning("coordinator was paused for %.1f s; every worker gets a fresh heartbeat "
+                                "window instead of being convicted", paused_s)
+                    core.local_pause(pause_now)
+                case ev.WorkersRequested(client, request_id):
+                    out.append(SendToClient(client, WorkersReply(request_id, core.infos(now))))
+                case ev.StatsRequested(client, request_id, stats):
+                    if self.queue is not None:
+                        self.queue.tell([ev.StatsRequested(client, request_id, {**stats, "workers": core.stats()})])
+                case "infos":  # ask() from tests
+                    return core.infos(now)
+                case _:
+                    log.error("WorkerRegistry got an unknown event %r", event)
+        self._carry_out(out)
+        return None
+
+    def _carry_out(self, out: list[Command]) -> None:
+        lost: list[RequeueLost] = []
+        capacity: list[Command] = []
+        sends: list[SendToClient | SendToWorker] = []
+        for command in out:
+            if isinstance(command, (SendToClient, SendToWorker)):
+                sends.append(command)
+            elif isinstance(command, RequeueLost):
+                log.warning("worker lost worker_id=%s tasks=%d reason=%s", command.worker_id,
+                            len(command.task_ids), command.reason)
+                lost.append(command)
+            else:
+                capacity.append(command)
+        # Capacity first: the dispatcher must know a worker is gone before its tasks come back.
+        if capacity and self.dispatcher is not None:
+            self.dispatcher.tell(capacity)
+        if lost and self.queue is not None:
+            self.queue.tell(lost)
+        if sends and self.transport is not None:
+            self.transport.tell(sends)

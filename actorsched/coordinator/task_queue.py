@@ -1,0 +1,141 @@
+"""TaskQueue actor: the pykka shell around :class:`~actorsched.core.queue.TaskQueueCore`.
+
+It applies a batch of events to the core, writes every changed record to the journal
+in one transaction (group commit), and only then tells the Dispatcher and the
+Transport what the core decided, so no client hears "accepted" before the task is
+durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from actorsched.config import TasksConfig
+from actorsched.coordinator import events as ev
+from actorsched.coordinator.journal import Journal, JournalRow
+from actorsched.core.commands import Command, MakeReady, RequeueLost, SendToClient, SendToWorker, WithdrawTasks
+from actorsched.core.liveness import TimersDue
+from actorsched.core.queue import TaskQueueCore, TaskRecord
+from actorsched.core.states import TaskState
+from actorsched.protocol import AttemptRecord, ErrorInfo, StatsReply, TaskSpec, pack_record, unpack_record
+
+log = logging.getLogger(__name__)
+
+
+class TaskQueueActor(pykka.ThreadingActor):
+    def __init__(self, config: TasksConfig, journal: Journal | None, epoch: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.core = TaskQueueCore(config, epoch)
+        self.journal = journal
+        self.clock = clock
+        self.dispatcher: pykka.ActorRef[Any] | None = None
+        self.transport: Any = None
+        self._journaled: set[str] = set()
+
+    def connect(self, dispatcher: pykka.ActorRef[Any], transport: Any) -> None:
+        self.dispatcher = dispatcher
+        self.transport = transport
+
+    def on_start(self) -> None:
+        if self.journal is None:
+            return
+        started = time.monotonic()
+        records = [_record_from_row(row) for row in self.journal.rows()]
+        self._journaled.update(r.spec.task_id for r in records)
+        self._carry_out(self.core.restore(records, self.clock()))
+        log.info("journal replayed tasks=%d open=%d seconds=%.3f", len(records), self.core.open_count,
+                 time.monotonic() - started)
+
+    def on_receive(self, message: Any) -> Any:
+        now = self.clock()
+        core = self.core
+        out: list[Command] = []
+        for event in message:
+            match event:
+                case ev.TasksSubmitted(client, request_id, tasks):
+                    out += core.submit(client, request_id, tasks, now)
+                case ev.OutcomesReported(worker, outcomes):
+                    out += core.outcomes_reported(worker, outcomes, now)
+                case ev.AttemptsStarted(worker, attempts):
+                    core.tasks_started(worker, attempts)
+                case ev.TasksPlaced(worker, worker_id, tasks):
+                    out += core.tasks_assigned(worker, worker_id, tasks, now)
+                case TimersDue(tick_now):
+                    out += core.tick(tick_now)
+                case RequeueLost(worker, worker_id, task_ids, reason):
+                    out += core.worker_lost(worker, worker_id, task_ids, reason, now)
+                case ev.QueryRequested(client, request_id, task_ids):
+                    out += core.query(client, request_id, task_ids)
+                case ev.WatchRequested(client, request_id, task_ids):
+                    out += core.watch(client, request_id, task_ids)
+                case ev.WatchDropped(client, request_id):
+                    core.unwatch(client, request_id)
+                case ev.CancelRequested(client, request_id, task_ids, cascade):
+                    out += core.cancel(client, request_id, task_ids, cascade, now)
+                case ev.StatsRequested(client, request_id, stats):
+                    out.append(SendToClient(client, StatsReply(request_id, {**stats, "queue": core.stats()})))
+                case "stats":  # ask() from tests
+                    return core.stats()
+                case ("info", task_id):
+                    return core.info(task_id)
+                case _:
+                    log.error("TaskQueue got an unknown event %r", event)
+        self._carry_out(out)
+        return None
+
+    def _carry_out(self, out: list[Command]) -> None:
+        if self.core.dirty:
+            self._write_journal()
+        ready: list[Any] = []
+        sends: list[SendToClient | SendToWorker] = []
+        for command in out:
+            if isinstance(command, (SendToClient, SendToWorker)):
+                sends.append(command)
+            elif isinstance(command, (MakeReady, WithdrawTasks)):
+                ready.append(command)
+            else:
+                log.error("TaskQueue cannot carry out %r", command)
+        if ready and self.dispatcher is not None:
+            self.dispatcher.tell(ready)
+        if sends and self.transport is not None:
+            self.transport.tell(sends)
+
+    def _write_journal(self) -> None:
+        dirty = self.core.dirty
+        self.core.dirty = set()
+        if self.journal is None:
+            return
+        rows = []
+        for task_id in dirty:
+            task = self.core.tasks[task_id]
+            if task.state in (TaskState.ASSIGNED, TaskState.RUNNING) and task_id in self._journaled:
+                continue
+            spec = None if task_id in self._journaled else pack_record(task.spec)
+            self._journaled.add(task_id)
+            rows.append(JournalRow(
+                task_id, task.seq, task.state.value, task.attempt, task.deaths, spec, task.value,
+                _error_list(task.error), [[h.attempt, h.worker_id, h.outcome, _error_list(h.error)]
+                                          for h in task.history],
+            ))
+        self.journal.write(rows)
+
+
+def _error_list(error: ErrorInfo | None) -> list[str] | None:
+    return None if error is None else [error.type, error.message, error.traceback]
+
+
+def _record_from_row(row: JournalRow) -> TaskRecord:
+    assert row.spec is not None
+    spec = unpack_record(TaskSpec, row.spec)
+    record = TaskRecord(spec, row.seq, TaskState(row.state), attempt=row.attempt, deaths=row.deaths)
+    record.value = row.value
+    record.error = ErrorInfo(*row.error) if row.error else None
+    record.history = [AttemptRecord(a, w, o, ErrorInfo(*e) if e else None) for a, w, o, e in row.history]
+    return record
+

@@ -1,0 +1,271 @@
+"""Transport: the only owner of the coordinator's ZeroMQ sockets.
+
+It is an actor with a hand-rolled mailbox rather than a pykka one: ZeroMQ sockets
+belong to one thread, and that thread spends its life blocked in ``zmq.Poller``,
+which cannot wait on a ``queue.Queue``.  So the mailbox is a deque plus a wake-up
+pipe that sits in the same poller as the sockets; :meth:`Transport.tell` is safe from
+any thread, like a pykka ``tell``.
+
+Inbound: each poll turn reads every waiting frame (up to a bound), decodes it
+strictly at the edge (a bad frame is logged, counted and dropped; a wrong protocol
+version gets a ``Refused``), groups the events by the actor that owns them, and tells
+each actor once per turn: batching across peers is where throughput comes from.
+
+Worker connections are watched through the socket monitor: a TCP connection closing
+(``EVENT_DISCONNECTED``, about a millisecond after a ``kill -9``) removes its worker at
+once.  The event names a file descriptor; the ``SRCFD`` property of the worker's
+Register message maps it to the worker.  ``ROUTER_MANDATORY`` turns a send to a
+vanished peer into an error we act on instead of a silent drop.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import pykka
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from actorsched import protocol as p
+from actorsched.config import EndpointsConfig
+from actorsched.coordinator import events as ev
+from actorsched.core.commands import SendToClient, SendToWorker
+from actorsched.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+_MAX_READ_PER_TURN = 2000
+_WARN_EVERY_S = 5.0
+
+
+class Transport:
+    def __init__(self, config: EndpointsConfig, context: zmq.Context[Any] | None = None) -> None:
+        self.config = config
+        self.context = context or zmq.Context.instance()
+        self.worker_codec = p.Codec(p.WORKER_MESSAGES, config.max_message_bytes)
+        self.client_codec = p.Codec(p.CLIENT_MESSAGES, config.max_message_bytes)
+        self.counters: dict[str, int] = collections.Counter()
+        self.queue: pykka.ActorRef[Any] | None = None
+        self.registry: pykka.ActorRef[Any] | None = None
+        self.client_endpoint = ""
+        self.worker_endpoint = ""
+        self._outbox: collections.deque[list[SendToClient | SendToWorker]] = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._wake_pending = False
+        self._running = False
+        self._thread: threading.Thread | None = None
+        self._fd_to_worker: dict[int, bytes] = {}
+        self._worker_fd: dict[bytes, int] = {}
+        self._last_warning: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def bind(self) -> None:
+        """Create and bind both ROUTER sockets (port 0 picks a free one; see the *_endpoint fields)."""
+        self.clients = self._router(self.config.client_endpoint)
+        self.workers = self._router(self.config.worker_endpoint)
+        self.monitor = self.workers.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.client_endpoint = self.clients.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.worker_endpoint = self.workers.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+    def _router(self, endpoint: str) -> zmq.Socket[Any]:
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes + 4096)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+        sock.bind(f"tcp://{host}:{'*' if port == '0' else port}")
+        return sock
+
+    def connect(self, queue: pykka.ActorRef[Any], registry: pykka.ActorRef[Any]) -> None:
+        self.queue = queue
+        self.registry = registry
+
+    def start(self) -> None:
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="transport", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._running = False
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        for sock in (getattr(self, "monitor", None), getattr(self, "clients", None), getattr(self, "workers", None)):
+            if sock is not None:
+                sock.close(linger=0)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # ------------------------------------------------------------------ mailbox
+
+    def tell(self, sends: list[SendToClient | SendToWorker]) -> None:
+        """Queue outbound messages; safe from any thread."""
+        self._outbox.append(sends)
+        if not self._wake_pending:
+            self._wake()
+
+    def _wake(self) -> None:
+        self._wake_pending = True
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full or closed: the loop is awake or stopping anyway
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.workers, zmq.POLLIN)
+        poller.register(self.clients, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        while self._running:
+            ready = dict(poller.poll(1000))
+            if self._wake_r in ready:
+                self._wake_pending = False
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            self._send_outbox()
+            queue_events: list[Any] = []
+            registry_events: list[Any] = []
+            if self.workers in ready:
+                self._read_workers(queue_events, registry_events)
+            if self.clients in ready:
+                self._read_clients(queue_events, registry_events)
+            if self.monitor in ready:
+                self._read_monitor(registry_events)
+            if registry_events and self.registry is not None:
+                self.registry.tell(registry_events)
+            if queue_events and self.queue is not None:
+                self.queue.tell(queue_events)
+
+    def _send_outbox(self) -> None:
+        outbox = self._outbox
+        while outbox:
+            for command in outbox.popleft():
+                is_worker = isinstance(command, SendToWorker)
+                peer = command.worker if is_worker else command.client  # type: ignore[union-attr]
+                sock = self.workers if is_worker else self.clients
+                try:
+                    sock.send_multipart([peer, *p.encode(command.message)], flags=zmq.NOBLOCK)
+                except zmq.ZMQError as exc:
+                    self.counters["send_failed"] += 1
+                    self._warn("send", "cannot send %s to %s peer %r: %s", type(command.message).__name__,
+                               "worker" if is_worker else "client", peer, exc.strerror)
+                    if is_worker and exc.errno == zmq.EHOSTUNREACH and self.registry is not None:
+                        self.registry.tell([ev.WorkerLeft(peer, "unreachable")])
+                except ProtocolError as exc:
+                    self.counters["encode_failed"] += 1
+                    log.error("cannot encode %s for %r: %s", type(command.message).__name__, peer, exc)
+
+    def _read_workers(self, queue_events: list[Any], registry_events: list[Any]) -> None:
+        sock = self.workers
+        for _ in range(_MAX_READ_PER_TURN):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            peer = frames[0].bytes
+            try:
+                message = self.worker_codec.decode([f.bytes for f in frames[1:]])
+            except ProtocolError as exc:
+                self._bad_frame("worker", peer, frames, exc, self.workers)
+                continue
+            self.counters["worker_messages"] += 1
+            if isinstance(message, p.Results):
+                event: Any = ev.OutcomesReported(peer, message.outcomes)
+                queue_events.append(event)
+                registry_events.append(event)
+            elif isinstance(message, p.Started):
+                event = ev.AttemptsStarted(peer, message.attempts)
+                queue_events.append(event)
+                registry_events.append(event)
+            elif isinstance(message, p.Heartbeat):
+                registry_events.append(ev.HeartbeatSeen(peer, message))
+            elif isinstance(message, p.Register):
+                fd = frames[0].get(zmq.SRCFD)
+                self._fd_to_worker[fd] = peer
+                self._worker_fd[peer] = fd
+                registry_events.append(ev.WorkerRegistered(peer, message))
+            elif isinstance(message, p.Draining):
+                registry_events.append(ev.WorkerDraining(peer))
+            elif isinstance(message, p.Goodbye):
+                registry_events.append(ev.WorkerLeft(peer, "goodbye"))
+                self._forget_worker(peer)
+
+    def _read_clients(self, queue_events: list[Any], registry_events: list[Any]) -> None:
+        sock = self.clients
+        for _ in range(_MAX_READ_PER_TURN):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            peer = frames[0]
+            try:
+                message = self.client_codec.decode(frames[1:])
+            except ProtocolError as exc:
+                self._bad_frame("client", peer, frames, exc, self.clients)
+                continue
+            self.counters["client_messages"] += 1
+            match message:
+                case p.Submit(request_id, tasks):
+                    queue_events.append(ev.TasksSubmitted(peer, request_id, tasks))
+                case p.Watch(request_id, task_ids):
+                    queue_events.append(ev.WatchRequested(peer, request_id, task_ids))
+                case p.Query(request_id, task_ids):
+                    queue_events.append(ev.QueryRequested(peer, request_id, task_ids))
+                case p.Cancel(request_id, task_ids, cascade):
+                    queue_events.append(ev.CancelRequested(peer, request_id, task_ids, cascade))
+                case p.Unwatch(request_id):
+                    queue_events.append(ev.WatchDropped(peer, request_id))
+                case p.ListWorkers(request_id):
+                    registry_events.append(ev.WorkersRequested(peer, request_id))
+                case p.GetStats(request_id):
+                    registry_events.append(ev.StatsRequested(peer, request_id, {"transport": dict(self.counters)}))
+
+    def _read_monitor(self, registry_events: list[Any]) -> None:
+        while True:
+            try:
+                event = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                peer = self._fd_to_worker.get(int(event["value"]))
+                if peer is not None:
+                    self._forget_worker(peer)
+                    registry_events.append(ev.WorkerLeft(peer, "connection closed"))
+
+    def _forget_worker(self, peer: bytes) -> None:
+        fd = self._worker_fd.pop(peer, None)
+        if fd is not None and self._fd_to_worker.get(fd) == peer:
+            del self._fd_to_worker[fd]
+
+    def _bad_frame(self, side: str, peer: bytes, frames: list[Any], exc: ProtocolError, sock: zmq.Socket[Any]) -> None:
+        self.counters[f"bad_{side}_frames"] += 1
+        self._warn(f"bad-{side}", "dropped a bad frame from %s peer %r: %s", side, peer, exc)
+        version = frames[1] if len(frames) > 1 else b""
+        version = version.bytes if hasattr(version, "bytes") else version
+        if version != p.VERSION:
+            try:
+                sock.send_multipart([peer, *p.encode(p.Refused(str(exc)))], flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+    def _warn(self, kind: str, fmt: str, *args: Any) -> None:
+        """WARNING at most once per few seconds per kind; the counters keep the totals."""
+        now = time.monotonic()
+        if now - self._last_warning.get(kind, -_WARN_EVERY_S) >= _WARN_EVERY_S:
+            self._last_warning[kind] = now
+            log.warning(fmt + " (further ones counted, shown every %.0f s)", *args, _WARN_EVERY_S)

@@ -1,0 +1,112 @@
+"""Commands the pure cores return, and the records they hand between actors.
+
+Commands are orders (``SendToClient``, ``MakeReady``); the actor that receives them
+from its core carries them out by telling another actor or a socket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from actorsched.protocol import Message
+
+PeerKey = bytes  # a ZeroMQ routing id: one connection of one worker or client
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyTask:
+    """A task ready for placement, for one attempt.  Owned by the Dispatcher until placed."""
+
+    task_id: str
+    priority: int
+    seq: int
+    attempt: int
+    epoch: int
+    name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    timeout_s: float | None
+    tags: tuple[str, ...]
+    ready_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SendToClient:
+    client: PeerKey
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class SendToWorker:
+    worker: PeerKey
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class MakeReady:
+    tasks: list[ReadyTask]
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawTasks:
+    task_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RequeueLost:
+    """Tasks a lost worker held: the queue decides retry, requeue or quarantine."""
+
+    worker: PeerKey
+    worker_id: str
+    task_ids: list[str]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerUp:
+    worker: PeerKey
+    worker_id: str
+    slots: int
+    tags: tuple[str, ...]
+    running: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDown:
+    worker: PeerKey
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLoad:
+    worker: PeerKey
+    cpu_percent: float
+    memory_percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerAccepting:
+    """Open or close a worker for new tasks (suspect, draining, circuit breaker)."""
+
+    worker: PeerKey
+    accepting: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SlotsFreed:
+    worker: PeerKey
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Tasks the dispatcher placed on one worker."""
+
+    worker: PeerKey
+    tasks: list[ReadyTask]
+
+
+Command = (
+    SendToClient | SendToWorker | MakeReady | WithdrawTasks | RequeueLost | WorkerUp | WorkerDown
+    | WorkerLoad | WorkerAccepting | SlotsFreed | Placement
+)

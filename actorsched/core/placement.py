@@ -1,0 +1,154 @@
+"""The dispatcher's pure core: the ready heap, a view of free capacity, the placement policy.
+
+Theory of operation
+-------------------
+Ready tasks wait in one heap ordered by ``(priority key, submit order)``: a smaller
+priority runs first, FIFO within a priority.  With ``aging_s_per_priority > 0`` a task
+gains one priority level per that many seconds of waiting; because every waiting
+task ages at the same rate, the aged order is fixed at insertion time
+(``priority + ready_at / aging``), so the heap never needs re-sorting.
+
+Capacity is a view built from the registry's deltas (``WorkerUp``, ``SlotsFreed``,
+load reports): ``free = slots - outstanding``, where ``outstanding`` grows when this
+core places a task and shrinks when the registry reports slots freed.  Deltas commute,
+so the view stays right whatever order the messages arrive in.  A worker never gets
+more tasks than its free slots.
+
+Placement: each task goes to the accepting worker with free slots, the right tags and
+the lowest load score (see :func:`actorsched.core.registry.load_score`); the score is
+recomputed after every placement so a batch spreads across workers.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+from actorsched.config import PlacementConfig
+from actorsched.core.commands import PeerKey, Placement, ReadyTask
+from actorsched.core.registry import load_score
+
+_MAX_SKIPPED = 1024  # tagged tasks no worker can take, looked past per dispatch round
+
+
+@dataclass(slots=True)
+class Capacity:
+    worker_id: str
+    slots: int
+    tags: frozenset[str]
+    outstanding: int = 0
+    cpu_percent: float = 0.0
+    memory_percent: float = 0.0
+    accepting: bool = True
+
+    @property
+    def free(self) -> int:
+        return self.slots - self.outstanding
+
+
+class DispatcherCore:
+    def __init__(self, config: PlacementConfig) -> None:
+        self.config = config
+        self.heap: list[tuple[float, int, int, str]] = []  # (priority key, seq, attempt, task id)
+        self.entries: dict[str, ReadyTask] = {}
+        self.workers: dict[PeerKey, Capacity] = {}
+        self.placed = 0
+
+    # ------------------------------------------------------------------ events
+
+    def tasks_ready(self, tasks: list[ReadyTask]) -> None:
+        aging = self.config.aging_s_per_priority
+        for task in tasks:
+            self.entries[task.task_id] = task
+            key = task.priority + task.ready_at / aging if aging > 0 else float(task.priority)
+            heapq.heappush(self.heap, (key, task.seq, task.attempt, task.task_id))
+
+    def tasks_withdrawn(self, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            self.entries.pop(task_id, None)  # its heap item is skipped when popped
+
+    def worker_up(self, key: PeerKey, worker_id: str, slots: int, tags: tuple[str, ...], running: int) -> None:
+        self.workers[key] = Capacity(worker_id, slots, frozenset(tags), outstanding=running)
+
+    def worker_down(self, key: PeerKey) -> None:
+        self.workers.pop(key, None)
+
+    def worker_load(self, key: PeerKey, cpu_percent: float, memory_percent: float) -> None:
+        capacity = self.workers.get(key)
+        if capacity is not None:
+            capacity.cpu_percent = cpu_percent
+            capacity.memory_percent = memory_percent
+
+    def worker_accepting(self, key: PeerKey, accepting: bool) -> None:
+        capacity = self.workers.get(key)
+        if capacity is not None:
+            capacity.accepting = accepting
+
+    def slots_freed(self, key: PeerKey, count: int) -> None:
+        capacity = self.workers.get(key)
+        if capacity is not None:
+            capacity.outstanding = max(0, capacity.outstanding - count)
+
+    # ------------------------------------------------------------------ decisions
+
+    def dispatch(self) -> list[Placement]:
+        """Match ready tasks to free slots; returns one or more placements per worker."""
+        if not self.entries:
+            self.heap.clear()
+            return []
+        candidates = [
+            (self._score(c), key) for key, c in self.workers.items() if c.accepting and c.free > 0
+        ]
+        if not candidates:
+            return []
+        heapq.heapify(candidates)
+        placed: dict[PeerKey, list[ReadyTask]] = {}
+        skipped: list[tuple[float, int, int, str]] = []
+        while self.heap and candidates and len(skipped) < _MAX_SKIPPED:
+            item = heapq.heappop(self.heap)
+            task = self.entries.get(item[3])
+            if task is None or task.attempt != item[2]:
+                continue  # withdrawn or superseded
+            index = self._pick(candidates, task)
+            if index < 0:
+                skipped.append(item)
+                continue
+            _, key = candidates[index]
+            capacity = self.workers[key]
+            del self.entries[task.task_id]
+            placed.setdefault(key, []).append(task)
+            capacity.outstanding += 1
+            if index == 0:
+                if capacity.free > 0:
+                    heapq.heapreplace(candidates, (self._score(capacity), key))
+                else:
+                    heapq.heappop(candidates)
+            else:  # a tagged task took a worker from the middle of the heap
+                if capacity.free > 0:
+                    candidates[index] = (self._score(capacity), key)
+                else:
+                    candidates[index] = candidates[-1]
+                    candidates.pop()
+                heapq.heapify(candidates)
+        for item in skipped:
+            heapq.heappush(self.heap, item)
+        batch = self.config.max_assign_batch
+        self.placed += sum(len(tasks) for tasks in placed.values())
+        return [
+            Placement(key, tasks[i:i + batch]) for key, tasks in placed.items() for i in range(0, len(tasks), batch)
+        ]
+
+    def free_slots(self) -> int:
+        return sum(max(c.free, 0) for c in self.workers.values() if c.accepting)
+
+    def _pick(self, candidates: list[tuple[float, PeerKey]], task: ReadyTask) -> int:
+        if not task.tags:
+            return 0
+        best = -1
+        for index, (score, key) in enumerate(candidates):
+            if self.workers[key].tags.issuperset(task.tags) and (best < 0 or score < candidates[best][0]):
+                best = index
+        return best
+
+    def _score(self, c: Capacity) -> float:
+        return load_score(c.outstanding, c.slots, c.cpu_percent, c.memory_percent, self.config)

@@ -1,0 +1,530 @@
+"""The task queue's pure core: every task record, its state, attempts and watchers.
+
+Theory of operation
+-------------------
+The core owns each task's record and is the only place a state changes (through
+:func:`check_transition`).  It does not place tasks: a task that becomes QUEUED is
+handed to the Dispatcher as a :class:`ReadyTask` stamped with the attempt number and
+coordinator epoch that fence it.  The Dispatcher reports placements back
+(:meth:`TaskQueueCore.tasks_assigned`); workers report starts and outcomes.
+
+Invariants:
+
+* a task is in exactly one state; final states never change, so at most one result
+  is committed per task;
+* an outcome is committed only if its ``(epoch, attempt)`` and its worker are the
+  task's current ones; anything else is counted as stale and dropped;
+* attempts only grow;
+* a submit batch is accepted whole or rejected whole.
+
+Every method takes ``now`` (monotonic seconds) and returns commands; changed records
+are collected in :attr:`TaskQueueCore.dirty` for the journal.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from actorsched.config import TasksConfig
+from actorsched.core.commands import (
+    Command,
+    MakeReady,
+    PeerKey,
+    ReadyTask,
+    SendToClient,
+    SendToWorker,
+    WithdrawTasks,
+)
+from actorsched.core.states import FINAL_STATES, NOT_FOUND, TaskState, check_transition
+from actorsched.protocol import (
+    AttemptRecord,
+    AttemptRef,
+    CancelReply,
+    CancelTasks,
+    ErrorInfo,
+    ErrorReply,
+    QueryReply,
+    SubmitReply,
+    TaskInfo,
+    TaskOutcome,
+    TasksDone,
+    TaskSpec,
+)
+
+PRIORITY_MIN = -1_000_000
+PRIORITY_MAX = 1_000_000
+
+# Outcomes that say the task can never succeed as submitted: retrying is pointless.
+NOT_RETRYABLE = frozenset({"TaskNotAllowed", "TaskNotFound", "ResultNotSerializable", "Cancelled"})
+# Outcomes that say the process running the task died under it.
+WORKER_DEATHS = frozenset({"ChildProcessDied"})
+
+S = TaskState
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    spec: TaskSpec
+    seq: int
+    state: TaskState
+    attempt: int = 0
+    epoch: int = 0
+    worker: PeerKey = b""
+    worker_id: str = ""
+    value: Any = None
+    error: ErrorInfo | None = None
+    deaths: int = 0
+    retry_at: float = 0.0
+    waiting_on: set[str] = field(default_factory=set)
+    dependents: list[str] = field(default_factory=list)
+    history: list[AttemptRecord] = field(default_factory=list)
+    states: list[str] = field(default_factory=list)
+    cancel_waiters: list[tuple[PeerKey, int]] = field(default_factory=list)
+    cancel_requested: bool = False
+
+
+@dataclass(slots=True)
+class _PendingCancel:
+    waiting: set[str]
+    cancelled: list[str]
+
+
+class TaskQueueCore:
+    """Task records and their lifecycle.  Not thread-safe: one actor owns it."""
+
+    def __init__(self, config: TasksConfig, epoch: int, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.epoch = epoch
+        self.rng = rng or random.Random()
+        self.tasks: dict[str, TaskRecord] = {}
+        self.dirty: set[str] = set()
+        self.open_count = 0  # tasks not in a final state
+        self.counts: dict[str, int] = {s.value: 0 for s in TaskState}
+        self.counters: dict[str, int] = {
+            "submitted": 0, "stale_outcomes": 0, "retries": 0, "requeued_lost": 0, "rejected_batches": 0,
+        }
+        self._seq = 0
+        self._retrying: dict[str, float] = {}
+        self._watchers: dict[str, list[tuple[PeerKey, int]]] = {}
+        self._watch_left: dict[tuple[PeerKey, int], int] = {}
+        self._pending_cancels: dict[tuple[PeerKey, int], _PendingCancel] = {}
+        self._out: list[Command] = []
+        self._ready: list[ReadyTask] = []
+        self._done: dict[tuple[PeerKey, int], list[TaskInfo]] = {}
+
+    # ------------------------------------------------------------------ client events
+
+    def submit(self, client: PeerKey, request_id: int, specs: list[TaskSpec], now: float) -> list[Command]:
+        error = self._check_batch(specs)
+        if error is not None:
+            code, message = error
+            self.counters["rejected_batches"] += 1
+            return [SendToClient(client, ErrorReply(request_id, code, message))]
+        for spec in specs:
+            if spec.task_id in self.tasks:
+                continue  # idempotent resubmit, checked identical above
+            self._add(spec, now)
+        self._out.append(SendToClient(client, SubmitReply(request_id, [s.task_id for s in specs])))
+        return self._flush()
+
+    def cancel(self, client: PeerKey, request_id: int, task_ids: list[str], cascade: bool,
+               now: float) -> list[Command]:
+        pending = _PendingCancel(set(), [])
+        for task_id in task_ids:
+            task = self.tasks.get(task_id)
+            if task is None or task.state in FINAL_STATES:
+                continue
+            if task.state in (S.ASSIGNED, S.RUNNING):
+                # Only the worker can say the attempt stopped; wait for its outcome.
+                pending.waiting.add(task_id)
+                task.cancel_waiters.append((client, request_id))
+                if not task.cancel_requested:
+                    task.cancel_requested = True
+                    self._out.append(SendToWorker(task.worker, CancelTasks(
+                        [AttemptRef(task_id, task.epoch, task.attempt)])))
+                continue
+            self._finish(task_id, S.CANCELLED, ErrorInfo("Cancelled", "cancelled by a client"), now)
+            pending.cancelled.append(task_id)
+        if cascade:
+            for task_id in task_ids:
+                pending.cancelled.extend(self._cancel_dependents(task_id, now))
+        if pending.waiting:
+            self._pending_cancels[(client, request_id)] = pending
+        else:
+            self._out.append(SendToClient(client, CancelReply(request_id, pending.cancelled)))
+        return self._flush()
+
+    def query(self, client: PeerKey, request_id: int, task_ids: list[str]) -> list[Command]:
+        return [SendToClient(client, QueryReply(request_id, [self.info(t) for t in task_ids]))]
+
+    def watch(self, client: PeerKey, request_id: int, task_ids: list[str]) -> list[Command]:
+        key = (client, request_id)
+        ready: list[TaskInfo] = []
+        left = 0
+        for task_id in dict.fromkeys(task_ids):
+            task = self.tasks.get(task_id)
+            if task is None or task.state in FINAL_STATES:
+                ready.append(self.info(task_id))
+            else:
+                self._watchers.setdefault(task_id, []).append(key)
+                left += 1
+        if left:
+            self._watch_left[key] = left
+        if ready:
+            self._out.append(SendToClient(client, TasksDone(request_id, ready)))
+        return self._flush()
+
+    def unwatch(self, client: PeerKey, request_id: int) -> None:
+        self._watch_left.pop((client, request_id), None)  # watcher lists are pruned lazily
+
+    # ------------------------------------------------------------------ dispatcher / worker events
+
+    def tasks_assigned(self, worker: PeerKey, worker_id: str, tasks: list[ReadyTask], now: float) -> list[Command]:
+        """The Dispatcher placed these tasks on ``worker`` (the assign message is on its way)."""
+        abandon: list[AttemptRef] = []
+        for ready in tasks:
+            task = self.tasks.get(ready.task_id)
+            if task is None or task.state is not S.QUEUED or task.attempt != ready.attempt:
+                # Cancelled (or requeued) while the placement was in flight.
+                abandon.append(AttemptRef(ready.task_id, ready.epoch, ready.attempt))
+                continue
+            self._move(task, S.ASSIGNED)
+            task.worker = worker
+            task.worker_id = worker_id
+        if abandon:
+            self._out.append(SendToWorker(worker, CancelTasks(abandon)))
+        return self._flush()
+
+    def tasks_started(self, worker: PeerKey, attempts: list[AttemptRef]) -> None:
+        for ref in attempts:
+            task = self.tasks.get(ref.task_id)
+            if task is not None and task.state is S.ASSIGNED and self._is_current(task, worker, ref):
+                self._move(task, S.RUNNING)
+
+    def outcomes_reported(self, worker: PeerKey, outcomes: list[TaskOutcome], now: float) -> list[Command]:
+        for outcome in outcomes:
+            task = self.tasks.get(outcome.task_id)
+            if task is None or task.state not in (S.ASSIGNED, S.RUNNING) or not self._is_current(
+                task, worker, outcome
+            ):
+                self.counters["stale_outcomes"] += 1
+                continue
+            if outcome.ok:
+                task.value = outcome.value
+                self._end_attempt(task, "succeeded", None)
+                self._finish(outcome.task_id, S.SUCCEEDED, None, now)
+                continue
+            error = outcome.error or ErrorInfo("UnknownError", "the worker reported a failure without details")
+            self._end_attempt(task, "failed", error)
+            self._after_failure(outcome.task_id, task, error, now)
+        return self._flush()
+
+    def worker_lost(self, worker: PeerKey, worker_id: str, task_ids: Iterable[str], reason: str,
+                    now: float) -> list[Command]:
+        """A worker died or left holding these tasks: retry, requeue or quarantine each."""
+        for task_id in task_ids:
+            task = self.tasks.get(task_id)
+            if task is None or task.state not in (S.ASSIGNED, S.RUNNING) or task.worker != worker:
+                continue
+            error = ErrorInfo("WorkerLost", f"worker {worker_id} was lost while holding the task: {reason}")
+            self._end_attempt(task, "worker lost", error)
+            self.counters["requeued_lost"] += 1
+            self._after_failure(task_id, task, error, now, worker_death=True)
+        return self._flush()
+
+    def tick(self, now: float) -> list[Command]:
+        """Fire due retry timers."""
+        if not self._retrying:
+            return []
+        due = [t for t, at in self._retrying.items() if at <= now]
+        for task_id in due:
+            del self._retrying[task_id]
+            task = self.tasks[task_id]
+            if task.state is S.RETRYING:
+                self._queue(task_id, task, now)
+        return self._flush()
+
+    def restore(self, records: list[TaskRecord], now: float) -> list[Command]:
+        """Rebuild from the journal at start, in submit order.
+
+        Final tasks keep their results.  Every other task runs again: its last
+        attempt (if any) belonged to an earlier epoch, so it gets the next attempt
+        number under this epoch, and a late result of the old attempt is stale.
+        """
+        for record in records:
+            if record.state in (S.QUEUED, S.ASSIGNED, S.RUNNING):
+                record.state = S.RETRYING  # not a transition: the journal's "needs another attempt"
+            record.states.append(record.state.value)
+            self.tasks[record.spec.task_id] = record
+            self.counts[record.state.value] += 1
+            self._seq = max(self._seq, record.seq)
+            if record.state not in FINAL_STATES:
+                self.open_count += 1
+        for record in records:
+            task_id = record.spec.task_id
+            if record.state in FINAL_STATES:
+                continue
+            for dep in record.spec.deps:
+                dep_task = self.tasks.get(dep)
+                if dep_task is not None and dep_task.state is not S.SUCCEEDED:
+                    dep_task.dependents.append(task_id)
+                    if dep_task.state not in FINAL_STATES:
+                        record.waiting_on.add(dep)
+            if record.state is S.WAITING:
+                if not record.waiting_on:
+                    self._queue(task_id, record, now)
+                continue
+            if record.state is S.RETRYING:
+                self._retrying[task_id] = now  # due at the first tick
+        return self._flush()
+
+    # ------------------------------------------------------------------ reads
+
+    def info(self, task_id: str) -> TaskInfo:
+        task = self.tasks.get(task_id)
+        if task is None:
+            return TaskInfo(task_id, NOT_FOUND)
+        return TaskInfo(
+            task_id, task.state.value, task.spec.name, task.spec.priority, task.attempt, task.worker_id,
+            task.value, task.error, list(task.history),
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {"tasks": len(self.tasks), "open": self.open_count, "epoch": self.epoch,
+                "states": dict(self.counts), **self.counters}
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_batch(self, specs: list[TaskSpec]) -> tuple[str, str] | None:
+        if len(specs) == 0:
+            return "bad-request", "a submit batch must hold at least one task"
+        in_batch: dict[str, TaskSpec] = {}
+        for spec in specs:
+            problem = _spec_problem(spec)
+            if problem:
+                return "bad-request", f"task {spec.task_id!r}: {problem}"
+            existing = self.tasks.get(spec.task_id)
+            if existing is not None and existing.spec != spec:
+                return "conflict", (f"task id {spec.task_id!r} already exists with different content; "
+                                    f"submit under a new id, or resubmit exactly the same task")
+            if spec.task_id in in_batch and in_batch[spec.task_id] != spec:
+                return "conflict", f"task id {spec.task_id!r} appears twice in the batch with different content"
+            in_batch[spec.task_id] = spec
+        for spec in specs:
+            for dep in spec.deps:
+                if dep == spec.task_id:
+                    return "bad-request", f"task {spec.task_id!r} depends on itself"
+                if dep not in in_batch and dep not in self.tasks:
+                    return "bad-request", f"task {spec.task_id!r} depends on unknown task {dep!r}"
+        cycle = _find_cycle({s.task_id: s for s in specs if s.task_id not in self.tasks})
+        if cycle:
+            return "bad-request", f"dependency cycle: {' -> '.join(cycle)}"
+        new = sum(1 for task_id in in_batch if task_id not in self.tasks)
+        if self.open_count + new > self.config.max_pending_tasks:
+            return "queue-full", (f"queue full: {self.open_count} tasks pending, batch adds {new}, "
+                                  f"max_pending_tasks={self.config.max_pending_tasks}; retry later")
+        return None
+
+    def _add(self, spec: TaskSpec, now: float) -> None:
+        self._seq += 1
+        task = TaskRecord(spec, self._seq, S.WAITING, epoch=self.epoch)
+        task.states.append(S.WAITING.value)
+        self.tasks[spec.task_id] = task
+        self.counts[S.WAITING.value] += 1
+        self.open_count += 1
+        self.counters["submitted"] += 1
+        self.dirty.add(spec.task_id)
+        failed_dep: tuple[str, TaskRecord] | None = None
+        for dep in spec.deps:
+            dep_task = self.tasks[dep]
+            if dep_task.state is S.SUCCEEDED:
+                continue
+            if dep_task.state in FINAL_STATES:
+                failed_dep = (dep, dep_task)
+                continue
+            task.waiting_on.add(dep)
+            dep_task.dependents.append(spec.task_id)
+        if failed_dep is not None:
+            self._fail_from_dependency(spec.task_id, task, *failed_dep, now)
+        elif not task.waiting_on:
+            self._queue(spec.task_id, task, now)
+
+    def _queue(self, task_id: str, task: TaskRecord, now: float) -> None:
+        self._move(task, S.QUEUED)
+        task.attempt += 1
+        task.epoch = self.epoch
+        task.worker = b""
+        spec = task.spec
+        self._ready.append(ReadyTask(
+            task_id, spec.priority, task.seq, task.attempt, task.epoch, spec.name, spec.args, spec.kwargs,
+            spec.timeout_s if spec.timeout_s is not None else (self.config.default_timeout_s or None),
+            tuple(spec.tags), now,
+        ))
+
+    def _after_failure(self, task_id: str, task: TaskRecord, error: ErrorInfo, now: float,
+                       worker_death: bool = False) -> None:
+        if task.cancel_requested:
+            self._finish(task_id, S.CANCELLED, ErrorInfo("Cancelled", "cancelled by a client"), now)
+            return
+        if worker_death or error.type in WORKER_DEATHS:
+            task.deaths += 1
+            if task.deaths >= self.config.max_worker_deaths:
+                self._finish(task_id, S.FAILED, ErrorInfo(
+                    "KilledWorker",
+                    f"the task was running when its worker process died {task.deaths} times "
+                    f"(max_worker_deaths={self.config.max_worker_deaths}); quarantined, last: {error.message}",
+                    error.traceback), now)
+                return
+        max_attempts = task.spec.max_attempts or self.config.max_attempts
+        retryable = error.type not in NOT_RETRYABLE and (
+            worker_death or error.type in WORKER_DEATHS or error.type == "TimedOut"
+            or not task.spec.retry_on or error.type in task.spec.retry_on
+            or error.type.rpartition(".")[2] in task.spec.retry_on)
+        if not retryable or task.attempt >= max_attempts:
+            self._finish(task_id, S.FAILED, error, now)
+            return
+        self.counters["retries"] += 1
+        if worker_death:
+            task.error = error
+            self._queue(task_id, task, now)  # the task did nothing wrong: no backoff
+            return
+        self._move(task, S.RETRYING)
+        task.error = error
+        self._retrying[task_id] = now + self.backoff_s(task.attempt)
+        self.dirty.add(task_id)
+
+    def backoff_s(self, attempt: int) -> float:
+        """Exponential backoff with equal jitter: half fixed, half random."""
+        ceiling = min(self.config.retry_backoff_cap_s, self.config.retry_backoff_base_s * 2 ** (attempt - 1))
+        return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
+
+    def _finish(self, task_id: str, state: TaskState, error: ErrorInfo | None, now: float) -> None:
+        task = self.tasks[task_id]
+        if task.state is S.QUEUED:
+            self._out.append(WithdrawTasks([task_id]))  # the Dispatcher still holds it
+        self._move(task, state)
+        task.error = error
+        self.open_count -= 1
+        self.dirty.add(task_id)
+        self._retrying.pop(task_id, None)
+        info = self.info(task_id)
+        for key in self._watchers.pop(task_id, ()):
+            if key in self._watch_left:
+                self._done.setdefault(key, []).append(info)
+                self._watch_left[key] -= 1
+                if self._watch_left[key] == 0:
+                    del self._watch_left[key]
+        for key in task.cancel_waiters:
+            pending = self._pending_cancels.get(key)
+            if pending is None:
+                continue
+            pending.waiting.discard(task_id)
+            if state is S.CANCELLED:
+                pending.cancelled.append(task_id)
+            if not pending.waiting:
+                del self._pending_cancels[key]
+                self._out.append(SendToClient(key[0], CancelReply(key[1], pending.cancelled)))
+        task.cancel_waiters.clear()
+        for dependent_id in task.dependents:
+            dependent = self.tasks[dependent_id]
+            if dependent.state is not S.WAITING:
+                continue
+            if state is S.SUCCEEDED:
+                dependent.waiting_on.discard(task_id)
+                if not dependent.waiting_on:
+                    self._queue(dependent_id, dependent, now)
+            else:
+                self._fail_from_dependency(dependent_id, dependent, task_id, task, now)
+
+    def _fail_from_dependency(self, task_id: str, task: TaskRecord, dep_id: str, dep: TaskRecord,
+                              now: float) -> None:
+        verb = "was cancelled" if dep.state is S.CANCELLED else "failed"
+        state = S.CANCELLED if dep.state is S.CANCELLED else S.FAILED
+        self._finish(task_id, state, ErrorInfo("DependencyFailed", f"dependency {dep_id} {verb}"), now)
+
+    def _cancel_dependents(self, task_id: str, now: float) -> list[str]:
+        """Cancel every not-yet-final task that (transitively) depends on ``task_id``."""
+        cancelled: list[str] = []
+        stack = list(self.tasks[task_id].dependents) if task_id in self.tasks else []
+        while stack:
+            dependent_id = stack.pop()
+            dependent = self.tasks[dependent_id]
+            if dependent.state in (S.WAITING, S.QUEUED, S.RETRYING):
+                self._finish(dependent_id, S.CANCELLED,
+                             ErrorInfo("DependencyFailed", f"dependency {task_id} was cancelled"), now)
+                cancelled.append(dependent_id)
+            stack.extend(dependent.dependents)
+        return cancelled
+
+    def _end_attempt(self, task: TaskRecord, outcome: str, error: ErrorInfo | None) -> None:
+        task.history.append(AttemptRecord(task.attempt, task.worker_id, outcome, error))
+
+    def _move(self, task: TaskRecord, target: TaskState) -> None:
+        check_transition(task.spec.task_id, task.state, target, task.states)
+        self.counts[task.state.value] -= 1
+        self.counts[target.value] += 1
+        task.state = target
+        task.states.append(target.value)
+        if len(task.states) > 16:
+            del task.states[:-8]
+
+    @staticmethod
+    def _is_current(task: TaskRecord, worker: PeerKey, ref: AttemptRef | TaskOutcome) -> bool:
+        return ref.attempt == task.attempt and ref.epoch == task.epoch and worker == task.worker
+
+    def _flush(self) -> list[Command]:
+        out = self._out
+        self._out = []
+        if self._ready:
+            out.append(MakeReady(self._ready))
+            self._ready = []
+        if self._done:
+            for (client, request_id), infos in self._done.items():
+                out.append(SendToClient(client, TasksDone(request_id, infos)))
+            self._done = {}
+        return out
+
+
+def _spec_problem(spec: TaskSpec) -> str:
+    module, sep, function = spec.name.partition(":")
+    if not spec.task_id:
+        return "task_id must not be empty"
+    if not sep or not module or not function:
+        return f"name must look like 'package.module:function', got {spec.name!r}"
+    if not PRIORITY_MIN <= spec.priority <= PRIORITY_MAX:
+        return f"priority must be in [{PRIORITY_MIN}, {PRIORITY_MAX}], got {spec.priority}"
+    if spec.timeout_s is not None and spec.timeout_s < 0:
+        return f"timeout_s must be >= 0 or None, got {spec.timeout_s}"
+    if spec.max_attempts is not None and spec.max_attempts < 1:
+        return f"max_attempts must be >= 1 or None, got {spec.max_attempts}"
+    return ""
+
+
+def _find_cycle(batch: dict[str, TaskSpec]) -> list[str]:
+    """A dependency cycle among the new tasks of a batch, as a path, or []."""
+    colour: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    for root in batch:
+        if colour.get(root):
+            continue
+        path: list[str] = []
+        stack: list[tuple[str, int]] = [(root, 0)]
+        while stack:
+            node, index = stack.pop()
+            if index == 0:
+                colour[node] = 1
+                path.append(node)
+            deps = [d for d in batch[node].deps if d in batch]
+            if index < len(deps):
+                stack.append((node, index + 1))
+                nxt = deps[index]
+                if colour.get(nxt) == 1:
+                    return path[path.index(nxt):] + [nxt]
+                if not colour.get(nxt):
+                    stack.append((nxt, 0))
+                continue
+            colour[node] = 2
+            path.pop()
+    return []

@@ -1,0 +1,212 @@
+"""The worker registry's pure core: worker incarnations, their tasks and their liveness.
+
+Theory of operation
+-------------------
+A worker *incarnation* is one connection, keyed by its ZeroMQ routing id; the
+human ``worker_id`` names the process.  The registry knows which tasks each
+incarnation holds (told by the Dispatcher before the assign message leaves, so a
+result can never arrive for a placement the registry has not heard of).
+
+Liveness: every message from a worker refreshes ``last_seen``.  A worker silent for
+``suspect_after_s`` is SUSPECT (closed for new tasks); silent for
+``worker_timeout_s`` it is declared lost and every task it held goes back to the
+queue.  A goodbye or a closed connection removes it at once.  A second registration
+under a live ``worker_id`` supersedes the first incarnation, which is fenced out.
+
+Local-pause guard: if the coordinator itself stopped (SIGSTOP, swap) the silence is
+ours, not the workers'; :meth:`RegistryCore.local_pause` restarts every worker's
+window instead of convicting them all on waking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from actorsched.config import LivenessConfig, PlacementConfig
+from actorsched.core.commands import (
+    Command,
+    PeerKey,
+    RequeueLost,
+    SendToWorker,
+    SlotsFreed,
+    WorkerAccepting,
+    WorkerDown,
+    WorkerLoad,
+    WorkerUp,
+)
+from actorsched.protocol import Register, Reregister, Shutdown, Welcome, WorkerInfo
+
+
+class WorkerState(Enum):
+    ALIVE = "ALIVE"
+    SUSPECT = "SUSPECT"
+    DRAINING = "DRAINING"
+
+
+@dataclass(slots=True)
+class WorkerRecord:
+    key: PeerKey
+    worker_id: str
+    host: str
+    pid: int
+    slots: int
+    tags: tuple[str, ...]
+    last_seen: float
+    state: WorkerState = WorkerState.ALIVE
+    running: set[str] = field(default_factory=set)
+    cpu_percent: float = 0.0
+    memory_percent: float = 0.0
+    tasks_done: int = 0
+
+
+def load_score(running: int, slots: int, cpu_percent: float, memory_percent: float,
+               config: PlacementConfig) -> float:
+    """Lower is better: busy slots, then measured CPU and memory, by configured weights."""
+    return (config.running_weight * running / max(slots, 1)
+            + config.cpu_weight * cpu_percent / 100.0
+            + config.memory_weight * memory_percent / 100.0)
+
+
+class RegistryCore:
+    def __init__(self, liveness: LivenessConfig, placement: PlacementConfig, epoch: int) -> None:
+        self.liveness = liveness
+        self.placement = placement
+        self.epoch = epoch
+        self.workers: dict[PeerKey, WorkerRecord] = {}
+        self.by_id: dict[str, PeerKey] = {}
+        self.counters = {"registered": 0, "removed": 0, "goodbyes": 0, "superseded": 0, "unknown_peer": 0}
+
+    # ------------------------------------------------------------------ events
+
+    def registered(self, key: PeerKey, message: Register, now: float) -> list[Command]:
+        out: list[Command] = []
+        old_key = self.by_id.get(message.worker_id)
+        if old_key is not None and old_key != key:
+            # One owner per worker id: the newest registration wins, the old one is fenced.
+            self.counters["superseded"] += 1
+            out += self._remove(old_key, f"superseded by a new registration of {message.worker_id}")
+            out.append(SendToWorker(old_key, Shutdown(f"worker id {message.worker_id} registered again")))
+        if key in self.workers:
+            out += self._remove(key, "re-registered on the same connection")
+        record = WorkerRecord(key, message.worker_id, message.host, message.pid, message.slots,
+                              tuple(message.tags), now)
+        record.running = {ref.task_id for ref in message.running}
+        self.workers[key] = record
+        self.by_id[message.worker_id] = key
+        self.counters["registered"] += 1
+        out.append(SendToWorker(key, Welcome(message.worker_id, self.epoch, self.liveness.heartbeat_interval_s)))
+        out.append(WorkerUp(key, message.worker_id, message.slots, record.tags, len(record.running)))
+        return out
+
+    def heartbeat(self, key: PeerKey, cpu_percent: float, memory_percent: float, now: float) -> list[Command]:
+        record = self.workers.get(key)
+        if record is None:
+            self.counters["unknown_peer"] += 1
+            return [SendToWorker(key, Reregister("unknown worker connection; register again"))]
+        out = self._seen(record, now)
+        record.cpu_percent = cpu_percent
+        record.memory_percent = memory_percent
+        out.append(WorkerLoad(key, cpu_percent, memory_percent))
+        return out
+
+    def seen(self, key: PeerKey, now: float) -> list[Command]:
+        """Any message from a known worker proves it alive."""
+        record = self.workers.get(key)
+        return self._seen(record, now) if record is not None else []
+
+    def tasks_assigned(self, key: PeerKey, worker_id: str, task_ids: list[str]) -> list[Command]:
+        record = self.workers.get(key)
+        if record is None:
+            # The worker left while the placement was in flight: hand the tasks back.
+            return [RequeueLost(key, worker_id, task_ids, "worker left before the assignment reached it")]
+        record.running.update(task_ids)
+        return []
+
+    def tasks_finished(self, key: PeerKey, task_ids: list[str], now: float) -> list[Command]:
+        record = self.workers.get(key)
+        if record is None:
+            return []
+        out = self._seen(record, now)
+        freed = 0
+        for task_id in task_ids:
+            if task_id in record.running:
+                record.running.discard(task_id)
+                freed += 1
+        record.tasks_done += freed
+        if freed:
+            out.append(SlotsFreed(key, freed))
+        return out
+
+    def draining(self, key: PeerKey, now: float) -> list[Command]:
+        record = self.workers.get(key)
+        if record is None:
+            return []
+        record.state = WorkerState.DRAINING
+        record.last_seen = now
+        return [WorkerAccepting(key, False)]
+
+    def goodbye(self, key: PeerKey) -> list[Command]:
+        if key not in self.workers:
+            return []
+        self.counters["goodbyes"] += 1
+        return self._remove(key, "said goodbye")
+
+    def disconnected(self, key: PeerKey) -> list[Command]:
+        if key not in self.workers:
+            return []
+        return self._remove(key, "its connection closed")
+
+    def scan(self, now: float) -> list[Command]:
+        """Suspect and convict silent workers."""
+        out: list[Command] = []
+        for key, record in list(self.workers.items()):
+            silent_s = now - record.last_seen
+            if silent_s > self.liveness.worker_timeout_s:
+                out += self._remove(key, f"silent for {silent_s:.1f} s (worker_timeout_s="
+                                         f"{self.liveness.worker_timeout_s})")
+            elif silent_s > self.liveness.suspect_after_s and record.state is WorkerState.ALIVE:
+                record.state = WorkerState.SUSPECT
+                out.append(WorkerAccepting(key, False))
+        return out
+
+    def local_pause(self, now: float) -> None:
+        """We were stopped, not them: give every worker a fresh window."""
+        for record in self.workers.values():
+            record.last_seen = now
+
+    # ------------------------------------------------------------------ reads
+
+    def infos(self, now: float) -> list[WorkerInfo]:
+        return [
+            WorkerInfo(
+                r.worker_id, r.host, r.pid, r.slots, len(r.running),
+                round(load_score(len(r.running), r.slots, r.cpu_percent, r.memory_percent, self.placement), 3),
+                r.cpu_percent, r.memory_percent, r.state.value, list(r.tags), round(now - r.last_seen, 3),
+                r.tasks_done, "closed",
+            )
+            for r in sorted(self.workers.values(), key=lambda r: r.worker_id)
+        ]
+
+    def stats(self) -> dict[str, int]:
+        return {"workers": len(self.workers), "slots": sum(r.slots for r in self.workers.values()),
+                "running": sum(len(r.running) for r in self.workers.values()), **self.counters}
+
+    # ------------------------------------------------------------------ internals
+
+    def _seen(self, record: WorkerRecord, now: float) -> list[Command]:
+        record.last_seen = now
+        if record.state is WorkerState.SUSPECT:
+            record.state = WorkerState.ALIVE
+            return [WorkerAccepting(record.key, True)]
+        return []
+
+    def _remove(self, key: PeerKey, reason: str) -> list[Command]:
+        record = self.workers.pop(key)
+        if self.by_id.get(record.worker_id) == key:
+            del self.by_id[record.worker_id]
+        self.counters["removed"] += 1
+        out: list[Command] = [WorkerDown(key)]
+        if record.running:
+            out.append(RequeueLost(key, record.worker_id, sorted(record.running), reason))
+        return out
