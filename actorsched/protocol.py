@@ -546,7 +546,7 @@ class Codec:
 def encode(message: Message) -> list[bytes]:
     """The three frames of ``message``; raises ProtocolError if a value is not msgpack-able."""
     try:
-        body = msgpack.packb(_record_encoder(type(message))(message), use_bin_type=True)
+        body = msgpack.packb(_record_encoder(type(message))(message), use_bin_type=True)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"cannot encode {type(message).__name__}: {exc}") from None
     return [VERSION, message.KIND, body]

@@ -71,7 +71,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="coordinator", description="Run the actorsched coordinator.")
     parser.add_argument("--config", help="TOML config file (default: built-in defaults; see configs/coordinator.toml)")
     parser.add_argument("--bind", help="client endpoint, tcp://HOST:PORT (overrides [endpoints] client_endpoint)")
-    parser.add_argument("--worker-bind", help="worker endpoint, tcp://HOST:PORT (overrides [endpoints] worker_endpoint)")
+    parser.add_argument("--worker-bind", help="tcp://HOST:PORT for workers (overrides [endpoints] worker_endpoint)")
     parser.add_argument("--state-dir", help="journal folder (overrides [journal] state_dir)")
     parser.add_argument("--no-journal", action="store_true", help="keep state in memory only (nothing survives)")
     parser.add_argument("--worker-timeout", type=float, help="seconds of silence before a worker is lost")

@@ -71,8 +71,8 @@ class Transport:
         self.clients = self._router(self.config.client_endpoint)
         self.workers = self._router(self.config.worker_endpoint)
         self.monitor = self.workers.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self.client_endpoint = self.clients.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self.worker_endpoint = self.workers.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.client_endpoint = self.clients.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.worker_endpoint = self.workers.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def _router(self, endpoint: str) -> zmq.Socket[Any]:
         sock = self.context.socket(zmq.ROUTER)

@@ -23,6 +23,7 @@ are collected in :attr:`TaskQueueCore.dirty` for the journal.
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -107,7 +108,7 @@ class TaskQueueCore:
             "submitted": 0, "stale_outcomes": 0, "retries": 0, "requeued_lost": 0, "rejected_batches": 0,
         }
         self._seq = 0
-        self._retrying: dict[str, float] = {}
+        self._retry_heap: list[tuple[float, str]] = []  # (due, task id); stale items skipped
         self._watchers: dict[str, list[tuple[PeerKey, int]]] = {}
         self._watch_left: dict[tuple[PeerKey, int], int] = {}
         self._pending_cancels: dict[tuple[PeerKey, int], _PendingCancel] = {}
@@ -237,13 +238,13 @@ class TaskQueueCore:
 
     def tick(self, now: float) -> list[Command]:
         """Fire due retry timers."""
-        if not self._retrying:
+        heap = self._retry_heap
+        if not heap or heap[0][0] > now:
             return []
-        due = [t for t, at in self._retrying.items() if at <= now]
-        for task_id in due:
-            del self._retrying[task_id]
+        while heap and heap[0][0] <= now:
+            due, task_id = heapq.heappop(heap)
             task = self.tasks[task_id]
-            if task.state is S.RETRYING:
+            if task.state is S.RETRYING and task.retry_at == due:
                 self._queue(task_id, task, now)
         return self._flush()
 
@@ -278,7 +279,7 @@ class TaskQueueCore:
                     self._queue(task_id, record, now)
                 continue
             if record.state is S.RETRYING:
-                self._retrying[task_id] = now  # due at the first tick
+                self._retry_later(task_id, record, now)  # due at the first tick
         return self._flush()
 
     # ------------------------------------------------------------------ reads
@@ -393,8 +394,12 @@ class TaskQueueCore:
             return
         self._move(task, S.RETRYING)
         task.error = error
-        self._retrying[task_id] = now + self.backoff_s(task.attempt)
+        self._retry_later(task_id, task, now + self.backoff_s(task.attempt))
         self.dirty.add(task_id)
+
+    def _retry_later(self, task_id: str, task: TaskRecord, due: float) -> None:
+        task.retry_at = due
+        heapq.heappush(self._retry_heap, (due, task_id))
 
     def backoff_s(self, attempt: int) -> float:
         """Exponential backoff with equal jitter: half fixed, half random."""
@@ -409,7 +414,6 @@ class TaskQueueCore:
         task.error = error
         self.open_count -= 1
         self.dirty.add(task_id)
-        self._retrying.pop(task_id, None)
         info = self.info(task_id)
         for key in self._watchers.pop(task_id, ()):
             if key in self._watch_left:
