@@ -492,7 +492,7 @@ def _record_encoder(cls: type) -> Callable[[Any], list[Any]]:
         inner = typing.get_args(hint)[0] if is_list else hint
         if typing.get_origin(inner) in (typing.Union, types.UnionType):
             inner = [a for a in typing.get_args(inner) if a is not type(None)][0]
-        nested = _record_encoder(inner) if dataclasses.is_dataclass(inner) else None
+        nested = _record_encoder(inner) if dataclasses.is_dataclass(inner) else None  # type: ignore[arg-type]
         plan.append((f.name, nested, is_list))
     return encode_record
 

@@ -59,9 +59,9 @@ class Coordinator:
                  self.transport.client_endpoint, self.transport.worker_endpoint)
 
     def stop(self) -> None:
+        self.transport.stop()  # no new input first, then the clock, then the actors
         for ref in (self.failure_detector, self.dispatcher, self.registry, self.queue):
             ref.stop(block=True, timeout=10)
-        self.transport.stop()
         if self.journal is not None:
             self.journal.close()
         log.info("coordinator stopped")

@@ -70,8 +70,8 @@ class DispatcherActor(pykka.ThreadingActor):
             return None
         placed = [ev.TasksPlaced(p.worker, core.workers[p.worker].worker_id, p.tasks) for p in placements]
         assert self.queue is not None and self.registry is not None
-        self.queue.tell(placed)
-        self.registry.tell(placed)
+        ev.tell(self.queue, placed)
+        ev.tell(self.registry, placed)
         self.transport.tell([
             SendToWorker(p.worker, Assign([
                 Assignment(t.task_id, t.name, t.args, t.kwargs, t.epoch, t.attempt, t.timeout_s) for t in p.tasks

@@ -7,11 +7,16 @@ and tells each actor once.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
+import pykka
+
 from actorsched.core.commands import PeerKey, ReadyTask
 from actorsched.protocol import AttemptRef, Heartbeat, Register, TaskOutcome, TaskSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,3 +113,13 @@ class TasksPlaced:
     worker: PeerKey
     worker_id: str
     tasks: list[ReadyTask]
+
+
+def tell(ref: Any, events: list[Any]) -> None:
+    """``ref.tell(events)``, except that a peer already stopped (during shutdown) is not an error."""
+    if ref is None:
+        return
+    try:
+        ref.tell(events)
+    except pykka.ActorDeadError:
+        log.debug("dropped %d event(s) for a stopped actor", len(events))

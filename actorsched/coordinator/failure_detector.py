@@ -15,6 +15,7 @@ from typing import Any
 import pykka
 
 from actorsched.config import LivenessConfig
+from actorsched.coordinator import events as ev
 from actorsched.core.liveness import LivenessCore, LocalPauseDetected, ScanWorkers, TimersDue
 
 
@@ -48,7 +49,7 @@ class FailureDetectorActor(pykka.ThreadingActor):
             return None
         for verdict in self.core.tick(self.clock()):
             if isinstance(verdict, TimersDue):
-                self.queue.tell([verdict])
+                ev.tell(self.queue, [verdict])
             elif isinstance(verdict, (ScanWorkers, LocalPauseDetected)):
-                self.registry.tell([verdict])
+                ev.tell(self.registry, [verdict])
         return None

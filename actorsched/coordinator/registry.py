@@ -69,8 +69,7 @@ class RegistryActor(pykka.ThreadingActor):
                 case ev.WorkersRequested(client, request_id):
                     out.append(SendToClient(client, WorkersReply(request_id, core.infos(now))))
                 case ev.StatsRequested(client, request_id, stats):
-                    if self.queue is not None:
-                        self.queue.tell([ev.StatsRequested(client, request_id, {**stats, "workers": core.stats()})])
+                    ev.tell(self.queue, [ev.StatsRequested(client, request_id, {**stats, "workers": core.stats()})])
                 case "infos":  # ask() from tests
                     return core.infos(now)
                 case _:
@@ -92,9 +91,9 @@ class RegistryActor(pykka.ThreadingActor):
             else:
                 capacity.append(command)
         # Capacity first: the dispatcher must know a worker is gone before its tasks come back.
-        if capacity and self.dispatcher is not None:
-            self.dispatcher.tell(capacity)
-        if lost and self.queue is not None:
-            self.queue.tell(lost)
+        if capacity:
+            ev.tell(self.dispatcher, capacity)
+        if lost:
+            ev.tell(self.queue, lost)
         if sends and self.transport is not None:
             self.transport.tell(sends)

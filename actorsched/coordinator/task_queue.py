@@ -101,8 +101,8 @@ class TaskQueueActor(pykka.ThreadingActor):
                 ready.append(command)
             else:
                 log.error("TaskQueue cannot carry out %r", command)
-        if ready and self.dispatcher is not None:
-            self.dispatcher.tell(ready)
+        if ready:
+            ev.tell(self.dispatcher, ready)
         if sends and self.transport is not None:
             self.transport.tell(sends)
 

@@ -131,12 +131,15 @@ class Transport:
         while self._running:
             ready = dict(poller.poll(1000))
             if self._wake_r in ready:
-                self._wake_pending = False
                 try:
                     while os.read(self._wake_r, 4096):
                         pass
                 except BlockingIOError:
                     pass
+                # Cleared only after draining: a tell() racing with the drain either
+                # sees the flag set and is served by the _send_outbox below, or sees
+                # it clear and writes a fresh byte for the next poll.
+                self._wake_pending = False
             self._send_outbox()
             queue_events: list[Any] = []
             registry_events: list[Any] = []
@@ -146,10 +149,10 @@ class Transport:
                 self._read_clients(queue_events, registry_events)
             if self.monitor in ready:
                 self._read_monitor(registry_events)
-            if registry_events and self.registry is not None:
-                self.registry.tell(registry_events)
-            if queue_events and self.queue is not None:
-                self.queue.tell(queue_events)
+            if registry_events:
+                ev.tell(self.registry, registry_events)
+            if queue_events:
+                ev.tell(self.queue, queue_events)
 
     def _send_outbox(self) -> None:
         outbox = self._outbox
@@ -164,8 +167,8 @@ class Transport:
                     self.counters["send_failed"] += 1
                     self._warn("send", "cannot send %s to %s peer %r: %s", type(command.message).__name__,
                                "worker" if is_worker else "client", peer, exc.strerror)
-                    if is_worker and exc.errno == zmq.EHOSTUNREACH and self.registry is not None:
-                        self.registry.tell([ev.WorkerLeft(peer, "unreachable")])
+                    if is_worker and exc.errno == zmq.EHOSTUNREACH:
+                        ev.tell(self.registry, [ev.WorkerLeft(peer, "unreachable")])
                 except ProtocolError as exc:
                     self.counters["encode_failed"] += 1
                     log.error("cannot encode %s for %r: %s", type(command.message).__name__, peer, exc)

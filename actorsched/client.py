@@ -1,0 +1,708 @@
+"""The synchronous client: submit tasks, wait for them, query and cancel them.
+
+Theory of operation
+-------------------
+A :class:`Client` owns one ZeroMQ DEALER socket connected to the coordinator's client
+endpoint.  Every request carries a fresh ``request_id`` and the reply carries it back,
+so replies are matched by id, never by order: whatever arrives for another id is kept
+in a buffer for whoever is waiting on it (a ``TasksDone`` push for a watch can arrive at
+any moment).  Replies for ids nobody waits on any more (a request that timed out, a
+watch that was given up) are dropped.
+
+The socket is not thread-safe, so every socket operation runs under one fair (FIFO)
+lock.  A thread that waits for a reply holds the lock while it polls; a thread that
+wants the lock writes one byte on a wake-up socket pair that is part of the same poll,
+so the holder lets go at once instead of after a polling slice.
+
+Waiting for tasks is push-based: ``Watch(request_id, task_ids)`` makes the coordinator
+send ``TasksDone`` as each task reaches a final state (at once for tasks that already
+have).  A watch ends by itself when every task was reported; a waiter that gives up
+early sends ``Unwatch``.  If nothing arrives for ``timeout_s`` the client pings the
+coordinator (``GetStats``) to tell a slow cluster from a dead coordinator, and renews
+its watches, so that a coordinator restarted from its journal still reports them.
+
+Submits are validated completely before anything is sent (:class:`InvalidTask`), sent
+in chunks of at most :data:`SUBMIT_CHUNK` tasks, and pipelined: up to :data:`WINDOW`
+chunks are in flight while the replies come back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import msgpack
+import zmq
+
+from actorsched import protocol
+from actorsched.config import check_endpoint, default_client_endpoint
+from actorsched.errors import (
+    ActorschedError,
+    ConfigError,
+    ConnectionFailed,
+    ProtocolError,
+    SubmitRejected,
+    TaskFailed,
+    TaskNotFound,
+    Timeout,
+)
+from actorsched.protocol import ErrorReply, Message, TaskInfo, TaskSpec, WorkerInfo
+
+log = logging.getLogger(__name__)
+
+PRIORITY_MIN = -1_000_000
+"""Smallest allowed priority.  Smaller numbers run first."""
+PRIORITY_MAX = 1_000_000
+"""Largest allowed priority."""
+SUBMIT_CHUNK = 1_000
+"""Most tasks in one Submit message."""
+QUERY_CHUNK = 10_000
+"""Most task ids in one Query, Cancel or Watch message."""
+WINDOW = 32
+"""Most pipelined requests in flight at once."""
+MAX_TASK_ID_CHARS = 256
+FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "NOT_FOUND"})
+"""States after which a task never changes again (NOT_FOUND: the coordinator does not know it)."""
+
+_NAME_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+_SPEC_FIELDS = frozenset(f for f in TaskSpec.__dataclass_fields__)
+_DRAIN_LIMIT = 10_000  # messages read per poll before the lock is offered to others
+_R = TypeVar("_R", bound=Message)
+
+
+class InvalidTask(SubmitRejected, ValueError):
+    """A task or task id was rejected by the client before anything was sent.
+
+    Proposed for ``actorsched.errors``; a ``SubmitRejected`` (nothing was queued) and a
+    ``ValueError`` (the caller passed a bad argument).
+    """
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_str_list(value: Any, field: str, where: Callable[[], str]) -> list[str]:
+    if not value:
+        return []
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise InvalidTask(f"{field} of {where()} must be a list of strings, got {value!r}")
+    items = list(value)
+    for item in items:
+        if type(item) is not str or not item:
+            raise InvalidTask(f"{field} of {where()} must hold non-empty strings, got {item!r} in {items!r}")
+    return items
+
+
+def check_task_id(task_id: Any, what: str = "task id") -> str:
+    """Return ``task_id`` if it is a usable task id, else raise :class:`InvalidTask`."""
+    if type(task_id) is not str or not task_id:
+        raise InvalidTask(f"{what} must be a non-empty string, got {task_id!r}")
+    if len(task_id) > MAX_TASK_ID_CHARS:
+        raise InvalidTask(f"{what} must be at most {MAX_TASK_ID_CHARS} characters, got {len(task_id)}: "
+                          f"{task_id[:40]!r}...")
+    return task_id
+
+
+def make_spec(fields: TaskSpec | dict[str, Any]) -> TaskSpec:
+    """A validated :class:`TaskSpec` from a spec or a dict of its field names.
+
+    Raises :class:`InvalidTask` naming the task, the field, the value and what was
+    expected.  A missing ``task_id`` becomes a random uuid4 hex string.  This runs for
+    every task of a submit, so the happy path avoids building any message.
+    """
+    if isinstance(fields, TaskSpec):
+        values: dict[str, Any] = {name: getattr(fields, name) for name in _SPEC_FIELDS}
+    elif isinstance(fields, dict):
+        if not fields.keys() <= _SPEC_FIELDS:
+            unknown = sorted(map(str, fields.keys() - _SPEC_FIELDS))
+            raise InvalidTask(f"unknown task field(s) {', '.join(map(repr, unknown))}; "
+                              f"expected some of: {', '.join(sorted(_SPEC_FIELDS))}")
+        if "name" not in fields:
+            raise InvalidTask(f"task spec {fields!r} has no 'name'; give it as 'package.module:function'")
+        values = fields
+    else:
+        raise InvalidTask(f"a task spec must be a TaskSpec or a dict, got {type(fields).__name__} {fields!r}")
+
+    task_id = values.get("task_id")
+    task_id = uuid.uuid4().hex if task_id is None else check_task_id(task_id)
+    name = values["name"]
+    if type(name) is not str or not _NAME_RE.fullmatch(name):
+        raise InvalidTask(f"name of task {task_id!r} must look like 'package.module:function', got {name!r}")
+
+    def where() -> str:
+        return f"task {task_id!r} ({name})"
+
+    args = values.get("args")
+    if args is None:
+        args = []
+    elif type(args) is not list:
+        if isinstance(args, str | bytes | dict) or not isinstance(args, Iterable):
+            raise InvalidTask(f"args of {where()} must be a list, got {type(args).__name__} {args!r}")
+        args = list(args)
+    kwargs = values.get("kwargs")
+    if kwargs is None:
+        kwargs = {}
+    elif type(kwargs) is not dict:
+        raise InvalidTask(f"kwargs of {where()} must be a dict, got {type(kwargs).__name__} {kwargs!r}")
+    for key in kwargs:
+        if type(key) is not str:
+            raise InvalidTask(f"kwargs of {where()} must have string keys, got {key!r}")
+
+    priority = values.get("priority", 0)
+    if type(priority) is not int or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise InvalidTask(f"priority of {where()} must be an integer in [{PRIORITY_MIN}, {PRIORITY_MAX}] "
+                          f"(smaller runs first), got {priority!r}")
+    timeout_s = values.get("timeout_s")
+    if timeout_s is not None:
+        if type(timeout_s) not in (int, float) or not math.isfinite(timeout_s) or timeout_s < 0:
+            raise InvalidTask(f"timeout_s of {where()} must be None or a finite number >= 0 "
+                              f"(0: no timeout), got {timeout_s!r}")
+        timeout_s = float(timeout_s)
+    max_attempts = values.get("max_attempts")
+    if max_attempts is not None and (type(max_attempts) is not int or max_attempts < 1):
+        raise InvalidTask(f"max_attempts of {where()} must be None or an integer >= 1, got {max_attempts!r}")
+    deps = _check_str_list(values.get("deps"), "deps", where)
+    if deps and task_id in deps:
+        raise InvalidTask(f"{where()} lists itself in its deps; a task cannot wait for itself")
+    return TaskSpec(task_id, name, args, kwargs, priority, deps, timeout_s, max_attempts,
+                    _check_str_list(values.get("retry_on"), "retry_on", where),
+                    _check_str_list(values.get("tags"), "tags", where))
+
+
+def _find_unsendable(specs: Sequence[TaskSpec], exc: Exception) -> InvalidTask:
+    """Name the task whose args/kwargs could not be encoded (slow path, after a failure)."""
+    for spec in specs:
+        for what, value in (("args", spec.args), ("kwargs", spec.kwargs)):
+            label = f"{what} of task {spec.task_id!r} ({spec.name})"
+            try:
+                protocol.check_packable(value, label)
+                msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False, strict_map_key=True)
+            except ProtocolError as inner:
+                return InvalidTask(str(inner))
+            except ValueError as inner:  # strict_map_key: the coordinator only takes str keys
+                return InvalidTask(f"{label} cannot be sent ({inner}); dict keys must be strings")
+    return InvalidTask(f"a batch of {len(specs)} task(s) cannot be sent: {exc}")
+
+
+# --------------------------------------------------------------------------- handles
+
+
+def _outcome(info: TaskInfo, endpoint: str) -> Any:
+    """The value of a final task, or the exception that stands for it."""
+    if info.state == "SUCCEEDED":
+        return info.value
+    if info.state == "NOT_FOUND":
+        raise TaskNotFound(f"task {info.task_id!r} is not known to the coordinator at {endpoint}; "
+                           f"was it submitted there (check the id and ACTORSCHED_COORDINATOR)?")
+    error = info.error
+    if error is None:
+        error_type = "Cancelled" if info.state == "CANCELLED" else "Unknown"
+        raise TaskFailed(info.task_id, info.state, error_type, "no error details were reported", "")
+    raise TaskFailed(info.task_id, info.state, error.type, error.message, error.traceback)
+
+
+class TaskHandle:
+    """A submitted task: wait for its result, ask its state, cancel it.
+
+    The final :class:`TaskInfo` is cached once seen, so ``result()`` after the task
+    finished costs no round trip.
+    """
+
+    __slots__ = ("task_id", "client", "_final")
+
+    def __init__(self, task_id: str, client: Client) -> None:
+        self.task_id = task_id
+        self.client = client
+        self._final: TaskInfo | None = None
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's value; TaskFailed if it FAILED or was CANCELLED, Timeout past ``timeout`` s."""
+        if self._final is None:
+            for _ in self.client._iter_final([self], timeout):
+                pass
+        assert self._final is not None
+        return _outcome(self._final, self.client.endpoint)
+
+    def info(self) -> TaskInfo:
+        """The coordinator's current view of the task (cached once final)."""
+        if self._final is not None:
+            return self._final
+        info = self.client.query(self.task_id)
+        self._remember(info)
+        return info
+
+    def status(self) -> str:
+        """The task's state: QUEUED, RUNNING, SUCCEEDED, ... or NOT_FOUND."""
+        return self.info().state
+
+    def done(self) -> bool:
+        """True once the task reached a final state (SUCCEEDED, FAILED, CANCELLED or NOT_FOUND)."""
+        return self.info().state in FINAL_STATES
+
+    def cancel(self, cascade: bool = True) -> bool:
+        """Cancel the task (and its dependents if ``cascade``); True if the coordinator cancelled it."""
+        return self.client.cancel(self.task_id, cascade=cascade)
+
+    def _remember(self, info: TaskInfo) -> None:
+        if info.state in FINAL_STATES:
+            self._final = info
+
+    def __repr__(self) -> str:
+        state = f", state={self._final.state}" if self._final is not None else ""
+        return f"TaskHandle({self.task_id!r}{state})"
+
+
+# --------------------------------------------------------------------------- client
+
+
+class Client:
+    """A synchronous connection to one coordinator; safe to share between threads.
+
+    ``endpoint`` defaults to ``$ACTORSCHED_COORDINATOR`` or ``tcp://127.0.0.1:7700``.
+    ``timeout_s`` bounds every wait for an answer from the coordinator; past it the
+    call raises :class:`ConnectionFailed`.
+    """
+
+    def __init__(self, endpoint: str | None = None, timeout_s: float = 10.0,
+                 max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.endpoint = check_endpoint(endpoint, "coordinator endpoint") if endpoint else default_client_endpoint()
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not timeout_s > 0:
+            raise ConfigError(f"client timeout_s must be a number of seconds > 0, got {timeout_s!r}")
+        self.timeout_s = float(timeout_s)
+        self.max_message_bytes = max_message_bytes
+        self.dropped_frames = 0
+        self._codec = protocol.Codec(protocol.TO_CLIENT_MESSAGES, max_message_bytes)
+        self._ids = itertools.count(1)
+        self._closed = False
+        # The fair lock: a ticket per caller, served in order.
+        self._cond = threading.Condition(threading.Lock())
+        self._next_ticket = 0
+        self._serving = 0
+        # Everything below is touched only while holding a turn.
+        self._open: set[int] = set()                     # request ids awaiting a reply
+        self._arrived: dict[int, Message] = {}           # their replies
+        self._watches: dict[int, list[TaskInfo | ErrorReply]] = {}  # watch id -> reports so far
+        self._refusals = 0
+        self._refusal_reason = ""
+        self._socket: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        self._wake_r, self._wake_w = socket.socketpair()
+        try:
+            self._socket.setsockopt(zmq.LINGER, 0)
+            self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + 1024)
+            self._socket.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
+            self._socket.connect(self.endpoint)
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            self._poller = zmq.Poller()
+            self._poller.register(self._socket, zmq.POLLIN)
+            self._poller.register(self._wake_r, zmq.POLLIN)
+        except BaseException:
+            self._release_sockets()
+            raise
+
+    # ------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Close the connection; pending waits in other threads then fail.  Idempotent."""
+        with self._turn(check_open=False):
+            if not self._closed:
+                self._closed = True
+                self._release_sockets()
+
+    def _release_sockets(self) -> None:
+        self._socket.close(linger=0)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.endpoint!r}{', closed' if self._closed else ''})"
+
+    # ------------------------------------------------------------ tasks
+
+    def submit(self, name: str, *args: Any, priority: int = 0, task_id: str | None = None,
+               deps: Iterable[str] | None = None, timeout_s: float | None = None,
+               max_attempts: int | None = None, retry_on: Iterable[str] | None = None,
+               tags: Iterable[str] | None = None, **kwargs: Any) -> TaskHandle:
+        """Submit one task ``name(*args, **kwargs)``; returns once the coordinator made it durable."""
+        spec = {"task_id": task_id, "name": name, "args": list(args), "kwargs": kwargs, "priority": priority,
+                "deps": deps, "timeout_s": timeout_s, "max_attempts": max_attempts, "retry_on": retry_on,
+                "tags": tags}
+        return self.submit_many([spec])[0]
+
+    def submit_many(self, specs: Iterable[TaskSpec | dict[str, Any]]) -> list[TaskHandle]:
+        """Submit many tasks, validated first, sent in pipelined chunks; handles in input order.
+
+        Each chunk is durable when acknowledged.  If the coordinator rejects a chunk the
+        others may still have been queued; resubmitting the same specs is safe, as task
+        ids make submits idempotent.
+        """
+        checked = [make_spec(spec) for spec in specs]
+        requests: list[tuple[int, list[bytes], int]] = []
+        for start in range(0, len(checked), SUBMIT_CHUNK):
+            self._encode_submit(checked[start:start + SUBMIT_CHUNK], requests)
+        replies = self._exchange([(rid, frames) for rid, frames, _ in requests], "submit")
+        accepted = sum(count for (_, _, count), reply in zip(requests, replies, strict=True)
+                       if isinstance(self._expect_or_error(reply, protocol.SubmitReply, "submit"),
+                                     protocol.SubmitReply))
+        for (_, _, count), reply in zip(requests, replies, strict=True):
+            if isinstance(reply, ErrorReply):
+                raise self._submit_error(reply, count, accepted, len(checked))
+        return [TaskHandle(spec.task_id, self) for spec in checked]
+
+    def _encode_submit(self, specs: list[TaskSpec], out: list[tuple[int, list[bytes], int]]) -> None:
+        rid = next(self._ids)
+        try:
+            frames = protocol.encode(protocol.Submit(rid, specs))
+            msgpack.unpackb(frames[2], raw=False, strict_map_key=True)  # what the coordinator will accept
+        except (ProtocolError, ValueError) as exc:
+            raise _find_unsendable(specs, exc) from None
+        if len(frames[2]) > self.max_message_bytes:
+            if len(specs) == 1:
+                raise InvalidTask(f"task {specs[0].task_id!r} ({specs[0].name}) is {len(frames[2])} bytes encoded, "
+                                  f"over max_message_bytes={self.max_message_bytes}; pass large data by "
+                                  f"reference (a path or URL) instead of in args")
+            half = len(specs) // 2
+            self._encode_submit(specs[:half], out)
+            self._encode_submit(specs[half:], out)
+            return
+        out.append((rid, frames, len(specs)))
+
+    def _submit_error(self, reply: ErrorReply, count: int, accepted: int, total: int) -> SubmitRejected:
+        if reply.code == "queue-full":
+            head = (f"coordinator at {self.endpoint} is full (queue-full): {reply.message}; wait for tasks "
+                    f"to finish, or raise [tasks] max_pending_tasks")
+        else:
+            head = f"coordinator at {self.endpoint} rejected {count} task(s) ({reply.code}): {reply.message}"
+        if total > count:
+            head += (f" [{accepted} of {total} tasks were acknowledged in other chunks; resubmitting "
+                     f"all of them is safe, task ids make it idempotent]")
+        return SubmitRejected(head)
+
+    def query(self, task_id: str) -> TaskInfo:
+        """The task's state; ``state == "NOT_FOUND"`` for an unknown id (never an exception)."""
+        return self.query_many([task_id])[0]
+
+    def query_many(self, task_ids: Iterable[str]) -> list[TaskInfo]:
+        """The state of each task, in input order (NOT_FOUND for unknown ids)."""
+        ids = [check_task_id(t) for t in task_ids]
+        requests = []
+        for start in range(0, len(ids), QUERY_CHUNK):
+            rid = next(self._ids)
+            requests.append((rid, protocol.encode(protocol.Query(rid, ids[start:start + QUERY_CHUNK]))))
+        found: dict[str, TaskInfo] = {}
+        for reply in self._exchange(requests, "query"):
+            found.update((info.task_id, info) for info in self._expect(reply, protocol.QueryReply, "query").tasks)
+        return [found.get(t) or TaskInfo(t, "NOT_FOUND") for t in ids]
+
+    def cancel(self, task_id: str, cascade: bool = True) -> bool:
+        """Cancel a task (and, with ``cascade``, the tasks that depend on it); True if it was cancelled."""
+        return check_task_id(task_id) in self.cancel_many([task_id], cascade=cascade)
+
+    def cancel_many(self, task_ids: Iterable[str], cascade: bool = True) -> list[str]:
+        """Cancel tasks; returns every id the coordinator cancelled, dependents included."""
+        ids = [check_task_id(t) for t in task_ids]
+        requests = []
+        for start in range(0, len(ids), QUERY_CHUNK):
+            rid = next(self._ids)
+            requests.append((rid, protocol.encode(protocol.Cancel(rid, ids[start:start + QUERY_CHUNK], cascade))))
+        cancelled: list[str] = []
+        for reply in self._exchange(requests, "cancel"):
+            cancelled.extend(self._expect(reply, protocol.CancelReply, "cancel").cancelled)
+        return cancelled
+
+    def workers(self) -> list[WorkerInfo]:
+        """Every worker the coordinator knows, with its load and state."""
+        rid = next(self._ids)
+        (reply,) = self._exchange([(rid, protocol.encode(protocol.ListWorkers(rid)))], "list-workers")
+        return self._expect(reply, protocol.WorkersReply, "list-workers").workers
+
+    def stats(self) -> dict[str, Any]:
+        """The coordinator's counters (tasks by state, workers, throughput...)."""
+        rid = next(self._ids)
+        (reply,) = self._exchange([(rid, protocol.encode(protocol.GetStats(rid)))], "get-stats")
+        return self._expect(reply, protocol.StatsReply, "get-stats").stats
+
+    def handle(self, task_id: str) -> TaskHandle:
+        """A handle for a task submitted earlier (by this or any other client)."""
+        return TaskHandle(check_task_id(task_id), self)
+
+    # ------------------------------------------------------------ waiting
+
+    def gather(self, handles: Iterable[TaskHandle], timeout: float | None = None,
+               return_exceptions: bool = False) -> list[Any]:
+        """The values of all tasks, in input order.
+
+        A failed task raises its TaskFailed (TaskNotFound for an unknown id) as soon as
+        it is seen, unless ``return_exceptions``, which puts the exception in its place.
+        Timeout if not all are final within ``timeout`` seconds.
+        """
+        handles = list(handles)
+        with contextlib.closing(self._iter_final(handles, timeout)) as finished:
+            for handle in finished:
+                if not return_exceptions:
+                    assert handle._final is not None
+                    _outcome(handle._final, self.endpoint)
+        results: list[Any] = []
+        for handle in handles:
+            assert handle._final is not None
+            try:
+                results.append(_outcome(handle._final, self.endpoint))
+            except (TaskFailed, TaskNotFound) as exc:
+                results.append(exc)
+        return results
+
+    def as_completed(self, handles: Iterable[TaskHandle], timeout: float | None = None) -> Iterator[TaskHandle]:
+        """Yield each handle as its task reaches a final state; Timeout past ``timeout`` seconds."""
+        return self._iter_final(list(handles), timeout)
+
+    def _iter_final(self, handles: list[TaskHandle], timeout: float | None) -> Generator[TaskHandle, None, None]:
+        """Yield handles as their tasks become final; never holds the lock while yielding."""
+        waiting: dict[str, list[TaskHandle]] = {}
+        for handle in handles:
+            if handle._final is None:
+                waiting.setdefault(handle.task_id, []).append(handle)
+        for handle in handles:
+            if handle._final is not None:
+                yield handle
+        if not waiting:
+            return
+        total = len(waiting)
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        watch_ids: dict[int, set[str]] = self._start_watches(list(waiting))
+        last_news = time.monotonic()
+        try:
+            while waiting:
+                reports, probe = self._collect_reports(watch_ids, deadline, last_news)
+                now = time.monotonic()
+                if reports:
+                    last_news = now
+                    for info in reports:
+                        for handle in waiting.pop(info.task_id, ()):
+                            handle._final = info
+                            yield handle
+                elif probe:
+                    self.stats()  # raises ConnectionFailed if the coordinator is gone
+                    log.debug("no reports for %.1f s; renewing %d watch(es) for %d task(s)",
+                              now - last_news, len(watch_ids), len(waiting))
+                    self._end_watches(watch_ids)
+                    watch_ids = self._start_watches(list(waiting))
+                    last_news = time.monotonic()
+                elif deadline is not None and now >= deadline:
+                    shown = ", ".join(repr(t) for t in itertools.islice(waiting, 3))
+                    more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
+                    raise Timeout(f"{len(waiting)} of {total} task(s) not final within {timeout} s "
+                                  f"({shown}{more}); they keep running: wait again, or cancel them")
+        finally:
+            self._end_watches(watch_ids)
+
+    def _start_watches(self, task_ids: list[str]) -> dict[int, set[str]]:
+        watch_ids: dict[int, set[str]] = {}
+        with self._turn():
+            for start in range(0, len(task_ids), QUERY_CHUNK):
+                chunk = task_ids[start:start + QUERY_CHUNK]
+                rid = next(self._ids)
+                self._watches[rid] = []
+                watch_ids[rid] = set(chunk)
+                self._send(protocol.encode(protocol.Watch(rid, chunk)))
+        return watch_ids
+
+    def _end_watches(self, watch_ids: dict[int, set[str]]) -> None:
+        """Forget the watches; tell the coordinator about those with tasks still unreported."""
+        with self._turn(check_open=False):
+            for rid, unreported in watch_ids.items():
+                self._watches.pop(rid, None)
+                if unreported and not self._closed:
+                    try:
+                        self._send(protocol.encode(protocol.Unwatch(rid)))
+                    except ConnectionFailed as exc:
+                        log.debug("could not unwatch request_id=%d: %s", rid, exc)
+        watch_ids.clear()
+
+    def _collect_reports(self, watch_ids: dict[int, set[str]], deadline: float | None,
+                         last_news: float) -> tuple[list[TaskInfo], bool]:
+        """Reports buffered for these watches, polling until some arrive, the deadline or the idle limit.
+
+        Returns ``(reports, probe)``: ``probe`` is True when nothing came for ``timeout_s``.
+        """
+        refusals = self._refusals
+        while True:
+            with self._turn():
+                reports: list[TaskInfo] = []
+                for rid, unreported in watch_ids.items():
+                    box = self._watches.get(rid)
+                    if not box:
+                        continue
+                    self._watches[rid] = []
+                    for item in box:
+                        if isinstance(item, ErrorReply):
+                            raise ActorschedError(f"coordinator at {self.endpoint} refused to watch "
+                                                  f"{len(unreported)} task(s) ({item.code}): {item.message}")
+                        unreported.discard(item.task_id)
+                        reports.append(item)
+                if reports:
+                    return reports, False
+                self._check_refused(refusals)
+                now = time.monotonic()
+                idle_left = last_news + self.timeout_s - now
+                if idle_left <= 0:
+                    return [], True
+                wait = idle_left if deadline is None else min(idle_left, deadline - now)
+                if wait <= 0:
+                    return [], False
+                self._poll(wait)
+
+    # ------------------------------------------------------------ request/reply
+
+    def _exchange(self, requests: list[tuple[int, list[bytes]]], what: str) -> list[Message]:
+        """Send encoded requests (at most WINDOW in flight) and return their replies in order.
+
+        ErrorReply is returned, not raised.  ConnectionFailed if no reply arrives for
+        ``timeout_s`` (each reply that arrives restarts that clock).
+        """
+        if not requests:
+            return []
+        replies: dict[int, Message] = {}
+        outstanding: list[int] = []
+        sent = 0
+        refusals = self._refusals
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            while len(replies) < len(requests):
+                with self._turn():
+                    while sent < len(requests) and len(outstanding) < WINDOW:
+                        rid, frames = requests[sent]
+                        self._open.add(rid)
+                        outstanding.append(rid)
+                        self._send(frames)
+                        sent += 1
+                    harvested = [r for r in outstanding if r in self._arrived]
+                    for rid in harvested:
+                        replies[rid] = self._arrived.pop(rid)
+                        self._open.discard(rid)
+                        outstanding.remove(rid)
+                    if harvested:
+                        deadline = time.monotonic() + self.timeout_s
+                        continue  # done, or room to send more
+                    self._check_refused(refusals)
+                    now = time.monotonic()
+                    if now >= deadline:
+                        raise self._no_answer(what)
+                    if self._poll(deadline - now):
+                        deadline = time.monotonic() + self.timeout_s
+        finally:
+            if len(replies) < len(requests):
+                with self._turn(check_open=False):
+                    for rid in outstanding:
+                        self._open.discard(rid)
+                        self._arrived.pop(rid, None)
+        return [replies[rid] for rid, _ in requests]
+
+    def _expect_or_error(self, reply: Message, kind: type[_R], what: str) -> _R | ErrorReply:
+        if isinstance(reply, ErrorReply):
+            return reply
+        return self._expect(reply, kind, what)
+
+    def _expect(self, reply: Message, kind: type[_R], what: str) -> _R:
+        if isinstance(reply, kind):
+            return reply
+        if isinstance(reply, ErrorReply):
+            raise ActorschedError(f"coordinator at {self.endpoint} refused the {what} request "
+                                  f"({reply.code}): {reply.message}")
+        raise ProtocolError(f"coordinator at {self.endpoint} answered a {what} request with "
+                            f"{type(reply).__name__}, expected {kind.__name__}")
+
+    def _no_answer(self, what: str) -> ConnectionFailed:
+        return ConnectionFailed(
+            f"no answer from coordinator at {self.endpoint} within {self.timeout_s} s ({what}): is it running? "
+            f"Start it with bin/coordinator, or point ACTORSCHED_COORDINATOR / --coordinator at it")
+
+    def _check_refused(self, seen: int) -> None:
+        if self._refusals != seen:
+            raise ConnectionFailed(f"coordinator at {self.endpoint} refused this client: {self._refusal_reason}")
+
+    # ------------------------------------------------------------ socket (only under a turn)
+
+    @contextlib.contextmanager
+    def _turn(self, check_open: bool = True) -> Iterator[None]:
+        """Exclusive use of the socket and the buffers, granted in arrival order."""
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            if ticket != self._serving:
+                self._wake()
+                while ticket != self._serving:
+                    self._cond.wait()
+        try:
+            if check_open and self._closed:
+                raise ActorschedError(f"client for {self.endpoint} is closed; create a new Client")
+            yield
+        finally:
+            with self._cond:
+                self._serving += 1
+                self._cond.notify_all()
+
+    def _wake(self) -> None:
+        """Ask the thread polling the socket to let go of it."""
+        with contextlib.suppress(BlockingIOError, OSError):  # full: a wake-up is pending; closed: no one polls
+            self._wake_w.send(b"\0")
+
+    def _send(self, frames: list[bytes]) -> None:
+        try:
+            self._socket.send_multipart(frames, copy=False)
+        except zmq.Again:
+            raise ConnectionFailed(
+                f"could not send to coordinator at {self.endpoint} within {self.timeout_s} s (send queue full): "
+                f"is it running? Start it with bin/coordinator, or point ACTORSCHED_COORDINATOR / "
+                f"--coordinator at it") from None
+
+    def _poll(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for messages or a wake-up; dispatch what arrived.  True if any."""
+        events = dict(self._poller.poll(max(0, math.ceil(timeout_s * 1000))))
+        if self._wake_r.fileno() in events or self._wake_r in events:
+            with contextlib.suppress(BlockingIOError):
+                self._wake_r.recv(4096)
+        if self._socket not in events:
+            return False
+        for _ in range(_DRAIN_LIMIT):
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._dispatch(frames)
+        return True
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        try:
+            message = self._codec.decode(frames)
+        except ProtocolError as exc:
+            self.dropped_frames += 1
+            log.warning("dropping undecodable frame from coordinator endpoint=%s reason=%s", self.endpoint, exc)
+            return
+        if isinstance(message, protocol.Refused):
+            log.warning("coordinator refused this client endpoint=%s reason=%s", self.endpoint, message.reason)
+            self._refusals += 1
+            self._refusal_reason = message.reason
+            return
+        rid: int = getattr(message, "request_id", -1)
+        box = self._watches.get(rid)
+        if box is not None and isinstance(message, protocol.TasksDone | ErrorReply):
+            box.extend(message.tasks) if isinstance(message, protocol.TasksDone) else box.append(message)
+        elif rid in self._open and not isinstance(message, protocol.TasksDone):
+            self._arrived[rid] = message
+        else:
+            log.debug("dropping %s for request_id=%d: no one waits for it any more", type(message).__name__, rid)

@@ -1,0 +1,173 @@
+"""A coordinator and workers as real processes on this machine, for demos, tests and benchmarks.
+
+``LocalCluster`` starts ``bin/coordinator`` on free loopback ports, reads the endpoints
+it prints, starts ``bin/worker`` processes against it, and on ``stop()`` ends every
+process it started, by PID, escalating from SIGTERM to SIGKILL.  It is a context
+manager so that a failing test or an interrupted demo still cleans up.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from actorsched.errors import ActorschedError
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "bin"
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; raise TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@dataclass
+class LocalCluster:
+    """Processes of one local cluster.  Use as ``with LocalCluster(...) as cluster:``."""
+
+    workers: int = 2
+    slots: int = 2
+    state_dir: str | None = None
+    coordinator_args: list[str] = field(default_factory=list)
+    worker_args: list[str] = field(default_factory=list)
+    log_dir: str | None = None
+    python: str = sys.executable
+    client_endpoint: str = ""
+    worker_endpoint: str = ""
+    coordinator: subprocess.Popen[bytes] | None = None
+    worker_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+    _worker_count: int = 0
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ processes
+
+    def start(self) -> None:
+        if self.state_dir is None or self.log_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="actorsched-")
+            self.state_dir = self.state_dir or os.path.join(self._tmp.name, "state")
+            self.log_dir = self.log_dir or self._tmp.name
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.start_coordinator()
+        for _ in range(self.workers):
+            self.add_worker()
+
+    def start_coordinator(self, timeout_s: float = 20.0) -> None:
+        """Start (or restart) the coordinator on the same endpoints and state_dir."""
+        bind = self.client_endpoint or "tcp://127.0.0.1:0"
+        worker_bind = self.worker_endpoint or "tcp://127.0.0.1:0"
+        assert self.log_dir is not None and self.state_dir is not None
+        log = open(os.path.join(self.log_dir, "coordinator.log"), "ab")
+        self.coordinator = subprocess.Popen(
+            [self.python, str(BIN / "coordinator"), "--bind", bind, "--worker-bind", worker_bind,
+             "--state-dir", self.state_dir, *self.coordinator_args],
+            stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
+        )
+        log.close()
+        line = _read_line(self.coordinator, timeout_s)
+        if not line.startswith("coordinator ready"):
+            self.coordinator.kill()
+            self.coordinator.wait(10)
+            raise ActorschedError(f"coordinator did not start: {line!r}; see {self.log_dir}/coordinator.log")
+        fields = dict(part.split("=", 1) for part in line.split()[2:])
+        self.client_endpoint = fields["clients"]
+        self.worker_endpoint = fields["workers"]
+
+    def add_worker(self, *extra_args: str, slots: int | None = None) -> subprocess.Popen[bytes]:
+        assert self.log_dir is not None
+        self._worker_count += 1
+        worker_id = f"worker-{self._worker_count}"
+        log = open(os.path.join(self.log_dir, f"{worker_id}.log"), "ab")
+        proc = subprocess.Popen(
+            [self.python, str(BIN / "worker"), "--connect", self.worker_endpoint,
+             "--slots", str(slots or self.slots), "--worker-id", worker_id, *self.worker_args, *extra_args],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        log.close()
+        self.worker_procs.append(proc)
+        return proc
+
+    def kill_coordinator(self, sig: int = signal.SIGKILL) -> None:
+        assert self.coordinator is not None
+        self.coordinator.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+            self.coordinator.wait(30)
+
+    def stop(self) -> None:
+        """End every process this cluster started: SIGTERM, then SIGKILL after a grace period."""
+        procs = [p for p in [*self.worker_procs, self.coordinator] if p is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                try:
+                    os.kill(proc.pid, signal.SIGCONT)  # a SIGSTOPped process cannot act on SIGTERM
+                    proc.terminate()
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def log_text(self, name: str = "coordinator") -> str:
+        assert self.log_dir is not None
+        path = Path(self.log_dir) / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def client(self, timeout_s: float = 10.0) -> Any:
+        from actorsched.client import Client
+
+        return Client(self.client_endpoint, timeout_s=timeout_s)
+
+    def wait_for_workers(self, client: Any, count: int, timeout_s: float = 30.0) -> list[Any]:
+        def enough() -> list[Any] | None:
+            workers = client.workers()
+            return workers if len(workers) >= count else None
+
+        return wait_until(enough, timeout_s, f"{count} workers to register")  # type: ignore[no-any-return]
+
+
+def _read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
+    assert proc.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        if not selector.select(timeout_s):
+            return f"no output within {timeout_s} s"
+        return proc.stdout.readline().decode(errors="replace").strip()
+    finally:
+        selector.close()

@@ -1,0 +1,57 @@
+"""End-to-end throughput: 10,000 no-op tasks through 4 worker processes, median of 3 runs.
+
+Timed from the first submit to the last result reaching the client.  Workers run on
+this machine (2 cores here), so the coordinator, the workers, their child processes
+and the client share the CPU.  Prints figures; it is not a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import figure, median  # noqa: E402
+
+from actorsched.localcluster import LocalCluster  # noqa: E402
+
+
+def one_run(client: object, tasks: int, run: int) -> float:
+    specs = [{"task_id": f"tp-{run}-{time.time_ns()}-{i}", "name": "actorsched.tasks:noop"} for i in range(tasks)]
+    started = time.perf_counter()
+    handles = client.submit_many(specs)  # type: ignore[attr-defined]
+    results = client.gather(handles, timeout=600)  # type: ignore[attr-defined]
+    elapsed = time.perf_counter() - started
+    assert len(results) == tasks
+    return tasks / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-journal", action="store_true")
+    args = parser.parse_args()
+    extra = ["--no-journal"] if args.no_journal else []
+    with LocalCluster(workers=args.workers, slots=args.slots, coordinator_args=extra) as cluster, \
+            cluster.client(timeout_s=60) as client:
+        cluster.wait_for_workers(client, args.workers)
+        one_run(client, 500, -1)  # warm-up
+        rates = []
+        for run in range(args.runs):
+            rate = one_run(client, args.tasks, run)
+            rates.append(rate)
+            print(f"  run {run + 1}: {rate:,.0f} tasks/s", flush=True)
+    journal = "off" if args.no_journal else "on"
+    print(f"throughput: {args.tasks} no-op tasks, {args.workers} workers x {args.slots} slots, journal {journal}")
+    figure("throughput median", median(rates), "tasks/s", f"runs: {', '.join(f'{r:,.0f}' for r in rates)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Unit tests of the ``actorsched`` command line against a scripted fake coordinator."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_client_fake import FakeCoordinator, fake  # noqa: F401  (fixture)
+
+from actorsched import cli, protocol
+from actorsched.protocol import ErrorInfo, Message
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def run(fake: FakeCoordinator, *argv: str) -> int:  # noqa: F811
+    return cli.main([argv[0], "--coordinator", fake.endpoint, "--connect-timeout", "2", *argv[1:]])
+
+
+def silent(_fake: FakeCoordinator, _message: Message) -> list[Message] | None:
+    return None
+
+
+def test_submit_parses_json_args_and_keywords_and_prints_the_id(fake: FakeCoordinator,  # noqa: F811
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code = run(fake, "submit", "actorsched.tasks:echo", "1", "[2, 3]", "hello", '"4"', "-5",
+               "--priority", "-3", "--id", "s1", "--kw", "n=7", "--kw", "label=x y", "--timeout-s", "2.5",
+               "--max-attempts", "2", "--dep", "d1", "--dep", "d2")
+    assert code == 0
+    assert capsys.readouterr().out == "s1\n"
+    (spec,) = fake.next_of(protocol.Submit).tasks
+    assert spec == protocol.TaskSpec("s1", "actorsched.tasks:echo", [1, [2, 3], "hello", "4", -5],
+                                     {"n": 7, "label": "x y"}, -3, ["d1", "d2"], 2.5, 2, [], [])
+
+
+def test_submit_json_prints_the_task_id_as_an_object(fake: FakeCoordinator,  # noqa: F811
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(fake, "submit", "actorsched.tasks:noop", "--json") == 0
+    task_id = json.loads(capsys.readouterr().out)["task_id"]
+    assert len(task_id) == 32
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["submit", "not-a-function"], "package.module:function"),
+    (["submit", "a.b:c", "--kw", "novalue"], "KEY=VALUE"),
+    (["submit", "a.b:c", "--priority", "2000000"], "priority"),
+])
+def test_invalid_submits_exit_2_with_one_line_and_send_nothing(fake: FakeCoordinator,  # noqa: F811
+                                                               capsys: pytest.CaptureFixture[str],
+                                                               argv: list[str], fragment: str) -> None:
+    assert run(fake, *argv) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+    assert fake.received.empty()
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["frobnicate"]) == 2
+    assert cli.main(["status"]) == 2
+    assert cli.main(["result", "x", "--timeout", "-1"]) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    assert "submit" in capsys.readouterr().out
+
+
+def test_bad_coordinator_endpoint_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["stats", "--coordinator", "localhost"]) == 2
+    assert "tcp://HOST:PORT" in capsys.readouterr().err
+
+
+def test_unreachable_coordinator_exits_2_with_a_hint(fake: FakeCoordinator,  # noqa: F811
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    fake.handler = silent
+    assert cli.main(["stats", "--coordinator", fake.endpoint, "--timeout", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "no answer from coordinator" in err and "ACTORSCHED_COORDINATOR" in err and "Traceback" not in err
+
+
+def test_status_prints_the_task_and_exits_1_when_not_found(fake: FakeCoordinator,  # noqa: F811
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    fake.finish("st", "FAILED", error=ErrorInfo("RuntimeError", "boom"))
+    assert run(fake, "status", "st") == 0
+    out = capsys.readouterr().out
+    assert "state     FAILED" in out and "error     RuntimeError: boom" in out and "worker    w1" in out
+    assert run(fake, "status", "st", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["error"]["type"] == "RuntimeError"
+    assert run(fake, "status", "ghost") == 1
+    assert "not known" in capsys.readouterr().err
+
+
+def test_result_prints_the_value_as_json(fake: FakeCoordinator, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    fake.finish("r", value={"a": [1, 2]})
+    assert run(fake, "result", "r", "--timeout", "5") == 0
+    assert json.loads(capsys.readouterr().out) == {"a": [1, 2]}
+
+
+def test_result_of_a_failed_task_exits_1_with_the_error_on_stderr(fake: FakeCoordinator,  # noqa: F811
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    fake.finish("rf", "FAILED", error=ErrorInfo("ZeroDivisionError", "division by zero"))
+    assert run(fake, "result", "rf") == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "ZeroDivisionError: division by zero" in captured.err
+    assert run(fake, "result", "nobody") == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_result_timeout_exits_2(fake: FakeCoordinator, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    run(fake, "submit", "a.b:c", "--id", "slow")
+    assert run(fake, "result", "slow", "--timeout", "0.2") == 2
+    assert "not finished after 0.2 s" in capsys.readouterr().err
+
+
+def test_cancel_lists_cancelled_tasks_and_exits_1_when_nothing_was(fake: FakeCoordinator,  # noqa: F811
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    run(fake, "submit", "a.b:c", "--id", "victim")
+    capsys.readouterr()
+    assert run(fake, "cancel", "victim") == 0
+    assert capsys.readouterr().out == "cancelled victim\n"
+    assert run(fake, "cancel", "victim", "--no-cascade") == 1
+    assert "already CANCELLED" in capsys.readouterr().err
+    assert fake.next_of(protocol.Cancel).cascade is True
+    assert fake.next_of(protocol.Cancel).cascade is False
+
+
+def test_wait_prints_one_line_per_task_and_exits_1_if_any_failed(fake: FakeCoordinator,  # noqa: F811
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    fake.finish("w1", value=1)
+    fake.finish("w2", "FAILED", error=ErrorInfo("ValueError", "bad"))
+    fake.finish("w3", "CANCELLED")
+    assert run(fake, "wait", "w1", "w2", "w3", "--timeout", "5") == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["w1 SUCCEEDED 1", "w2 FAILED ValueError: bad", "w3 CANCELLED cancelled"]
+    assert "3/3 done, 2 failed" in captured.err
+
+
+def test_wait_for_successes_exits_0_and_json_lists_infos(fake: FakeCoordinator,  # noqa: F811
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    fake.finish("ok1", value="a")
+    fake.finish("ok2", value="b")
+    assert run(fake, "wait", "ok1", "ok2", "--json") == 0
+    assert [i["value"] for i in json.loads(capsys.readouterr().out)] == ["a", "b"]
+
+
+def test_wait_timeout_exits_2_and_shows_what_is_left(fake: FakeCoordinator,  # noqa: F811
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    run(fake, "submit", "a.b:c", "--id", "left")
+    fake.finish("done", value=0)
+    assert run(fake, "wait", "done", "left", "--timeout", "0.3") == 2
+    captured = capsys.readouterr()
+    assert "left QUEUED (not finished)" in captured.out and "done SUCCEEDED 0" in captured.out
+    assert "1/2 done" in captured.err and "1 of 2 task(s) not finished" in captured.err
+
+
+def test_workers_prints_a_table(fake: FakeCoordinator, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    assert run(fake, "workers") == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["id", "host", "pid", "slots", "running", "load", "state", "breaker", "heartbeat_age"]
+    assert row.split() == ["w1", "host-a", "4242", "4", "1", "0.25", "ALIVE", "closed", "0.4s"]
+    assert run(fake, "workers", "--json") == 0
+    assert json.loads(capsys.readouterr().out)[0]["worker_id"] == "w1"
+
+
+def test_stats_prints_flattened_key_value_lines(fake: FakeCoordinator,  # noqa: F811
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(fake, "stats") == 0
+    assert capsys.readouterr().out.splitlines() == ["tasks_queued: 3", "workers.alive: 1"]
+    assert run(fake, "stats", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == {"tasks_queued": 3, "workers": {"alive": 1}}
+
+
+def test_submit_rejected_by_the_coordinator_exits_2(fake: FakeCoordinator,  # noqa: F811
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    fake.handler = lambda f, m: [protocol.ErrorReply(m.request_id, "queue-full", "full")]  # type: ignore[attr-defined]
+    assert run(fake, "submit", "a.b:c") == 2
+    assert "queue-full" in capsys.readouterr().err

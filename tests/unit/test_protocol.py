@@ -1,0 +1,280 @@
+"""The wire protocol: every kind round-trips, and every malformed frame is a ProtocolError."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import msgpack
+import pytest
+
+from actorsched import protocol as p
+from actorsched.errors import ProtocolError
+
+SPEC = p.TaskSpec(
+    "t-1", "actorsched.tasks:add", [1, 2.5, "x", None, [True, b"raw"]], {"k": {"nested": [1, 2]}},
+    priority=-3, deps=["t-0"], timeout_s=2.5, max_attempts=3, retry_on=["ValueError"], tags=["gpu", "big"],
+)
+SPEC_DEFAULTS = p.TaskSpec("t-2", "actorsched.tasks:noop")
+ASSIGNMENT = p.Assignment("t-1", "actorsched.tasks:add", [1, 2], {"a": 1}, epoch=7, attempt=2, timeout_s=None)
+ERROR = p.ErrorInfo("ValueError", "bad value", "Traceback (most recent call last): ...")
+OUTCOME_OK = p.TaskOutcome("t-1", 7, 2, True, {"sum": [3, 4.5]}, None, 0.25)
+OUTCOME_FAILED = p.TaskOutcome("t-2", 7, 1, False, None, ERROR, 1.0)
+REF = p.AttemptRef("t-1", 7, 2)
+INFO = p.TaskInfo(
+    "t-1", "FAILED", "actorsched.tasks:add", 5, 2, "w-1", None, ERROR,
+    [p.AttemptRecord(1, "w-1", "worker lost", p.ErrorInfo("WorkerLost", "gone")),
+     p.AttemptRecord(2, "w-2", "failed", ERROR)],
+)
+INFO_NOT_FOUND = p.TaskInfo("nope", "NOT_FOUND")
+WORKER_INFO = p.WorkerInfo("w-1", "host-a", 1234, 8, 3, 0.42, 12.5, 40.0, "ALIVE", ["gpu"], 0.3, 17, "closed")
+
+SAMPLES: dict[type[p.Message], p.Message] = {
+    p.Register: p.Register("w-1", "host-a", 1234, 4, ["gpu"], [REF, p.AttemptRef("t-9", 6, 1)]),
+    p.Heartbeat: p.Heartbeat(12.5, 40.0, ["t-1", "t-2"]),
+    p.Started: p.Started([REF]),
+    p.Results: p.Results([OUTCOME_OK, OUTCOME_FAILED]),
+    p.Draining: p.Draining("SIGTERM"),
+    p.Goodbye: p.Goodbye("bye"),
+    p.Welcome: p.Welcome("w-1", 7, 1.0),
+    p.Assign: p.Assign([ASSIGNMENT, p.Assignment("t-3", "m:f", [], {}, 7, 1, 3.0)]),
+    p.CancelTasks: p.CancelTasks([REF]),
+    p.Reregister: p.Reregister("unknown worker"),
+    p.Shutdown: p.Shutdown("superseded"),
+    p.Refused: p.Refused("version"),
+    p.Submit: p.Submit(1, [SPEC, SPEC_DEFAULTS]),
+    p.Cancel: p.Cancel(2, ["t-1", "t-2"], True),
+    p.Query: p.Query(3, ["t-1"]),
+    p.Watch: p.Watch(4, ["t-1", "t-2"]),
+    p.Unwatch: p.Unwatch(4),
+    p.ListWorkers: p.ListWorkers(5),
+    p.GetStats: p.GetStats(6),
+    p.SubmitReply: p.SubmitReply(1, ["t-1", "t-2"]),
+    p.CancelReply: p.CancelReply(2, ["t-1"]),
+    p.QueryReply: p.QueryReply(3, [INFO, INFO_NOT_FOUND]),
+    p.TasksDone: p.TasksDone(4, [INFO, p.TaskInfo("t-5", "SUCCEEDED", "m:f", 0, 1, "w-2", {"v": [1, "two"]})]),
+    p.WorkersReply: p.WorkersReply(5, [WORKER_INFO]),
+    p.StatsReply: p.StatsReply(6, {"tasks": 10, "states": {"QUEUED": 2}, "ratio": 0.5}),
+    p.ErrorReply: p.ErrorReply(7, "queue-full", "queue full; retry later"),
+}
+
+DIRECTIONS = {
+    "worker": p.WORKER_MESSAGES,
+    "client": p.CLIENT_MESSAGES,
+    "to_worker": p.TO_WORKER_MESSAGES,
+    "to_client": p.TO_CLIENT_MESSAGES,
+}
+ALL_CASES = [(direction, cls) for direction, kinds in DIRECTIONS.items() for cls in kinds]
+
+
+def body_of(message: p.Message) -> list:  # type: ignore[type-arg]
+    return msgpack.unpackb(p.encode(message)[2], raw=False)  # type: ignore[no-any-return]
+
+
+def frames(kind: bytes, body: object) -> list[bytes]:
+    return [p.VERSION, kind, msgpack.packb(body, use_bin_type=True)]
+
+
+# ----------------------------------------------------------------- round trips
+
+
+def test_every_message_kind_has_a_sample_so_no_kind_goes_untested() -> None:
+    every_kind = {cls for kinds in DIRECTIONS.values() for cls in kinds}
+    assert every_kind == set(SAMPLES)
+
+
+def test_message_kinds_are_unique_per_direction() -> None:
+    for kinds in DIRECTIONS.values():
+        tags = [cls.KIND for cls in kinds]
+        assert len(tags) == len(set(tags))
+
+
+@pytest.mark.parametrize(("direction", "cls"), ALL_CASES, ids=lambda v: getattr(v, "__name__", v))
+def test_every_message_kind_survives_an_encode_decode_round_trip(direction: str, cls: type[p.Message]) -> None:
+    message = SAMPLES[cls]
+    encoded = p.encode(message)
+    assert encoded[0] == p.VERSION and encoded[1] == cls.KIND and len(encoded) == 3
+    decoded = p.Codec(DIRECTIONS[direction]).decode(encoded)
+    assert type(decoded) is cls
+    assert decoded == message
+
+
+def test_nested_records_come_back_as_records_not_lists() -> None:
+    query = p.Codec(p.TO_CLIENT_MESSAGES).decode(p.encode(SAMPLES[p.QueryReply]))
+    assert isinstance(query, p.QueryReply)
+    info = query.tasks[0]
+    assert isinstance(info, p.TaskInfo) and isinstance(info.error, p.ErrorInfo)
+    assert all(isinstance(h, p.AttemptRecord) for h in info.history)
+    assert isinstance(info.history[0].error, p.ErrorInfo)
+    results = p.Codec(p.WORKER_MESSAGES).decode(p.encode(SAMPLES[p.Results]))
+    assert isinstance(results, p.Results)
+    assert results.outcomes[1].error == ERROR and results.outcomes[0].error is None
+
+
+def test_an_integer_arriving_for_a_float_field_is_accepted_as_a_float() -> None:
+    decoded = p.Codec(p.WORKER_MESSAGES).decode(frames(b"heartbeat", [12, 40, []]))
+    assert decoded == p.Heartbeat(12.0, 40.0, [])
+    assert type(decoded.cpu_percent) is float  # type: ignore[attr-defined]
+
+
+def test_the_decoder_accepts_a_kind_frame_given_as_a_bytearray() -> None:
+    encoded = p.encode(p.Goodbye("bye"))
+    decoded = p.Codec(p.WORKER_MESSAGES).decode([p.VERSION, bytearray(encoded[1]), encoded[2]])  # type: ignore[list-item]
+    assert decoded == p.Goodbye("bye")
+
+
+# ----------------------------------------------------------------- rejections
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 4, 5])
+def test_a_message_with_the_wrong_frame_count_is_rejected(count: int) -> None:
+    good = p.encode(p.Goodbye("bye"))
+    bad = (good + [b"extra", b"more"])[:count]
+    with pytest.raises(ProtocolError, match="frames"):
+        p.Codec(p.WORKER_MESSAGES).decode(bad)
+
+
+def test_a_message_of_another_protocol_version_is_rejected_naming_both_versions() -> None:
+    good = p.encode(p.Goodbye("bye"))
+    with pytest.raises(ProtocolError) as caught:
+        p.Codec(p.WORKER_MESSAGES).decode([b"AS0", good[1], good[2]])
+    assert "AS0" in str(caught.value) and p.VERSION.decode() in str(caught.value)
+
+
+def test_an_unknown_kind_is_rejected_naming_the_kind() -> None:
+    with pytest.raises(ProtocolError, match="no-such-kind"):
+        p.Codec(p.WORKER_MESSAGES).decode(frames(b"no-such-kind", ["x"]))
+
+
+@pytest.mark.parametrize(("direction", "cls"), [
+    ("worker", p.Submit), ("worker", p.Welcome), ("client", p.Register), ("client", p.Results),
+    ("to_worker", p.SubmitReply), ("to_client", p.Assign),
+])
+def test_a_kind_valid_only_in_another_direction_is_rejected(direction: str, cls: type[p.Message]) -> None:
+    with pytest.raises(ProtocolError, match="unknown message kind"):
+        p.Codec(DIRECTIONS[direction]).decode(p.encode(SAMPLES[cls]))
+
+
+@pytest.mark.parametrize("body", [b"\xc1", b"\x92\x01", b"\xdb\x00\x00\x00\x10abc", b"\x91\xa1x\x01"])
+def test_a_body_that_is_not_msgpack_is_rejected(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        p.Codec(p.WORKER_MESSAGES).decode([p.VERSION, b"goodbye", body])
+
+
+@pytest.mark.parametrize("body", [[], ["a", "b"], "bye", {"reason": "bye"}, None])
+def test_a_body_with_the_wrong_shape_or_field_count_is_rejected(body: object) -> None:
+    with pytest.raises(ProtocolError, match="Goodbye"):
+        p.Codec(p.WORKER_MESSAGES).decode(frames(b"goodbye", body))
+
+
+def test_a_field_count_error_names_the_expected_fields() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        p.Codec(p.TO_WORKER_MESSAGES).decode(frames(b"welcome", ["w-1", 7]))
+    assert "worker_id" in str(caught.value) and "epoch" in str(caught.value) and "3" in str(caught.value)
+
+
+@pytest.mark.parametrize(("codec", "kind", "body", "field"), [
+    # a bool is not an int
+    (p.CLIENT_MESSAGES, b"unwatch", [True], "request_id"),
+    (p.TO_WORKER_MESSAGES, b"welcome", ["w-1", False, 1.0], "epoch"),
+    # a str where a list is expected
+    (p.CLIENT_MESSAGES, b"query", [1, "t-1"], "task_ids"),
+    (p.WORKER_MESSAGES, b"heartbeat", [1.0, 2.0, "t-1"], "running"),
+    # a list of the wrong item type
+    (p.CLIENT_MESSAGES, b"query", [1, ["t-1", 2]], "task_ids"),
+    # a str where an int or a bool is expected
+    (p.CLIENT_MESSAGES, b"cancel", ["1", ["t-1"], True], "request_id"),
+    (p.CLIENT_MESSAGES, b"cancel", [1, ["t-1"], 1], "cascade"),
+    # a float where an int is expected
+    (p.CLIENT_MESSAGES, b"get-stats", [1.5], "request_id"),
+    # a bool where a float is expected
+    (p.WORKER_MESSAGES, b"heartbeat", [True, 2.0, []], "cpu_percent"),
+    # a map where a list is expected, and a list where a map is expected
+    (p.TO_CLIENT_MESSAGES, b"stats-reply", [1, []], "stats"),
+])
+def test_a_field_of_the_wrong_type_is_rejected_naming_the_field(
+    codec: tuple[type[p.Message], ...], kind: bytes, body: list[object], field: str,
+) -> None:
+    with pytest.raises(ProtocolError, match=field):
+        p.Codec(codec).decode(frames(kind, body))
+
+
+@pytest.mark.parametrize("spec_body", [
+    ["t-1", "m:f"],  # too few fields
+    ["t-1", "m:f", [], {}, "high", [], None, None, [], []],  # priority not an int
+    ["t-1", "m:f", [], {}, 0, "t-0", None, None, [], []],  # deps not a list
+    ["t-1", "m:f", [], {}, 0, [], "1.0", None, [], []],  # timeout not a number
+    ["t-1", "m:f", [], {}, 0, [], None, True, [], []],  # max_attempts a bool
+    ["t-1", "m:f", {}, {}, 0, [], None, None, [], []],  # args a map
+    ["t-1", "m:f", [], [], 0, [], None, None, [], []],  # kwargs a list
+    {"task_id": "t-1"},  # a map instead of an array
+])
+def test_a_nested_record_of_the_wrong_shape_is_rejected(spec_body: object) -> None:
+    with pytest.raises(ProtocolError, match="TaskSpec"):
+        p.Codec(p.CLIENT_MESSAGES).decode(frames(b"submit", [1, [spec_body]]))
+
+
+def test_a_nested_error_record_of_the_wrong_shape_is_rejected() -> None:
+    outcome = ["t-1", 7, 1, False, None, ["ValueError"], 0.1]  # ErrorInfo with one field of three
+    with pytest.raises(ProtocolError, match="ErrorInfo"):
+        p.Codec(p.WORKER_MESSAGES).decode(frames(b"results", [[outcome]]))
+    outcome = ["t-1", 7, 1, False, None, "ValueError: boom", 0.1]  # a str instead of a record
+    with pytest.raises(ProtocolError):
+        p.Codec(p.WORKER_MESSAGES).decode(frames(b"results", [[outcome]]))
+
+
+def test_a_body_larger_than_max_message_bytes_is_rejected() -> None:
+    encoded = p.encode(p.Goodbye("x" * 200))
+    with pytest.raises(ProtocolError, match="max_message_bytes"):
+        p.Codec(p.WORKER_MESSAGES, max_message_bytes=64).decode(encoded)
+    assert p.Codec(p.WORKER_MESSAGES, max_message_bytes=len(encoded[2])).decode(encoded) == p.Goodbye("x" * 200)
+
+
+def test_msgpack_extension_types_are_rejected() -> None:
+    body = msgpack.packb(["bye", msgpack.ExtType(5, b"\x00\x01")], use_bin_type=True)
+    with pytest.raises(ProtocolError, match="extension"):
+        p.Codec(p.CLIENT_MESSAGES).decode([p.VERSION, b"submit", msgpack.packb([1, [
+            ["t-1", "m:f", [msgpack.ExtType(5, b"\x00")], {}, 0, [], None, None, [], []]]], use_bin_type=True)])
+    with pytest.raises(ProtocolError, match="extension"):
+        p.Codec(p.WORKER_MESSAGES).decode([p.VERSION, b"goodbye", body])
+
+
+def test_a_map_with_non_string_keys_is_rejected() -> None:
+    body = msgpack.packb([1, {1: "x"}], use_bin_type=True)
+    with pytest.raises(ProtocolError):
+        p.Codec(p.TO_CLIENT_MESSAGES).decode([p.VERSION, b"stats-reply", body])
+
+
+# ----------------------------------------------------------------- encoding and records
+
+
+@pytest.mark.parametrize("value", [object(), {1, 2}, 2**70, {"k": lambda: None}])
+def test_encoding_a_value_msgpack_cannot_carry_raises_protocol_error(value: object) -> None:
+    spec = p.TaskSpec("t-1", "m:f", args=[value])
+    with pytest.raises(ProtocolError, match="Submit"):
+        p.encode(p.Submit(1, [spec]))
+
+
+def test_check_packable_accepts_plain_data() -> None:
+    p.check_packable({"a": [1, 2.5, None, True, "s", b"b", {"n": []}]}, "args")
+
+
+@pytest.mark.parametrize("value", [object(), {1, 2}, 2**70, [lambda: None]])
+def test_check_packable_rejects_unpackable_values_naming_what(value: object) -> None:
+    with pytest.raises(ProtocolError, match="the task's args"):
+        p.check_packable(value, "the task's args")
+
+
+@pytest.mark.parametrize("spec", [SPEC, SPEC_DEFAULTS], ids=["full", "defaults"])
+def test_a_task_spec_survives_pack_record_and_unpack_record(spec: p.TaskSpec) -> None:
+    assert p.unpack_record(p.TaskSpec, p.pack_record(spec)) == spec
+
+
+def test_pack_record_uses_the_wire_layout_of_an_array_in_field_order() -> None:
+    packed = msgpack.unpackb(p.pack_record(SPEC), raw=False)
+    assert packed == [getattr(SPEC, f.name) for f in dataclasses.fields(p.TaskSpec)]
+
+
+@pytest.mark.parametrize("data", [b"\xc1", msgpack.packb(["t-1"]), msgpack.packb({"a": 1})])
+def test_unpack_record_rejects_bad_stored_data(data: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        p.unpack_record(p.TaskSpec, data)

@@ -1,0 +1,217 @@
+"""The worker's child-process pool, with real child processes, and its task allowlist."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import wait
+
+import pytest
+
+from actorsched.protocol import AttemptRef, TaskOutcome
+from actorsched.worker.executor import Executor, Job, check_task_name, error_type_name
+
+TASKS = "actorsched.tasks"
+
+
+@pytest.fixture
+def executor() -> Iterator[Executor]:
+    pool = Executor(2)
+    pool.start()
+    try:
+        yield pool
+    finally:
+        pool.stop()
+
+
+def job(task_id: str, function: str, *args: object, timeout_s: float = 0.0, attempt: int = 1) -> Job:
+    return Job(task_id, 7, attempt, f"{TASKS}:{function}", list(args), {}, timeout_s)
+
+
+def drive(pool: Executor, until: Callable[[list[TaskOutcome]], bool], timeout_s: float = 10.0) -> list[TaskOutcome]:
+    """Run the executor the way the event loop does until ``until(outcomes)`` holds."""
+    outcomes: list[TaskOutcome] = []
+    deadline = time.monotonic() + timeout_s
+    while not until(outcomes):
+        now = time.monotonic()
+        assert now < deadline, f"gave up after {timeout_s}s; outcomes so far: {outcomes}"
+        pool.dispatch(now)
+        wake = min(pool.next_deadline(), deadline) - now
+        ready = wait(pool.fds(), timeout=max(0.0, min(wake, 0.2)))
+        now = time.monotonic()
+        outcomes.extend(pool.collect(now, [r if isinstance(r, int) else r.fileno() for r in ready]))
+        outcomes.extend(pool.expire(now))
+    return outcomes
+
+
+def count(n: int) -> Callable[[list[TaskOutcome]], bool]:
+    return lambda outcomes: len(outcomes) >= n
+
+
+def by_id(outcomes: list[TaskOutcome]) -> dict[str, TaskOutcome]:
+    return {o.task_id: o for o in outcomes}
+
+
+def test_echo_returns_its_value_with_the_fencing_token(executor: Executor) -> None:
+    executor.submit(Job("t1", 7, 3, f"{TASKS}:echo", [{"a": [1, 2.5, "x", b"\x00"]}], {}))
+    (outcome,) = drive(executor, count(1))
+    assert outcome.ok and outcome.error is None
+    assert (outcome.task_id, outcome.epoch, outcome.attempt) == ("t1", 7, 3)
+    assert outcome.value == {"a": [1, 2.5, "x", b"\x00"]}
+    assert outcome.duration_s >= 0
+    assert executor.is_empty()
+
+
+def test_kwargs_reach_the_task(executor: Executor) -> None:
+    executor.submit(Job("t1", 1, 1, f"{TASKS}:echo", [1], {"k": "v"}))
+    (outcome,) = drive(executor, count(1))
+    assert outcome.value == [[1], {"k": "v"}]
+
+
+def test_an_exception_gives_type_message_and_traceback(executor: Executor) -> None:
+    executor.submit(job("t1", "fail", "boom"))
+    (outcome,) = drive(executor, count(1))
+    assert not outcome.ok and outcome.error is not None
+    assert outcome.error.type == "RuntimeError"
+    assert outcome.error.message == "boom"
+    assert "raise RuntimeError(message)" in outcome.error.traceback
+
+
+def test_a_missing_function_is_task_not_found(executor: Executor) -> None:
+    executor.submit(job("t1", "no_such_function"))
+    executor.submit(Job("t2", 1, 1, "no_such_package.mod:f", [], {}))
+    outcomes = by_id(drive(executor, count(2)))
+    for task_id, expected in (("t1", "has no function 'no_such_function'"), ("t2", "cannot import module")):
+        error = outcomes[task_id].error
+        assert error is not None and error.type == "TaskNotFound"
+        assert expected in error.message
+
+
+def test_a_timeout_kills_the_child_and_the_slot_is_reused(executor: Executor) -> None:
+    executor.submit(job("slow", "sleep", 30, timeout_s=0.3))
+    executor.submit(job("slow2", "sleep", 30, timeout_s=0.3))
+    outcomes = drive(executor, count(2))
+    for outcome in outcomes:
+        assert outcome.error is not None and outcome.error.type == "TimedOut"
+        assert "0.3s" in outcome.error.message
+        assert 0.3 <= outcome.duration_s < 5
+    assert executor.children_replaced == 2
+    executor.submit(job("next", "echo", "again"))
+    (outcome,) = drive(executor, count(1))
+    assert outcome.ok and outcome.value == "again"
+
+
+def test_a_crashing_task_gives_child_process_died_and_the_slot_is_replaced(executor: Executor) -> None:
+    executor.submit(job("crash", "crash", 99))
+    (outcome,) = drive(executor, count(1))
+    assert outcome.error is not None and outcome.error.type == "ChildProcessDied"
+    assert "exited with code 99" in outcome.error.message
+    executor.submit(job("a", "pid"))
+    executor.submit(job("b", "pid"))
+    outcomes = drive(executor, count(2))
+    assert all(o.ok for o in outcomes)
+
+
+def test_a_child_killed_from_outside_gives_child_process_died(executor: Executor) -> None:
+    executor.submit(job("victim", "sleep", 30))
+    executor.submit(job("finder", "pid"))
+    # the pid task runs on the other child; the victim's child is the remaining one
+    (found,) = drive(executor, count(1))
+    running = [s.process.pid for s in executor._slots if s.job is not None]  # noqa: SLF001 - test peeks
+    assert found.ok and len(running) == 1
+    assert running[0] is not None
+    os.kill(running[0], signal.SIGKILL)
+    (outcome,) = drive(executor, count(1))
+    assert outcome.task_id == "victim"
+    assert outcome.error is not None and outcome.error.type == "ChildProcessDied"
+    assert "SIGKILL" in outcome.error.message
+
+
+def test_cancel_of_a_running_task_kills_its_child(executor: Executor) -> None:
+    executor.submit(job("long", "sleep", 30))
+    executor.dispatch(time.monotonic())
+    assert executor.held() == [AttemptRef("long", 7, 1)]
+    assert executor.cancel(AttemptRef("long", 7, 2), time.monotonic()) is None  # another attempt: not held
+    outcome = executor.cancel(AttemptRef("long", 7, 1), time.monotonic())
+    assert outcome is not None and outcome.error is not None
+    assert outcome.error.type == "Cancelled" and "while running" in outcome.error.message
+    assert executor.is_empty() and executor.children_replaced == 1
+    executor.submit(job("after", "echo", 1))
+    (after,) = drive(executor, count(1))
+    assert after.ok
+
+
+def test_cancel_of_a_queued_task_drops_it(executor: Executor) -> None:
+    for name in ("a", "b", "queued"):
+        executor.submit(job(name, "sleep", 0.01))
+    outcome = executor.cancel(AttemptRef("queued", 7, 1), time.monotonic())
+    assert outcome is not None and outcome.error is not None and outcome.error.type == "Cancelled"
+    assert "before it started" in outcome.error.message
+    outcomes = drive(executor, lambda _: executor.is_empty())
+    assert sorted(o.task_id for o in outcomes) == ["a", "b"]
+    assert executor.children_replaced == 0
+
+
+def test_a_value_msgpack_cannot_carry_is_result_not_serializable(executor: Executor) -> None:
+    executor.submit(Job("plain", 1, 1, f"{TASKS}:add", [], {}))  # control: a plain value
+    executor.submit(Job("bad", 1, 1, "builtins:frozenset", [], {}))
+    executor.submit(Job("intkeys", 1, 1, "builtins:dict", [[[1, "x"]]], {}))
+    outcomes = by_id(drive(executor, count(3)))
+    assert outcomes["plain"].ok and outcomes["plain"].value == 0
+    for task_id, type_name in (("bad", "frozenset"), ("intkeys", None)):
+        error = outcomes[task_id].error
+        assert error is not None and error.type == "ResultNotSerializable", outcomes[task_id]
+        assert "plain data" in error.message
+        if type_name:
+            assert type_name in error.message
+
+
+def test_a_task_raising_system_exit_is_reported_and_the_child_survives(executor: Executor) -> None:
+    executor.submit(Job("exit", 1, 1, "sys:exit", [3], {}))
+    (outcome,) = drive(executor, count(1))
+    assert outcome.error is not None and outcome.error.type == "SystemExit"
+    assert executor.children_replaced == 0
+
+
+def test_stop_leaves_no_child_behind() -> None:
+    pool = Executor(2)
+    pool.start()
+    pool.submit(job("long", "sleep", 30))
+    pool.dispatch(time.monotonic())
+    processes = [slot.process for slot in pool._slots]  # noqa: SLF001 - test peeks
+    pool.stop()
+    assert all(not p.is_alive() for p in processes)
+    assert pool.fds() == [] and pool.next_deadline() == math.inf
+
+
+def test_allowlist_accepts_listed_modules_and_patterns() -> None:
+    assert check_task_name("actorsched.tasks:echo", ["actorsched.tasks"]) is None
+    assert check_task_name("myproj.jobs.etl:run", ["actorsched.tasks", "myproj.*"]) is None
+
+
+@pytest.mark.parametrize("name", ["os:system", "actorsched.tasksx:echo", "myproj:run"])
+def test_allowlist_rejects_other_modules_saying_how_to_allow_them(name: str) -> None:
+    error = check_task_name(name, ["actorsched.tasks", "myproj.*"])
+    assert error is not None and error.type == "TaskNotAllowed"
+    module = name.partition(":")[0]
+    assert repr(name) in error.message and repr(module) in error.message
+    assert "'actorsched.tasks', 'myproj.*'" in error.message
+    assert "allowed_modules" in error.message and "worker config" in error.message
+
+
+@pytest.mark.parametrize("name", ["actorsched.tasks.echo", "actorsched.tasks:", ":echo", "a b:c", "x:y:z", ""])
+def test_allowlist_rejects_malformed_names(name: str) -> None:
+    error = check_task_name(name, ["*"])
+    assert error is not None and error.type == "TaskNotAllowed"
+    assert "malformed" in error.message and "package.module:function" in error.message
+
+
+def test_error_type_names_are_qualified_except_builtins() -> None:
+    assert error_type_name(RuntimeError("x")) == "RuntimeError"
+    assert error_type_name(TimeoutError()) == "TimeoutError"
+    import json
+
+    assert error_type_name(json.JSONDecodeError("m", "d", 0)) == "json.decoder.JSONDecodeError"
