@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -124,7 +123,7 @@ class WorkerConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def resolved_worker_id(self) -> str:
-        return self.worker.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        return self.worker.worker_id or f"{os.uname().nodename}-{os.getpid()}"
 
     def resolved_slots(self) -> int:
         return self.worker.slots or (os.cpu_count() or 1)
@@ -261,7 +260,11 @@ def with_overrides(config: Any, section: str, source: str = "command line", **va
         return config
     current = getattr(config, section)
     hints = typing.get_type_hints(type(current))
-    checked = {k: _check_value(f"{source}", k, v, hints[k]) for k, v in values.items()}
+    where = f"{source} [{section}]"
+    for key in values:
+        if key not in hints:
+            raise ConfigError(f"unknown key {key!r} in {where}; expected one of: {', '.join(sorted(hints))}")
+    checked = {k: _check_value(where, k, v, hints[k]) for k, v in values.items()}
     updated = dataclasses.replace(config, **{section: dataclasses.replace(current, **checked)})
     _check_relations(updated, source)
     return updated

@@ -124,19 +124,27 @@ class TaskQueueCore:
             code, message = error
             self.counters["rejected_batches"] += 1
             return [SendToClient(client, ErrorReply(request_id, code, message))]
-        for spec in specs:
-            if spec.task_id in self.tasks:
-                continue  # idempotent resubmit, checked identical above
+        new = {spec.task_id: spec for spec in specs if spec.task_id not in self.tasks}  # the rest: idempotent
+        for spec in _dependency_order(new):
             self._add(spec, now)
         self._out.append(SendToClient(client, SubmitReply(request_id, [s.task_id for s in specs])))
         return self._flush()
 
     def cancel(self, client: PeerKey, request_id: int, task_ids: list[str], cascade: bool,
                now: float) -> list[Command]:
+        """Cancel tasks; the reply lists every task cancelled, dependents included.
+
+        A task with unfinished dependents is cancelled only with ``cascade`` (its
+        dependents could never run); without it the task is left alone and not listed.
+        A running task is cancelled only when its worker confirms the attempt stopped.
+        """
         pending = _PendingCancel(set(), [])
-        for task_id in task_ids:
+        for task_id in dict.fromkeys(task_ids):
             task = self.tasks.get(task_id)
             if task is None or task.state in FINAL_STATES:
+                continue
+            dependents = self._live_dependents(task_id)
+            if dependents and not cascade:
                 continue
             if task.state in (S.ASSIGNED, S.RUNNING):
                 # Only the worker can say the attempt stopped; wait for its outcome.
@@ -146,12 +154,15 @@ class TaskQueueCore:
                     task.cancel_requested = True
                     self._out.append(SendToWorker(task.worker, CancelTasks(
                         [AttemptRef(task_id, task.epoch, task.attempt)])))
+                # Its dependents have not started: they go at once, whatever the attempt does.
+                for dependent_id in dependents:
+                    if self.tasks[dependent_id].state not in FINAL_STATES:
+                        self._finish(dependent_id, S.CANCELLED, ErrorInfo(
+                            "DependencyFailed", f"dependency {task_id} was cancelled"), now)
+                pending.cancelled += self._now_cancelled(dependents)
                 continue
             self._finish(task_id, S.CANCELLED, ErrorInfo("Cancelled", "cancelled by a client"), now)
-            pending.cancelled.append(task_id)
-        if cascade:
-            for task_id in task_ids:
-                pending.cancelled.extend(self._cancel_dependents(task_id, now))
+            pending.cancelled += [task_id, *self._now_cancelled(dependents)]
         if pending.waiting:
             self._pending_cancels[(client, request_id)] = pending
         else:
@@ -268,14 +279,20 @@ class TaskQueueCore:
             task_id = record.spec.task_id
             if record.state in FINAL_STATES:
                 continue
+            failed_dep: str | None = None
             for dep in record.spec.deps:
                 dep_task = self.tasks.get(dep)
-                if dep_task is not None and dep_task.state is not S.SUCCEEDED:
+                if dep_task is None or dep_task.state is S.SUCCEEDED:
+                    continue
+                if dep_task.state in FINAL_STATES:
+                    failed_dep = dep
+                else:
                     dep_task.dependents.append(task_id)
-                    if dep_task.state not in FINAL_STATES:
-                        record.waiting_on.add(dep)
+                    record.waiting_on.add(dep)
             if record.state is S.WAITING:
-                if not record.waiting_on:
+                if failed_dep is not None:
+                    self._fail_from_dependency(task_id, record, failed_dep, self.tasks[failed_dep], now)
+                elif not record.waiting_on:
                     self._queue(task_id, record, now)
                 continue
             if record.state is S.RETRYING:
@@ -449,19 +466,20 @@ class TaskQueueCore:
         state = S.CANCELLED if dep.state is S.CANCELLED else S.FAILED
         self._finish(task_id, state, ErrorInfo("DependencyFailed", f"dependency {dep_id} {verb}"), now)
 
-    def _cancel_dependents(self, task_id: str, now: float) -> list[str]:
-        """Cancel every not-yet-final task that (transitively) depends on ``task_id``."""
-        cancelled: list[str] = []
-        stack = list(self.tasks[task_id].dependents) if task_id in self.tasks else []
+    def _live_dependents(self, task_id: str) -> list[str]:
+        """Every unfinished task that (transitively) depends on ``task_id``."""
+        found: dict[str, None] = {}
+        stack = list(self.tasks[task_id].dependents)
         while stack:
             dependent_id = stack.pop()
-            dependent = self.tasks[dependent_id]
-            if dependent.state in (S.WAITING, S.QUEUED, S.RETRYING):
-                self._finish(dependent_id, S.CANCELLED,
-                             ErrorInfo("DependencyFailed", f"dependency {task_id} was cancelled"), now)
-                cancelled.append(dependent_id)
-            stack.extend(dependent.dependents)
-        return cancelled
+            if dependent_id in found or self.tasks[dependent_id].state in FINAL_STATES:
+                continue
+            found[dependent_id] = None
+            stack.extend(self.tasks[dependent_id].dependents)
+        return list(found)
+
+    def _now_cancelled(self, task_ids: list[str]) -> list[str]:
+        return [t for t in task_ids if self.tasks[t].state is S.CANCELLED]
 
     def _end_attempt(self, task: TaskRecord, outcome: str, error: ErrorInfo | None) -> None:
         task.history.append(AttemptRecord(task.attempt, task.worker_id, outcome, error))
@@ -505,6 +523,25 @@ def _spec_problem(spec: TaskSpec) -> str:
     if spec.max_attempts is not None and spec.max_attempts < 1:
         return f"max_attempts must be >= 1 or None, got {spec.max_attempts}"
     return ""
+
+
+def _dependency_order(batch: dict[str, TaskSpec]) -> list[TaskSpec]:
+    """The batch with every task after its in-batch dependencies (the batch has no cycle)."""
+    ordered: list[TaskSpec] = []
+    placed: set[str] = set()
+    for root in batch:
+        stack = [(root, False)]
+        while stack:
+            task_id, expanded = stack.pop()
+            if task_id in placed:
+                continue
+            if expanded:
+                placed.add(task_id)
+                ordered.append(batch[task_id])
+                continue
+            stack.append((task_id, True))
+            stack.extend((dep, False) for dep in batch[task_id].deps if dep in batch and dep not in placed)
+    return ordered
 
 
 def _find_cycle(batch: dict[str, TaskSpec]) -> list[str]:
