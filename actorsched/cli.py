@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cancel", parents=[common, connect], help="cancel a task (and its dependents)")
     p.add_argument("id")
-    p.add_argument("--no-cascade", action="store_true", help="do not cancel the tasks that depend on it")
+    p.add_argument("--no-cascade", action="store_true",
+                   help="leave the task alone if unfinished tasks depend on it (by default they go with it)")
     p.set_defaults(run=_cmd_cancel)
 
     p = sub.add_parser("wait", parents=[common], help="wait for tasks, showing progress")

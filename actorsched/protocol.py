@@ -32,16 +32,13 @@ WorkersReply, StatsReply, ErrorReply, Refused
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import msgpack
 
 from actorsched.errors import ProtocolError
+from actorsched.recordcodec import Decoder, record_decoder, record_encoder
 
 VERSION = b"AS1"
 MAX_FRAMES = 3
@@ -359,144 +356,6 @@ TO_CLIENT_MESSAGES: tuple[type[Message], ...] = (
 
 # --------------------------------------------------------------------------- codec
 
-Checker = Callable[[Any], Any]
-
-
-def _fail(expected: str, value: Any) -> ProtocolError:
-    shown = repr(value)
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    return ProtocolError(f"expected {expected}, got {type(value).__name__} {shown}")
-
-
-def _scalar_checker(kind: type) -> Checker:
-    if kind is float:
-        def check_float(value: Any) -> Any:
-            if type(value) is float:
-                return value
-            if type(value) is int:
-                return float(value)
-            raise _fail("a number", value)
-        return check_float
-
-    def check_exact(value: Any) -> Any:
-        if type(value) is not kind:  # exact: a bool is not an int here
-            raise _fail(kind.__name__, value)
-        return value
-    return check_exact
-
-
-def _any_checker(value: Any) -> Any:
-    return value
-
-
-def _checker_for(hint: Any) -> Checker:
-    if hint is Any:
-        return _any_checker
-    if hint in (str, int, float, bool, bytes):
-        return _scalar_checker(hint)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        members = [a for a in typing.get_args(hint) if a is not type(None)]
-        inner = _checker_for(members[0])
-
-        def check_optional(value: Any) -> Any:
-            return None if value is None else inner(value)
-        return check_optional
-    if origin is list:
-        (item_hint,) = typing.get_args(hint)
-        item = _checker_for(item_hint)
-        if item is _any_checker:
-            def check_list(value: Any) -> Any:
-                if type(value) is not list:
-                    raise _fail("a list", value)
-                return value
-            return check_list
-
-        def check_typed_list(value: Any) -> Any:
-            if type(value) is not list:
-                raise _fail("a list", value)
-            return [item(v) for v in value]
-        return check_typed_list
-    if origin is dict:
-        def check_dict(value: Any) -> Any:
-            if type(value) is not dict:
-                raise _fail("a map", value)
-            return value  # strict_map_key already guarantees str/bytes keys
-        return check_dict
-    if dataclasses.is_dataclass(hint):
-        return _record_decoder(hint)
-    raise TypeError(f"protocol field type {hint!r} has no checker")  # our bug, loud
-
-
-def _record_decoder(cls: Any) -> Checker:
-    cached = _DECODERS.get(cls)
-    if cached is not None:
-        return cached
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    checkers: list[Checker] = []
-    pairs: list[tuple[Checker, str]] = []
-
-    def decode_record(value: Any) -> Any:
-        if type(value) is not list:
-            raise ProtocolError(f"{cls.__name__}: " + str(_fail(f"an array of {len(names)} fields", value)))
-        if len(value) != len(names):
-            raise ProtocolError(
-                f"{cls.__name__}: expected {len(names)} fields ({', '.join(names)}), got {len(value)}"
-            )
-        try:
-            return cls(*[check(v) for check, v in zip(checkers, value)])
-        except ProtocolError as exc:  # slow path only: find the field to name it
-            for (check, name), v in zip(pairs, value):
-                try:
-                    check(v)
-                except ProtocolError as inner:
-                    raise ProtocolError(f"{cls.__name__}.{name}: {inner}") from None
-            raise exc
-
-    _DECODERS[cls] = decode_record  # registered before filling, for recursive records
-    checkers.extend(_checker_for(hints[n]) for n in names)
-    pairs.extend(zip(checkers, names))
-    return decode_record
-
-
-_DECODERS: dict[Any, Checker] = {}
-_ENCODERS: dict[type, Callable[[Any], list[Any]]] = {}
-
-
-def _record_encoder(cls: type) -> Callable[[Any], list[Any]]:
-    """A function turning one record into nested arrays, built once per class."""
-    cached = _ENCODERS.get(cls)
-    if cached is not None:
-        return cached
-    hints = typing.get_type_hints(cls)
-    plan: list[tuple[str, Callable[[Any], Any] | None, bool]] = []  # (name, nested encoder, is list)
-
-    def encode_record(value: Any) -> list[Any]:
-        out = []
-        for name, nested, is_list in plan:
-            item = getattr(value, name)
-            if nested is None or item is None:
-                out.append(item)
-            elif is_list:
-                out.append([nested(v) for v in item])
-            else:
-                out.append(nested(item))
-        return out
-
-    _ENCODERS[cls] = encode_record
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        hint = hints[f.name]
-        is_list = typing.get_origin(hint) is list
-        inner = typing.get_args(hint)[0] if is_list else hint
-        if typing.get_origin(inner) in (typing.Union, types.UnionType):
-            inner = [a for a in typing.get_args(inner) if a is not type(None)][0]
-        nested = _record_encoder(inner) if dataclasses.is_dataclass(inner) else None  # type: ignore[arg-type]
-        plan.append((f.name, nested, is_list))
-    return encode_record
-
-
 def _reject_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(f"msgpack extension type {code} is not allowed on the wire")
 
@@ -510,8 +369,8 @@ class Codec:
 
     def __init__(self, accepts: tuple[type[Message], ...], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.max_message_bytes = max_message_bytes
-        self._by_kind: dict[bytes, tuple[type[Message], Checker]] = {
-            cls.KIND: (cls, _record_decoder(cls)) for cls in accepts
+        self._by_kind: dict[bytes, tuple[type[Message], Decoder]] = {
+            cls.KIND: (cls, record_decoder(cls)) for cls in accepts
         }
 
     def decode(self, frames: list[bytes]) -> Message:
@@ -546,7 +405,7 @@ class Codec:
 def encode(message: Message) -> list[bytes]:
     """The three frames of ``message``; raises ProtocolError if a value is not msgpack-able."""
     try:
-        body = msgpack.packb(_record_encoder(type(message))(message), use_bin_type=True)  # type: ignore[arg-type]
+        body = msgpack.packb(record_encoder(type(message))(message), use_bin_type=True)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"cannot encode {type(message).__name__}: {exc}") from None
     return [VERSION, message.KIND, body]
@@ -563,7 +422,7 @@ def check_packable(value: Any, what: str) -> None:
 
 def pack_record(record: Any) -> bytes:
     """msgpack of one record (a TaskSpec for the journal, say), in the wire layout."""
-    return msgpack.packb(_record_encoder(type(record))(record), use_bin_type=True)
+    return msgpack.packb(record_encoder(type(record))(record), use_bin_type=True)
 
 
 def unpack_record(cls: type, data: bytes) -> Any:
@@ -574,4 +433,4 @@ def unpack_record(cls: type, data: bytes) -> Any:
         raise
     except Exception as exc:
         raise ProtocolError(f"stored {cls.__name__} is not valid msgpack: {exc}") from None
-    return _record_decoder(cls)(value)
+    return record_decoder(cls)(value)

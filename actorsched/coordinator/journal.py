@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,3 +164,65 @@ def state_dir_writable(state_dir: str) -> str:
     if not os.access(probe, os.W_OK):
         return f"state_dir {state_dir!r} is not writable; set [journal] state_dir to a writable folder"
     return ""
+
+
+class JournalWriter:
+    """Group commit on a thread of its own, so the TaskQueue never waits for a disk.
+
+    The TaskQueue hands over each batch's rows together with what to do once they are
+    durable (tell the Dispatcher, acknowledge clients).  The writer takes everything
+    waiting in its queue, writes it in one transaction with one fsync, then runs the
+    follow-ups in order.  Every outbound message of the TaskQueue goes through here,
+    even one with no rows, so their order is the order the TaskQueue decided them in.
+    A write that fails (disk full, file gone) is our emergency: ``on_failure`` is called
+    and nothing after it is acknowledged.
+    """
+
+    def __init__(self, journal: Journal, on_failure: Callable[[BaseException], None]) -> None:
+        self.journal = journal
+        self.on_failure = on_failure
+        self.commits = 0
+        self.rows_written = 0
+        self._queue: queue.SimpleQueue[tuple[list[JournalRow], Callable[[], None]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
+        self._failed = False
+        self._thread.start()
+
+    def submit(self, rows: list[JournalRow], then: Callable[[], None]) -> None:
+        self._queue.put((rows, then))
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = []
+            stopping = item is None
+            if item is not None:
+                batch.append(item)
+            while not stopping:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                else:
+                    batch.append(item)
+            if batch and not self._failed:
+                rows = [row for rows, _ in batch for row in rows]
+                try:
+                    self.journal.write(rows)
+                except Exception as exc:  # disk full, I/O error: nothing more may be acknowledged
+                    self._failed = True
+                    log.critical("journal write failed, no further acknowledgements: %s", exc)
+                    self.on_failure(exc)
+                    continue
+                self.commits += 1
+                self.rows_written += len(rows)
+                for _, then in batch:
+                    then()
+            if stopping:
+                return

@@ -9,6 +9,8 @@ durable.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +19,7 @@ import pykka
 
 from actorsched.config import TasksConfig
 from actorsched.coordinator import events as ev
-from actorsched.coordinator.journal import Journal, JournalRow
+from actorsched.coordinator.journal import Journal, JournalRow, JournalWriter
 from actorsched.core.commands import Command, MakeReady, RequeueLost, SendToClient, SendToWorker, WithdrawTasks
 from actorsched.core.liveness import TimersDue
 from actorsched.core.queue import TaskQueueCore, TaskRecord
@@ -37,6 +39,7 @@ class TaskQueueActor(pykka.ThreadingActor):
         self.dispatcher: pykka.ActorRef[Any] | None = None
         self.transport: Any = None
         self._journaled: set[str] = set()
+        self.writer: JournalWriter | None = None
 
     def connect(self, dispatcher: pykka.ActorRef[Any], transport: Any) -> None:
         self.dispatcher = dispatcher
@@ -45,12 +48,23 @@ class TaskQueueActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         if self.journal is None:
             return
+        self.writer = JournalWriter(self.journal, self._journal_failed)
         started = time.monotonic()
         records = [_record_from_row(row) for row in self.journal.rows()]
         self._journaled.update(r.spec.task_id for r in records)
         self._carry_out(self.core.restore(records, self.clock()))
         log.info("journal replayed tasks=%d open=%d seconds=%.3f", len(records), self.core.open_count,
                  time.monotonic() - started)
+
+    def on_stop(self) -> None:
+        if self.writer is not None:
+            self.writer.stop()
+
+    def _journal_failed(self, exc: BaseException) -> None:
+        # Without a journal nothing may be acknowledged any more: stop the whole
+        # coordinator loudly rather than run on and lose acknowledged work.
+        log.critical("stopping the coordinator: the journal cannot be written (%s)", exc)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def on_receive(self, message: Any) -> Any:
         now = self.clock()
@@ -90,8 +104,15 @@ class TaskQueueActor(pykka.ThreadingActor):
         return None
 
     def _carry_out(self, out: list[Command]) -> None:
-        if self.core.dirty:
-            self._write_journal()
+        if self.writer is None:
+            self.core.dirty.clear()
+            self._send(out)
+            return
+        rows = self._journal_rows() if self.core.dirty else []
+        if rows or out:
+            self.writer.submit(rows, lambda: self._send(out))
+
+    def _send(self, out: list[Command]) -> None:
         ready: list[Any] = []
         sends: list[SendToClient | SendToWorker] = []
         for command in out:
@@ -106,11 +127,9 @@ class TaskQueueActor(pykka.ThreadingActor):
         if sends and self.transport is not None:
             self.transport.tell(sends)
 
-    def _write_journal(self) -> None:
+    def _journal_rows(self) -> list[JournalRow]:
         dirty = self.core.dirty
         self.core.dirty = set()
-        if self.journal is None:
-            return
         rows = []
         for task_id in dirty:
             task = self.core.tasks[task_id]
@@ -123,7 +142,7 @@ class TaskQueueActor(pykka.ThreadingActor):
                 _error_list(task.error), [[h.attempt, h.worker_id, h.outcome, _error_list(h.error)]
                                           for h in task.history],
             ))
-        self.journal.write(rows)
+        return rows
 
 
 def _error_list(error: ErrorInfo | None) -> list[str] | None:

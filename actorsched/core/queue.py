@@ -82,7 +82,7 @@ class TaskRecord:
     waiting_on: set[str] = field(default_factory=set)
     dependents: list[str] = field(default_factory=list)
     history: list[AttemptRecord] = field(default_factory=list)
-    states: list[str] = field(default_factory=list)
+    states: list[TaskState] = field(default_factory=list)  # recent history, for errors
     cancel_waiters: list[tuple[PeerKey, int]] = field(default_factory=list)
     cancel_requested: bool = False
 
@@ -269,7 +269,7 @@ class TaskQueueCore:
         for record in records:
             if record.state in (S.QUEUED, S.ASSIGNED, S.RUNNING):
                 record.state = S.RETRYING  # not a transition: the journal's "needs another attempt"
-            record.states.append(record.state.value)
+            record.states.append(record.state)
             self.tasks[record.spec.task_id] = record
             self.counts[record.state.value] += 1
             self._seq = max(self._seq, record.seq)
@@ -349,7 +349,7 @@ class TaskQueueCore:
     def _add(self, spec: TaskSpec, now: float) -> None:
         self._seq += 1
         task = TaskRecord(spec, self._seq, S.WAITING, epoch=self.epoch)
-        task.states.append(S.WAITING.value)
+        task.states.append(S.WAITING)
         self.tasks[spec.task_id] = task
         self.counts[S.WAITING.value] += 1
         self.open_count += 1
@@ -489,7 +489,7 @@ class TaskQueueCore:
         self.counts[task.state.value] -= 1
         self.counts[target.value] += 1
         task.state = target
-        task.states.append(target.value)
+        task.states.append(target)
         if len(task.states) > 16:
             del task.states[:-8]
 

@@ -35,6 +35,10 @@ class TaskState(Enum):
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
 
+    # Members are singletons, so identity hashing is exact, and it is C-fast: the
+    # queue hashes states several times per task transition.
+    __hash__ = object.__hash__
+
     @property
     def is_final(self) -> bool:
         return self in FINAL_STATES
@@ -56,7 +60,7 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
 }
 
 
-def check_transition(task_id: str, current: TaskState, target: TaskState, history: list[str]) -> None:
+def check_transition(task_id: str, current: TaskState, target: TaskState, history: list[TaskState]) -> None:
     """Raise InvalidTransition unless ``current -> target`` is in the table."""
     if target not in TRANSITIONS[current]:
-        raise InvalidTransition(task_id, current.value, target.value, history[-8:])
+        raise InvalidTransition(task_id, current.value, target.value, [s.value for s in history[-8:]])
