@@ -15,7 +15,7 @@ from actorsched.errors import (
 
 __all__ = [
     "ActorschedError", "ConfigError", "ConnectionFailed", "ProtocolError", "SubmitRejected",
-    "TaskFailed", "TaskNotFound", "Timeout", "Client", "TaskHandle",
+    "TaskFailed", "TaskNotFound", "Timeout", "Client", "TaskHandle", "ref",
 ]
 __version__ = "0.1.0"
 
@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> object:
     # The client pulls in zmq; import it lazily so `import actorsched.tasks` in a
     # worker's child process stays light.
-    if name in ("Client", "TaskHandle"):
+    if name in ("Client", "TaskHandle", "ref"):
         from actorsched import client
 
         return getattr(client, name)

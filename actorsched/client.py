@@ -45,6 +45,7 @@ import zmq
 
 from actorsched import protocol
 from actorsched.config import check_endpoint, default_client_endpoint
+from actorsched.core.queue import REF_KEY
 from actorsched.errors import (
     ActorschedError,
     ConfigError,
@@ -77,6 +78,17 @@ _NAME_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 _SPEC_FIELDS = frozenset(f for f in TaskSpec.__dataclass_fields__)
 _DRAIN_LIMIT = 10_000  # messages read per poll before the lock is offered to others
 _R = TypeVar("_R", bound=Message)
+
+
+def ref(task: str | TaskHandle) -> dict[str, str]:
+    """Stands, anywhere in a task's arguments, for the result of ``task``.
+
+    The referenced task becomes a dependency: the new task waits until it SUCCEEDED
+    and its worker receives the value in place of the reference.  If it fails or is
+    cancelled, the new task fails or is cancelled too.
+    """
+    task_id = task.task_id if isinstance(task, TaskHandle) else check_task_id(task)
+    return {REF_KEY: task_id}
 
 
 class InvalidTask(SubmitRejected, ValueError):

@@ -55,6 +55,7 @@ from actorsched.protocol import (
     TaskSpec,
 )
 
+REF_KEY = "__actorsched_ref__"  # {REF_KEY: task_id} in arguments stands for that task's result
 PRIORITY_MIN = -1_000_000
 PRIORITY_MAX = 1_000_000
 
@@ -280,7 +281,7 @@ class TaskQueueCore:
             if record.state in FINAL_STATES:
                 continue
             failed_dep: str | None = None
-            for dep in record.spec.deps:
+            for dep in all_deps(record.spec):
                 dep_task = self.tasks.get(dep)
                 if dep_task is None or dep_task.state is S.SUCCEEDED:
                     continue
@@ -332,7 +333,7 @@ class TaskQueueCore:
                 return "conflict", f"task id {spec.task_id!r} appears twice in the batch with different content"
             in_batch[spec.task_id] = spec
         for spec in specs:
-            for dep in spec.deps:
+            for dep in all_deps(spec):
                 if dep == spec.task_id:
                     return "bad-request", f"task {spec.task_id!r} depends on itself"
                 if dep not in in_batch and dep not in self.tasks:
@@ -356,7 +357,7 @@ class TaskQueueCore:
         self.counters["submitted"] += 1
         self.dirty.add(spec.task_id)
         failed_dep: tuple[str, TaskRecord] | None = None
-        for dep in spec.deps:
+        for dep in all_deps(spec):
             dep_task = self.tasks[dep]
             if dep_task.state is S.SUCCEEDED:
                 continue
@@ -376,8 +377,11 @@ class TaskQueueCore:
         task.epoch = self.epoch
         task.worker = b""
         spec = task.spec
+        args, kwargs = spec.args, spec.kwargs
+        if result_refs(spec):  # arguments reference results: hand over the values
+            args, kwargs = self._resolve_refs(args), self._resolve_refs(kwargs)
         self._ready.append(ReadyTask(
-            task_id, spec.priority, task.seq, task.attempt, task.epoch, spec.name, spec.args, spec.kwargs,
+            task_id, spec.priority, task.seq, task.attempt, task.epoch, spec.name, args, kwargs,
             spec.timeout_s if spec.timeout_s is not None else (self.config.default_timeout_s or None),
             tuple(spec.tags), now,
         ))
@@ -481,6 +485,15 @@ class TaskQueueCore:
     def _now_cancelled(self, task_ids: list[str]) -> list[str]:
         return [t for t in task_ids if self.tasks[t].state is S.CANCELLED]
 
+    def _resolve_refs(self, value: Any) -> Any:
+        if type(value) is dict:
+            if len(value) == 1 and REF_KEY in value:
+                return self.tasks[value[REF_KEY]].value
+            return {k: self._resolve_refs(v) for k, v in value.items()}
+        if type(value) is list:
+            return [self._resolve_refs(v) for v in value]
+        return value
+
     def _end_attempt(self, task: TaskRecord, outcome: str, error: ErrorInfo | None) -> None:
         task.history.append(AttemptRecord(task.attempt, task.worker_id, outcome, error))
 
@@ -508,6 +521,30 @@ class TaskQueueCore:
                 out.append(SendToClient(client, TasksDone(request_id, infos)))
             self._done = {}
         return out
+
+
+def result_refs(spec: TaskSpec) -> tuple[str, ...]:
+    """Tasks whose results the arguments reference (``{REF_KEY: task_id}``, see :func:`actorsched.ref`)."""
+    if not spec.kwargs and not any(type(a) in (dict, list) for a in spec.args):
+        return ()  # the common case: nothing to scan
+    refs: dict[str, None] = {}
+    stack: list[Any] = [spec.args, spec.kwargs]
+    while stack:
+        value = stack.pop()
+        if type(value) is dict:
+            if len(value) == 1 and type(value.get(REF_KEY)) is str:
+                refs[value[REF_KEY]] = None
+            else:
+                stack.extend(value.values())
+        elif type(value) is list:
+            stack.extend(value)
+    return tuple(refs)
+
+
+def all_deps(spec: TaskSpec) -> tuple[str, ...]:
+    """``spec.deps`` plus every task whose result an argument references."""
+    refs = result_refs(spec)
+    return tuple(dict.fromkeys([*spec.deps, *refs])) if refs else tuple(spec.deps)
 
 
 def _spec_problem(spec: TaskSpec) -> str:
@@ -540,7 +577,7 @@ def _dependency_order(batch: dict[str, TaskSpec]) -> list[TaskSpec]:
                 ordered.append(batch[task_id])
                 continue
             stack.append((task_id, True))
-            stack.extend((dep, False) for dep in batch[task_id].deps if dep in batch and dep not in placed)
+            stack.extend((dep, False) for dep in all_deps(batch[task_id]) if dep in batch and dep not in placed)
     return ordered
 
 
@@ -557,7 +594,7 @@ def _find_cycle(batch: dict[str, TaskSpec]) -> list[str]:
             if index == 0:
                 colour[node] = 1
                 path.append(node)
-            deps = [d for d in batch[node].deps if d in batch]
+            deps = [d for d in all_deps(batch[node]) if d in batch]
             if index < len(deps):
                 stack.append((node, index + 1))
                 nxt = deps[index]
