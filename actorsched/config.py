@@ -62,6 +62,7 @@ class TasksConfig:
     retry_backoff_cap_s: float = 5.0
     max_pending_tasks: int = 1_000_000
     max_worker_deaths: int = 3
+    restart_grace_s: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,7 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {
     "default_timeout_s", "running_weight", "cpu_weight", "memory_weight", "slots", "drain_timeout_s",
-    "aging_s_per_priority",
+    "aging_s_per_priority", "restart_grace_s",
 }
 _CHOICES = {"level": LOG_LEVELS, "start_method": ("fork", "forkserver", "spawn")}
 _ENDPOINTS = {"client_endpoint", "worker_endpoint", "coordinator"}

@@ -45,7 +45,9 @@ class JournalRow:
     seq: int
     state: str
     attempt: int
+    epoch: int
     deaths: int
+    finished_at: float | None  # wall-clock seconds, for retention; None while unfinished
     spec: bytes | None  # msgpack of the TaskSpec fields; None on updates of a known task
     value: Any
     error: list[Any] | None
@@ -59,7 +61,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     seq INTEGER NOT NULL,
     state TEXT NOT NULL,
     attempt INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
     deaths INTEGER NOT NULL,
+    finished_at REAL,
     spec BLOB NOT NULL,
     result BLOB
 );
@@ -111,27 +115,30 @@ class Journal:
     def rows(self) -> Iterator[JournalRow]:
         """Every task, in submit order, for replay at start."""
         assert self._db is not None
-        for task_id, seq, state, attempt, deaths, spec, result in self._db.execute(
-                "SELECT task_id, seq, state, attempt, deaths, spec, result FROM tasks ORDER BY seq"):
+        for task_id, seq, state, attempt, epoch, deaths, finished_at, spec, result in self._db.execute(
+                "SELECT task_id, seq, state, attempt, epoch, deaths, finished_at, spec, result "
+                "FROM tasks ORDER BY seq"):
             value, error, history = msgpack.unpackb(result, raw=False) if result else (None, None, [])
-            yield JournalRow(task_id, seq, state, attempt, deaths, spec, value, error, history)
+            yield JournalRow(task_id, seq, state, attempt, epoch, deaths, finished_at, spec, value, error, history)
 
     def write(self, rows: list[JournalRow]) -> None:
         """Apply ``rows`` in one transaction; durable (fsync) when this returns."""
         if not rows:
             return
         assert self._db is not None
-        inserts = [(r.task_id, r.seq, r.state, r.attempt, r.deaths, r.spec, _pack_result(r))
+        inserts = [(r.task_id, r.seq, r.state, r.attempt, r.epoch, r.deaths, r.finished_at, r.spec, _pack_result(r))
                    for r in rows if r.spec is not None]
-        updates = [(r.state, r.attempt, r.deaths, _pack_result(r), r.task_id) for r in rows if r.spec is None]
+        updates = [(r.state, r.attempt, r.epoch, r.deaths, r.finished_at, _pack_result(r), r.task_id)
+                   for r in rows if r.spec is None]
         db = self._db
         db.execute("BEGIN")
         try:
             if inserts:
-                db.executemany("INSERT OR REPLACE INTO tasks(task_id, seq, state, attempt, deaths, spec, result) "
-                               "VALUES (?, ?, ?, ?, ?, ?, ?)", inserts)
+                db.executemany("INSERT OR REPLACE INTO tasks(task_id, seq, state, attempt, epoch, deaths, "
+                               "finished_at, spec, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", inserts)
             if updates:
-                db.executemany("UPDATE tasks SET state=?, attempt=?, deaths=?, result=? WHERE task_id=?", updates)
+                db.executemany("UPDATE tasks SET state=?, attempt=?, epoch=?, deaths=?, finished_at=?, result=? "
+                               "WHERE task_id=?", updates)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

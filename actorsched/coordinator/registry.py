@@ -15,7 +15,7 @@ import pykka
 
 from actorsched.config import LivenessConfig, PlacementConfig
 from actorsched.coordinator import events as ev
-from actorsched.core.commands import Command, RequeueLost, SendToClient, SendToWorker
+from actorsched.core.commands import Command, ReconcileRunning, RequeueLost, SendToClient, SendToWorker
 from actorsched.core.liveness import LocalPauseDetected, ScanWorkers
 from actorsched.core.registry import RegistryCore
 from actorsched.protocol import WorkersReply
@@ -78,12 +78,14 @@ class RegistryActor(pykka.ThreadingActor):
         return None
 
     def _carry_out(self, out: list[Command]) -> None:
-        lost: list[RequeueLost] = []
+        lost: list[RequeueLost | ReconcileRunning] = []
         capacity: list[Command] = []
         sends: list[SendToClient | SendToWorker] = []
         for command in out:
             if isinstance(command, (SendToClient, SendToWorker)):
                 sends.append(command)
+            elif isinstance(command, ReconcileRunning):
+                lost.append(command)
             elif isinstance(command, RequeueLost):
                 log.warning("worker lost worker_id=%s tasks=%d reason=%s", command.worker_id,
                             len(command.task_ids), command.reason)

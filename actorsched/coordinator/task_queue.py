@@ -20,10 +20,18 @@ import pykka
 from actorsched.config import TasksConfig
 from actorsched.coordinator import events as ev
 from actorsched.coordinator.journal import Journal, JournalRow, JournalWriter
-from actorsched.core.commands import Command, MakeReady, RequeueLost, SendToClient, SendToWorker, WithdrawTasks
+from actorsched.core.commands import (
+    Command,
+    MakeReady,
+    ReconcileRunning,
+    RequeueLost,
+    SendToClient,
+    SendToWorker,
+    WithdrawTasks,
+)
 from actorsched.core.liveness import TimersDue
 from actorsched.core.queue import TaskQueueCore, TaskRecord
-from actorsched.core.states import TaskState
+from actorsched.core.states import FINAL_STATES, TaskState
 from actorsched.protocol import AttemptRecord, ErrorInfo, StatsReply, TaskSpec, pack_record, unpack_record
 
 log = logging.getLogger(__name__)
@@ -84,6 +92,8 @@ class TaskQueueActor(pykka.ThreadingActor):
                     out += core.tick(tick_now)
                 case RequeueLost(worker, worker_id, task_ids, reason):
                     out += core.worker_lost(worker, worker_id, task_ids, reason, now)
+                case ReconcileRunning(worker, worker_id, attempts):
+                    out += core.worker_reports_running(worker, worker_id, attempts, now)
                 case ev.QueryRequested(client, request_id, task_ids):
                     out += core.query(client, request_id, task_ids)
                 case ev.WatchRequested(client, request_id, task_ids):
@@ -130,6 +140,7 @@ class TaskQueueActor(pykka.ThreadingActor):
     def _journal_rows(self) -> list[JournalRow]:
         dirty = self.core.dirty
         self.core.dirty = set()
+        wall_now = time.time()
         rows = []
         for task_id in dirty:
             task = self.core.tasks[task_id]
@@ -137,8 +148,10 @@ class TaskQueueActor(pykka.ThreadingActor):
                 continue
             spec = None if task_id in self._journaled else pack_record(task.spec)
             self._journaled.add(task_id)
+            finished_at = wall_now if task.state in FINAL_STATES else None
             rows.append(JournalRow(
-                task_id, task.seq, task.state.value, task.attempt, task.deaths, spec, task.value,
+                task_id, task.seq, task.state.value, task.attempt, task.epoch, task.deaths, finished_at, spec,
+                task.value,
                 _error_list(task.error), [[h.attempt, h.worker_id, h.outcome, _error_list(h.error)]
                                           for h in task.history],
             ))
@@ -152,7 +165,7 @@ def _error_list(error: ErrorInfo | None) -> list[str] | None:
 def _record_from_row(row: JournalRow) -> TaskRecord:
     assert row.spec is not None
     spec = unpack_record(TaskSpec, row.spec)
-    record = TaskRecord(spec, row.seq, TaskState(row.state), attempt=row.attempt, deaths=row.deaths)
+    record = TaskRecord(spec, row.seq, TaskState(row.state), attempt=row.attempt, epoch=row.epoch, deaths=row.deaths)
     record.value = row.value
     record.error = ErrorInfo(*row.error) if row.error else None
     record.history = [AttemptRecord(a, w, o, ErrorInfo(*e) if e else None) for a, w, o, e in row.history]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from actorsched.protocol import Message
+from actorsched.protocol import AttemptRef, Message
 
 PeerKey = bytes  # a ZeroMQ routing id: one connection of one worker or client
 
@@ -64,6 +64,15 @@ class RequeueLost:
 
 
 @dataclass(frozen=True, slots=True)
+class ReconcileRunning:
+    """A worker registered holding these attempts: the queue keeps the current ones."""
+
+    worker: PeerKey
+    worker_id: str
+    attempts: list[AttemptRef]
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerUp:
     worker: PeerKey
     worker_id: str
@@ -107,6 +116,6 @@ class Placement:
 
 
 Command = (
-    SendToClient | SendToWorker | MakeReady | WithdrawTasks | RequeueLost | WorkerUp | WorkerDown
+    SendToClient | SendToWorker | MakeReady | WithdrawTasks | RequeueLost | ReconcileRunning | WorkerUp | WorkerDown
     | WorkerLoad | WorkerAccepting | SlotsFreed | Placement
 )

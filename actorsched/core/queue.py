@@ -248,6 +248,26 @@ class TaskQueueCore:
             self._after_failure(task_id, task, error, now, worker_death=True)
         return self._flush()
 
+    def worker_reports_running(self, worker: PeerKey, worker_id: str, attempts: list[AttemptRef],
+                               now: float) -> list[Command]:
+        """A (re-)registering worker lists what it runs: keep what is current, abandon the rest."""
+        abandon: list[AttemptRef] = []
+        for ref in attempts:
+            task = self.tasks.get(ref.task_id)
+            same_attempt = task is not None and ref.attempt == task.attempt and ref.epoch == task.epoch
+            if task is not None and same_attempt and task.state is S.RETRYING and task.attempt > 0:
+                self._move(task, S.ASSIGNED)  # adopted after our restart: no need to run it again
+                task.retry_at = -1.0  # disarms its pending retry timer
+                task.worker, task.worker_id = worker, worker_id
+            elif task is not None and same_attempt and task.state in (S.ASSIGNED, S.RUNNING) \
+                    and task.worker_id == worker_id:
+                task.worker = worker  # the same worker on a new connection
+            else:
+                abandon.append(ref)
+        if abandon:
+            self._out.append(SendToWorker(worker, CancelTasks(abandon)))
+        return self._flush()
+
     def tick(self, now: float) -> list[Command]:
         """Fire due retry timers."""
         heap = self._retry_heap
@@ -263,13 +283,17 @@ class TaskQueueCore:
     def restore(self, records: list[TaskRecord], now: float) -> list[Command]:
         """Rebuild from the journal at start, in submit order.
 
-        Final tasks keep their results.  Every other task runs again: its last
-        attempt (if any) belonged to an earlier epoch, so it gets the next attempt
-        number under this epoch, and a late result of the old attempt is stale.
+        Final tasks keep their results.  A task whose last attempt may still be
+        running somewhere (it was QUEUED or later in the journal) waits
+        ``restart_grace_s`` for its worker to re-register and report it
+        (:meth:`worker_reports_running` adopts it); after that it runs again under the
+        next attempt number and this epoch, and a late result of the old attempt is stale.
         """
+        in_doubt: set[str] = set()
         for record in records:
             if record.state in (S.QUEUED, S.ASSIGNED, S.RUNNING):
                 record.state = S.RETRYING  # not a transition: the journal's "needs another attempt"
+                in_doubt.add(record.spec.task_id)
             record.states.append(record.state)
             self.tasks[record.spec.task_id] = record
             self.counts[record.state.value] += 1
@@ -297,7 +321,8 @@ class TaskQueueCore:
                     self._queue(task_id, record, now)
                 continue
             if record.state is S.RETRYING:
-                self._retry_later(task_id, record, now)  # due at the first tick
+                grace = self.config.restart_grace_s if task_id in in_doubt else 0.0
+                self._retry_later(task_id, record, now + grace)
         return self._flush()
 
     # ------------------------------------------------------------------ reads

@@ -27,6 +27,7 @@ from actorsched.config import LivenessConfig, PlacementConfig
 from actorsched.core.commands import (
     Command,
     PeerKey,
+    ReconcileRunning,
     RequeueLost,
     SendToWorker,
     SlotsFreed,
@@ -81,14 +82,16 @@ class RegistryCore:
 
     def registered(self, key: PeerKey, message: Register, now: float) -> list[Command]:
         out: list[Command] = []
+        reported = {ref.task_id for ref in message.running}
         old_key = self.by_id.get(message.worker_id)
         if old_key is not None and old_key != key:
             # One owner per worker id: the newest registration wins, the old one is fenced.
+            # What the new one reports running is carried over, not requeued.
             self.counters["superseded"] += 1
-            out += self._remove(old_key, f"superseded by a new registration of {message.worker_id}")
+            out += self._remove(old_key, f"superseded by a new registration of {message.worker_id}", reported)
             out.append(SendToWorker(old_key, Shutdown(f"worker id {message.worker_id} registered again")))
         if key in self.workers:
-            out += self._remove(key, "re-registered on the same connection")
+            out += self._remove(key, "re-registered on the same connection", reported)
         record = WorkerRecord(key, message.worker_id, message.host, message.pid, message.slots,
                               tuple(message.tags), now)
         record.running = {ref.task_id for ref in message.running}
@@ -97,6 +100,8 @@ class RegistryCore:
         self.counters["registered"] += 1
         out.append(SendToWorker(key, Welcome(message.worker_id, self.epoch, self.liveness.heartbeat_interval_s)))
         out.append(WorkerUp(key, message.worker_id, message.slots, record.tags, len(record.running)))
+        if message.running:
+            out.append(ReconcileRunning(key, message.worker_id, list(message.running)))
         return out
 
     def heartbeat(self, key: PeerKey, cpu_percent: float, memory_percent: float, now: float) -> list[Command]:
@@ -201,12 +206,14 @@ class RegistryCore:
             return [WorkerAccepting(record.key, True)]
         return []
 
-    def _remove(self, key: PeerKey, reason: str) -> list[Command]:
+    def _remove(self, key: PeerKey, reason: str,
+                carried_over: set[str] | frozenset[str] = frozenset()) -> list[Command]:
         record = self.workers.pop(key)
         if self.by_id.get(record.worker_id) == key:
             del self.by_id[record.worker_id]
         self.counters["removed"] += 1
         out: list[Command] = [WorkerDown(key)]
-        if record.running:
-            out.append(RequeueLost(key, record.worker_id, sorted(record.running), reason))
+        lost = sorted(record.running - carried_over)
+        if lost:
+            out.append(RequeueLost(key, record.worker_id, lost, reason))
         return out

@@ -676,9 +676,12 @@ def test_restore_keeps_final_tasks_and_runs_the_others_again_with_a_higher_attem
     assert q.state("done") is S.SUCCEEDED and q.task("done").value == 42
     assert q.state("failed") is S.FAILED
     assert [t.task_id for t in made_ready(out)] == ["after-done"]
-    out = q.tick(100.0)
-    ready = {t.task_id: t for t in made_ready(out)}
-    assert set(ready) == {"queued", "running", "retrying"}
+    # A task that was backing off is due at once; ones that may still be running on a
+    # worker wait restart_grace_s for it to re-register and report them.
+    ready = {t.task_id: t for t in made_ready(q.tick(100.0))}
+    assert set(ready) == {"retrying"}
+    ready.update((t.task_id, t) for t in made_ready(q.tick(100.0 + q.core.config.restart_grace_s)))
+    assert set(ready) == {"retrying", "queued", "running"}
     assert (ready["queued"].attempt, ready["running"].attempt, ready["retrying"].attempt) == (2, 3, 2)
     assert all(t.epoch == EPOCH for t in ready.values())
     assert q.state("waiting") is S.WAITING
@@ -694,10 +697,30 @@ def test_restore_keeps_final_tasks_and_runs_the_others_again_with_a_higher_attem
 def test_a_late_result_of_an_attempt_from_before_the_restart_is_stale() -> None:
     q = QueueHarness()
     q.restore([record(spec("a"), 1, S.RUNNING, 1, worker=W1, worker_id="w1")], 0.0)
-    q.tick(0.0)
+    q.tick(q.core.config.restart_grace_s)
     q.run("a", W1)
     q.outcomes_reported(W1, [TaskOutcome("a", EPOCH - 1, 1, True, "old", None, 0.1)], 1.0)
     assert q.state("a") is S.RUNNING and q.core.counters["stale_outcomes"] == 1
+
+
+def test_a_worker_that_re_registers_after_a_restart_keeps_its_attempt_and_its_result_counts() -> None:
+    q = QueueHarness()
+    q.restore([record(spec("a"), 1, S.QUEUED, 1)], 0.0)
+    out = q.core.worker_reports_running(W1, "w1", [AttemptRef("a", EPOCH - 1, 1)], 1.0)
+    assert q.state("a") is S.ASSIGNED and not [c for c in out if isinstance(c, SendToWorker)]
+    assert made_ready(q.tick(q.core.config.restart_grace_s + 1)) == []  # adopted: the grace timer is disarmed
+    q.outcomes_reported(W1, [TaskOutcome("a", EPOCH - 1, 1, True, "kept", None, 0.1)], 5.0)
+    assert q.state("a") is S.SUCCEEDED and q.task("a").value == "kept"
+
+
+def test_a_re_registering_worker_is_told_to_abandon_attempts_that_are_no_longer_current(q: QueueHarness) -> None:
+    q.add(spec("a"))
+    q.run("a", W1)
+    q.core.worker_lost(W1, "w1", ["a"], "silent", 1.0)
+    out = q.core.worker_reports_running(W2, "w1", [AttemptRef("a", EPOCH, 1), AttemptRef("ghost", EPOCH, 1)], 2.0)
+    (cancel,) = [c for c in out if isinstance(c, SendToWorker)]
+    assert cancel.worker == W2 and isinstance(cancel.message, CancelTasks)
+    assert {r.task_id for r in cancel.message.attempts} == {"a", "ghost"}
 
 
 def test_restore_fails_a_waiting_task_whose_dependency_already_failed() -> None:
