@@ -75,6 +75,15 @@ class PlacementConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    enabled: bool = True
+    window_s: float = 60.0
+    min_attempts: int = 10
+    failure_ratio: float = 0.5
+    open_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -86,6 +95,7 @@ class CoordinatorConfig:
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -134,7 +144,7 @@ class WorkerConfig:
 
 _POSITIVE = {
     "max_message_bytes", "heartbeat_interval_s", "worker_timeout_s", "scan_interval_s", "suspect_after_s",
-    "pause_threshold_s",
+    "pause_threshold_s", "window_s", "min_attempts", "failure_ratio", "open_s",
     "max_attempts", "retry_backoff_base_s", "retry_backoff_cap_s", "max_pending_tasks",
     "max_worker_deaths", "max_assign_batch", "reconnect_min_s", "reconnect_max_s",
 }
@@ -217,6 +227,9 @@ def _check_relations(config: Any, source: str) -> None:
                 f"({live.heartbeat_interval_s}) and at most worker_timeout_s ({live.worker_timeout_s}) "
                 f"({source} [liveness])"
             )
+        if config.breaker.failure_ratio >= 1.0:
+            raise ConfigError(f"failure_ratio must be below 1.0 (a ratio of failed attempts), got "
+                              f"{config.breaker.failure_ratio} ({source} [breaker])")
         if config.tasks.retry_backoff_cap_s < config.tasks.retry_backoff_base_s:
             raise ConfigError(f"retry_backoff_cap_s must be >= retry_backoff_base_s ({source} [tasks])")
         ends = config.endpoints

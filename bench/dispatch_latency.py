@@ -60,7 +60,7 @@ def simulate(proc: int, count: int, slots: int, endpoint: str, tag: str, conn: C
     """Own ``count`` DEALER sockets; register them on "go"; answer Assigns; report on "stop"."""
     codec = Codec(TO_WORKER_MESSAGES)
     context = zmq.Context()
-    context.setsockopt(zmq.MAX_SOCKETS, 2 * count + 64)  # each DEALER has a monitor while connecting
+    context.set(zmq.MAX_SOCKETS, 3 * count + 64)  # a DEALER has a monitor (2 PAIRs) while connecting
     sockets: list[zmq.Socket[bytes]] = []
     index: dict[Any, int] = {}
     host = socket.gethostname()
@@ -278,9 +278,11 @@ def scenario(workers: int, tasks: int, procs: int, chunk: int, timeout_s: float)
             sent: dict[str, float] = {}
             accepted: dict[str, float] = {}
             handles = []
+            chunks: list[list[str]] = []
             first_submit = time.monotonic()
             for start in range(0, tasks, chunk):
                 part = specs[start:start + chunk]
+                chunks.append([spec["task_id"] for spec in part])
                 before = time.monotonic()
                 handles += client.submit_many(part)
                 after = time.monotonic()
@@ -323,6 +325,10 @@ def scenario(workers: int, tasks: int, procs: int, chunk: int, timeout_s: float)
            f"{negative} of {len(raw)} arrived before the ack (counted as 0)")
     figure("submit sent -> assigned p50", percentile(from_send, 50), "ms", "includes the journal fsync")
     figure("submit sent -> assigned p99", percentile(from_send, 99), "ms")
+    spreads = [(max(arrivals[t] for t in ids) - min(arrivals[t] for t in ids)) * 1000
+               for ids in chunks if all(t in arrivals for t in ids)]
+    figure("arrival spread within one submit, median", percentile(spreads, 50), "ms",
+           f"first to last assignment of the same {chunk} tasks; max {max(spreads, default=0):.1f} ms")
     figure("tasks per Assign message (mean)", counters["assigned"] / max(1, counters["assign_messages"]), "tasks",
            f"max {counters['max_per_assign']}, {counters['assign_messages']} Assign messages")
     transport = stats.get("transport", {})

@@ -47,11 +47,11 @@ class Coordinator:
                 self.journal.close()
             raise
         self.dispatcher = DispatcherActor.start(config.placement)
-        self.registry = RegistryActor.start(config.liveness, config.placement, self.epoch)
+        self.registry = RegistryActor.start(config.liveness, config.placement, self.epoch, config.breaker)
         self.queue = TaskQueueActor.start(config.tasks, self.journal, self.epoch)
         self.dispatcher.proxy().connect(self.queue, self.registry, self.transport).get()
         self.registry.proxy().connect(self.queue, self.dispatcher, self.transport).get()
-        self.queue.proxy().connect(self.dispatcher, self.transport).get()
+        self.queue.proxy().connect(self.dispatcher, self.transport, self.registry).get()
         self.failure_detector = FailureDetectorActor.start(config.liveness, self.queue, self.registry)
         self.transport.connect(self.queue, self.registry)
         self.transport.start()

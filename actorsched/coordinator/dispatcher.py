@@ -59,8 +59,8 @@ class DispatcherActor(pykka.ThreadingActor):
                     core.worker_up(worker, worker_id, slots, tags, running)
                 case WorkerDown(worker):
                     core.worker_down(worker)
-                case WorkerAccepting(worker, accepting):
-                    core.worker_accepting(worker, accepting)
+                case WorkerAccepting(worker, accepting, probe):
+                    core.worker_accepting(worker, accepting, probe)
                 case "pending":  # ask() from tests
                     return len(core.entries)
                 case _:

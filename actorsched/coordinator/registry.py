@@ -13,9 +13,9 @@ from typing import Any
 
 import pykka
 
-from actorsched.config import LivenessConfig, PlacementConfig
+from actorsched.config import BreakerConfig, LivenessConfig, PlacementConfig
 from actorsched.coordinator import events as ev
-from actorsched.core.commands import Command, ReconcileRunning, RequeueLost, SendToClient, SendToWorker
+from actorsched.core.commands import Command, JudgeAttempts, ReconcileRunning, RequeueLost, SendToClient, SendToWorker
 from actorsched.core.liveness import LocalPauseDetected, ScanWorkers
 from actorsched.core.registry import RegistryCore
 from actorsched.protocol import WorkersReply
@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 
 class RegistryActor(pykka.ThreadingActor):
     def __init__(self, liveness: LivenessConfig, placement: PlacementConfig, epoch: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 breaker: BreakerConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self.core = RegistryCore(liveness, placement, epoch)
+        self.core = RegistryCore(liveness, placement, epoch, breaker)
         self.clock = clock
         self.queue: pykka.ActorRef[Any] | None = None
         self.dispatcher: pykka.ActorRef[Any] | None = None
@@ -60,6 +60,8 @@ class RegistryActor(pykka.ThreadingActor):
                     out += core.draining(worker, now)
                 case ev.WorkerLeft(worker, reason):
                     out += core.goodbye(worker) if reason == "goodbye" else core.disconnected(worker)
+                case JudgeAttempts(judgments):
+                    out += core.judge(judgments, now)
                 case ScanWorkers(scan_now):
                     out += core.scan(scan_now)
                 case LocalPauseDetected(pause_now, paused_s):

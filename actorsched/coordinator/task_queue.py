@@ -22,6 +22,7 @@ from actorsched.coordinator import events as ev
 from actorsched.coordinator.journal import Journal, JournalRow, JournalWriter
 from actorsched.core.commands import (
     Command,
+    JudgeAttempts,
     MakeReady,
     ReconcileRunning,
     RequeueLost,
@@ -45,13 +46,15 @@ class TaskQueueActor(pykka.ThreadingActor):
         self.journal = journal
         self.clock = clock
         self.dispatcher: pykka.ActorRef[Any] | None = None
+        self.registry: pykka.ActorRef[Any] | None = None
         self.transport: Any = None
         self._journaled: set[str] = set()
         self.writer: JournalWriter | None = None
 
-    def connect(self, dispatcher: pykka.ActorRef[Any], transport: Any) -> None:
+    def connect(self, dispatcher: pykka.ActorRef[Any], transport: Any, registry: pykka.ActorRef[Any]) -> None:
         self.dispatcher = dispatcher
         self.transport = transport
+        self.registry = registry
 
     def on_start(self) -> None:
         if self.journal is None:
@@ -124,16 +127,21 @@ class TaskQueueActor(pykka.ThreadingActor):
 
     def _send(self, out: list[Command]) -> None:
         ready: list[Any] = []
+        judged: list[JudgeAttempts] = []
         sends: list[SendToClient | SendToWorker] = []
         for command in out:
             if isinstance(command, (SendToClient, SendToWorker)):
                 sends.append(command)
             elif isinstance(command, (MakeReady, WithdrawTasks)):
                 ready.append(command)
+            elif isinstance(command, JudgeAttempts):
+                judged.append(command)
             else:
                 log.error("TaskQueue cannot carry out %r", command)
         if ready:
             ev.tell(self.dispatcher, ready)
+        if judged:
+            ev.tell(self.registry, judged)
         if sends and self.transport is not None:
             self.transport.tell(sends)
 

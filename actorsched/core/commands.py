@@ -99,6 +99,14 @@ class WorkerAccepting:
 
     worker: PeerKey
     accepting: bool
+    probe: bool = False  # half-open breaker: at most one task at a time
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeAttempts:
+    """Attempts whose blame is now known, for the circuit breakers: ``(worker_id, ok)``."""
+
+    judgments: list[tuple[str, bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,5 +125,5 @@ class Placement:
 
 Command = (
     SendToClient | SendToWorker | MakeReady | WithdrawTasks | RequeueLost | ReconcileRunning | WorkerUp | WorkerDown
-    | WorkerLoad | WorkerAccepting | SlotsFreed | Placement
+    | WorkerLoad | WorkerAccepting | JudgeAttempts | SlotsFreed | Placement
 )

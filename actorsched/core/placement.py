@@ -40,10 +40,11 @@ class Capacity:
     cpu_percent: float = 0.0
     memory_percent: float = 0.0
     accepting: bool = True
+    probe: bool = False  # half-open circuit breaker: one task at a time
 
     @property
     def free(self) -> int:
-        return self.slots - self.outstanding
+        return (1 if self.probe else self.slots) - self.outstanding
 
 
 class DispatcherCore:
@@ -79,10 +80,11 @@ class DispatcherCore:
             capacity.cpu_percent = cpu_percent
             capacity.memory_percent = memory_percent
 
-    def worker_accepting(self, key: PeerKey, accepting: bool) -> None:
+    def worker_accepting(self, key: PeerKey, accepting: bool, probe: bool = False) -> None:
         capacity = self.workers.get(key)
         if capacity is not None:
             capacity.accepting = accepting
+            capacity.probe = probe
 
     def slots_freed(self, key: PeerKey, count: int) -> None:
         capacity = self.workers.get(key)

@@ -32,6 +32,7 @@ from typing import Any
 from actorsched.config import TasksConfig
 from actorsched.core.commands import (
     Command,
+    JudgeAttempts,
     MakeReady,
     PeerKey,
     ReadyTask,
@@ -116,6 +117,7 @@ class TaskQueueCore:
         self._out: list[Command] = []
         self._ready: list[ReadyTask] = []
         self._done: dict[tuple[PeerKey, int], list[TaskInfo]] = {}
+        self._judged: list[tuple[str, bool]] = []
 
     # ------------------------------------------------------------------ client events
 
@@ -228,6 +230,7 @@ class TaskQueueCore:
             if outcome.ok:
                 task.value = outcome.value
                 self._end_attempt(task, "succeeded", None)
+                self._judge_success(task)
                 self._finish(outcome.task_id, S.SUCCEEDED, None, now)
                 continue
             error = outcome.error or ErrorInfo("UnknownError", "the worker reported a failure without details")
@@ -519,6 +522,14 @@ class TaskQueueCore:
             return [self._resolve_refs(v) for v in value]
         return value
 
+    def _judge_success(self, task: TaskRecord) -> None:
+        """For the circuit breakers: the task works, so its earlier failures elsewhere blame those workers."""
+        judged = self._judged
+        judged.append((task.worker_id, True))
+        if len(task.history) > 1:
+            judged.extend((h.worker_id, False) for h in task.history[:-1]
+                          if h.outcome == "failed" and h.worker_id != task.worker_id)
+
     def _end_attempt(self, task: TaskRecord, outcome: str, error: ErrorInfo | None) -> None:
         task.history.append(AttemptRecord(task.attempt, task.worker_id, outcome, error))
 
@@ -541,6 +552,9 @@ class TaskQueueCore:
         if self._ready:
             out.append(MakeReady(self._ready))
             self._ready = []
+        if self._judged:
+            out.append(JudgeAttempts(self._judged))
+            self._judged = []
         if self._done:
             for (client, request_id), infos in self._done.items():
                 out.append(SendToClient(client, TasksDone(request_id, infos)))

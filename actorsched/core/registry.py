@@ -23,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from actorsched.config import LivenessConfig, PlacementConfig
+from actorsched.config import BreakerConfig, LivenessConfig, PlacementConfig
+from actorsched.core.breaker import Breaker, BreakerState
 from actorsched.core.commands import (
     Command,
     PeerKey,
@@ -70,9 +71,12 @@ def load_score(running: int, slots: int, cpu_percent: float, memory_percent: flo
 
 
 class RegistryCore:
-    def __init__(self, liveness: LivenessConfig, placement: PlacementConfig, epoch: int) -> None:
+    def __init__(self, liveness: LivenessConfig, placement: PlacementConfig, epoch: int,
+                 breaker: BreakerConfig | None = None) -> None:
         self.liveness = liveness
         self.placement = placement
+        self.breaker_config = breaker or BreakerConfig()
+        self.breakers: dict[str, Breaker] = {}  # by worker id: survives reconnections
         self.epoch = epoch
         self.workers: dict[PeerKey, WorkerRecord] = {}
         self.by_id: dict[str, PeerKey] = {}
@@ -100,6 +104,8 @@ class RegistryCore:
         self.counters["registered"] += 1
         out.append(SendToWorker(key, Welcome(message.worker_id, self.epoch, self.liveness.heartbeat_interval_s)))
         out.append(WorkerUp(key, message.worker_id, message.slots, record.tags, len(record.running)))
+        if message.worker_id in self.breakers:
+            out.append(self._accepting(record))
         if message.running:
             out.append(ReconcileRunning(key, message.worker_id, list(message.running)))
         return out
@@ -149,7 +155,7 @@ class RegistryCore:
             return []
         record.state = WorkerState.DRAINING
         record.last_seen = now
-        return [WorkerAccepting(key, False)]
+        return [self._accepting(record)]
 
     def goodbye(self, key: PeerKey) -> list[Command]:
         if key not in self.workers:
@@ -172,7 +178,24 @@ class RegistryCore:
                                          f"{self.liveness.worker_timeout_s})")
             elif silent_s > self.liveness.suspect_after_s and record.state is WorkerState.ALIVE:
                 record.state = WorkerState.SUSPECT
-                out.append(WorkerAccepting(key, False))
+                out.append(self._accepting(record))
+        for worker_id, breaker in self.breakers.items():
+            if breaker.tick(now, self.breaker_config) is not None and worker_id in self.by_id:
+                out.append(self._accepting(self.workers[self.by_id[worker_id]]))
+        return out
+
+    def judge(self, judgments: list[tuple[str, bool]], now: float) -> list[Command]:
+        """Feed judged attempts to the circuit breakers; open or close workers accordingly."""
+        if not self.breaker_config.enabled:
+            return []
+        out: list[Command] = []
+        for worker_id, ok in judgments:
+            breaker = self.breakers.get(worker_id)
+            if breaker is None:
+                breaker = self.breakers[worker_id] = Breaker()
+            changed = breaker.judge(ok, now, self.breaker_config)
+            if changed is not None and worker_id in self.by_id:
+                out.append(self._accepting(self.workers[self.by_id[worker_id]]))
         return out
 
     def local_pause(self, now: float) -> None:
@@ -188,10 +211,14 @@ class RegistryCore:
                 r.worker_id, r.host, r.pid, r.slots, len(r.running),
                 round(load_score(len(r.running), r.slots, r.cpu_percent, r.memory_percent, self.placement), 3),
                 r.cpu_percent, r.memory_percent, r.state.value, list(r.tags), round(now - r.last_seen, 3),
-                r.tasks_done, "closed",
+                r.tasks_done, self._breaker_state(r.worker_id),
             )
             for r in sorted(self.workers.values(), key=lambda r: r.worker_id)
         ]
+
+    def _breaker_state(self, worker_id: str) -> str:
+        breaker = self.breakers.get(worker_id)
+        return breaker.state.value if breaker is not None else BreakerState.CLOSED.value
 
     def stats(self) -> dict[str, int]:
         return {"workers": len(self.workers), "slots": sum(r.slots for r in self.workers.values()),
@@ -203,8 +230,15 @@ class RegistryCore:
         record.last_seen = now
         if record.state is WorkerState.SUSPECT:
             record.state = WorkerState.ALIVE
-            return [WorkerAccepting(record.key, True)]
+            return [self._accepting(record)]
         return []
+
+    def _accepting(self, record: WorkerRecord) -> WorkerAccepting:
+        """What the dispatcher may give this worker, from its liveness and its breaker."""
+        breaker = self.breakers.get(record.worker_id)
+        state = breaker.state if breaker is not None else BreakerState.CLOSED
+        accepting = record.state is WorkerState.ALIVE and state is not BreakerState.OPEN
+        return WorkerAccepting(record.key, accepting, probe=state is BreakerState.HALF_OPEN)
 
     def _remove(self, key: PeerKey, reason: str,
                 carried_over: set[str] | frozenset[str] = frozenset()) -> list[Command]:

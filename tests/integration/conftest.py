@@ -40,7 +40,8 @@ def ready(connect: Callable[..., Client]) -> Callable[..., Client]:
 
     def make(cluster: LocalCluster, timeout_s: float = 10.0) -> Client:
         client = connect(cluster, timeout_s)
-        cluster.wait_for_workers(client, cluster.workers, timeout_s=TASK_TIMEOUT_S)
+        if cluster.workers:  # wait_for_workers(client, 0) never returns: an empty list is falsy
+            cluster.wait_for_workers(client, cluster.workers, timeout_s=TASK_TIMEOUT_S)
         return client
 
     return make
