@@ -33,7 +33,7 @@ def test_old_attempts_leave_the_window() -> None:
 
 def test_an_open_breaker_goes_half_open_after_open_s_and_one_success_closes_it() -> None:
     breaker = Breaker()
-    for i in range(10):
+    for _ in range(10):
         breaker.judge(False, 0.0, CONFIG)
     assert breaker.state is BreakerState.OPEN
     assert breaker.tick(CONFIG.open_s - 1, CONFIG) is None
