@@ -213,6 +213,15 @@ def _cmd_stats(client: Client, args: argparse.Namespace, out: TextIO, err: TextI
     return EXIT_OK
 
 
+def _cmd_purge(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    purged = client.purge(args.older_than)
+    if args.json:
+        print(_dumps({"purged": purged}), file=out)
+    else:
+        print(f"purged {purged} finished task(s)", file=out)
+    return EXIT_OK
+
+
 Command = Callable[[Client, argparse.Namespace, TextIO, TextIO], int]
 
 
@@ -280,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_workers)
     p = sub.add_parser("stats", parents=[common, connect], help="show coordinator counters")
     p.set_defaults(run=_cmd_stats)
+    p = sub.add_parser("purge", parents=[common, connect],
+                       help="forget finished tasks (memory and journal) to reclaim space")
+    p.add_argument("--older-than", type=float, default=0.0, metavar="S",
+                   help="only tasks that finished at least S seconds ago (default 0: every finished task)")
+    p.set_defaults(run=_cmd_purge)
     return parser
 
 

@@ -449,6 +449,18 @@ class Client:
         (reply,) = self._exchange([(rid, protocol.encode(protocol.GetStats(rid)))], "get-stats")
         return self._expect(reply, protocol.StatsReply, "get-stats").stats
 
+    def purge(self, older_than_s: float = 0.0) -> int:
+        """Forget finished tasks that finished at least ``older_than_s`` ago; returns how many.
+
+        Purged tasks are gone from memory and the journal: querying them gives NOT_FOUND.
+        Unfinished tasks, and finished ones an unfinished task depends on, are kept.
+        """
+        if not isinstance(older_than_s, (int, float)) or isinstance(older_than_s, bool) or older_than_s < 0:
+            raise ActorschedError(f"older_than_s must be a number >= 0, got {older_than_s!r}")
+        rid = next(self._ids)
+        (reply,) = self._exchange([(rid, protocol.encode(protocol.Purge(rid, float(older_than_s))))], "purge")
+        return self._expect(reply, protocol.PurgeReply, "purge").purged
+
     def handle(self, task_id: str) -> TaskHandle:
         """A handle for a task submitted earlier (by this or any other client)."""
         return TaskHandle(check_task_id(task_id), self)

@@ -43,6 +43,8 @@ class JournalConfig:
     state_dir: str = "state/coordinator"
     enabled: bool = True
     fsync: bool = True
+    retention_s: float = 7 * 24 * 3600.0
+    compaction_interval_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +146,7 @@ class WorkerConfig:
 
 _POSITIVE = {
     "max_message_bytes", "heartbeat_interval_s", "worker_timeout_s", "scan_interval_s", "suspect_after_s",
-    "pause_threshold_s", "window_s", "min_attempts", "failure_ratio", "open_s",
+    "pause_threshold_s", "retention_s", "compaction_interval_s", "window_s", "min_attempts", "failure_ratio", "open_s",
     "max_attempts", "retry_backoff_base_s", "retry_backoff_cap_s", "max_pending_tasks",
     "max_worker_deaths", "max_assign_batch", "reconnect_min_s", "reconnect_max_s",
 }

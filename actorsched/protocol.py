@@ -25,9 +25,9 @@ Message kinds
 -------------
 worker -> coordinator: Register, Heartbeat, Started, Results, Draining, Goodbye
 coordinator -> worker: Welcome, Assign, CancelTasks, Reregister, Shutdown, Refused
-client -> coordinator: Submit, Cancel, Query, Watch, Unwatch, ListWorkers, GetStats
+client -> coordinator: Submit, Cancel, Query, Watch, Unwatch, ListWorkers, GetStats, Purge
 coordinator -> client: SubmitReply, CancelReply, QueryReply, TasksDone,
-WorkersReply, StatsReply, ErrorReply, Refused
+WorkersReply, StatsReply, ErrorReply, PurgeReply, Refused
 """
 
 from __future__ import annotations
@@ -293,6 +293,22 @@ class GetStats(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Purge(Message):
+    """Forget finished tasks that finished at least ``older_than_s`` ago (memory and journal)."""
+
+    KIND: ClassVar[bytes] = b"purge"
+    request_id: int
+    older_than_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeReply(Message):
+    KIND: ClassVar[bytes] = b"purge-reply"
+    request_id: int
+    purged: int
+
+
+@dataclass(frozen=True, slots=True)
 class SubmitReply(Message):
     """Every task of the batch is durable and known by the coordinator."""
 
@@ -347,10 +363,12 @@ class ErrorReply(Message):
 
 
 WORKER_MESSAGES: tuple[type[Message], ...] = (Register, Heartbeat, Started, Results, Draining, Goodbye)
-CLIENT_MESSAGES: tuple[type[Message], ...] = (Submit, Cancel, Query, Watch, Unwatch, ListWorkers, GetStats)
+CLIENT_MESSAGES: tuple[type[Message], ...] = (
+    Submit, Cancel, Query, Watch, Unwatch, ListWorkers, GetStats, Purge,
+)
 TO_WORKER_MESSAGES: tuple[type[Message], ...] = (Welcome, Assign, CancelTasks, Reregister, Shutdown, Refused)
 TO_CLIENT_MESSAGES: tuple[type[Message], ...] = (
-    SubmitReply, CancelReply, QueryReply, TasksDone, WorkersReply, StatsReply, ErrorReply, Refused,
+    SubmitReply, CancelReply, QueryReply, TasksDone, WorkersReply, StatsReply, ErrorReply, PurgeReply, Refused,
 )
 
 

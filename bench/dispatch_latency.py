@@ -251,11 +251,13 @@ class Simulators:
             pipe.close()
 
 
-def scenario(workers: int, tasks: int, procs: int, chunk: int, timeout_s: float) -> None:
+def scenario(workers: int, tasks: int, procs: int, chunk: int, timeout_s: float, log_dir: str | None) -> None:
     slots = math.ceil(tasks / workers)
     print(f"dispatch latency: {workers} simulated workers x {slots} slots in {min(procs, workers)} processes, "
           f"{tasks} no-op tasks in submits of {chunk}, journal on", flush=True)
-    with LocalCluster(workers=0) as cluster, cluster.client(timeout_s=30) as client:
+    if log_dir is not None:
+        log_dir = os.path.join(log_dir, f"workers-{workers}")
+    with LocalCluster(workers=0, log_dir=log_dir) as cluster, cluster.client(timeout_s=30) as client:
         sims = Simulators(workers, procs, slots, cluster.worker_endpoint, f"{workers}-{os.getpid()}")
         try:
             sims.expect("started", timeout_s)
@@ -353,9 +355,10 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=4, help="simulator processes per scenario")
     parser.add_argument("--chunk", type=int, default=500, help="tasks per submit_many call (client max 1000)")
     parser.add_argument("--timeout", type=float, default=60.0, help="bound on each wait of a scenario, s")
+    parser.add_argument("--log-dir", help="keep the coordinator's log here (default: a temporary directory)")
     args = parser.parse_args()
     for workers in args.workers:
-        scenario(workers, args.tasks, args.procs, args.chunk, args.timeout)
+        scenario(workers, args.tasks, args.procs, args.chunk, args.timeout, args.log_dir)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ class Coordinator:
             raise
         self.dispatcher = DispatcherActor.start(config.placement)
         self.registry = RegistryActor.start(config.liveness, config.placement, self.epoch, config.breaker)
-        self.queue = TaskQueueActor.start(config.tasks, self.journal, self.epoch)
+        self.queue = TaskQueueActor.start(config.tasks, self.journal, self.epoch, config.journal)
         self.dispatcher.proxy().connect(self.queue, self.registry, self.transport).get()
         self.registry.proxy().connect(self.queue, self.dispatcher, self.transport).get()
         self.queue.proxy().connect(self.dispatcher, self.transport, self.registry).get()

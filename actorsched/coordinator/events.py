@@ -55,6 +55,13 @@ class WatchDropped:
 
 
 @dataclass(frozen=True, slots=True)
+class PurgeRequested:
+    client: PeerKey
+    request_id: int
+    older_than_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class WorkersRequested:
     client: PeerKey
     request_id: int

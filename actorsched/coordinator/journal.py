@@ -121,9 +121,9 @@ class Journal:
             value, error, history = msgpack.unpackb(result, raw=False) if result else (None, None, [])
             yield JournalRow(task_id, seq, state, attempt, epoch, deaths, finished_at, spec, value, error, history)
 
-    def write(self, rows: list[JournalRow]) -> None:
-        """Apply ``rows`` in one transaction; durable (fsync) when this returns."""
-        if not rows:
+    def write(self, rows: list[JournalRow], deleted: list[str] | None = None) -> None:
+        """Apply ``rows`` (and delete ``deleted`` tasks) in one transaction; durable when this returns."""
+        if not rows and not deleted:
             return
         assert self._db is not None
         inserts = [(r.task_id, r.seq, r.state, r.attempt, r.epoch, r.deaths, r.finished_at, r.spec, _pack_result(r))
@@ -139,16 +139,12 @@ class Journal:
             if updates:
                 db.executemany("UPDATE tasks SET state=?, attempt=?, epoch=?, deaths=?, finished_at=?, result=? "
                                "WHERE task_id=?", updates)
+            if deleted:
+                db.executemany("DELETE FROM tasks WHERE task_id=?", [(t,) for t in deleted])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-
-    def delete(self, task_ids: list[str]) -> None:
-        assert self._db is not None
-        self._db.execute("BEGIN")
-        self._db.executemany("DELETE FROM tasks WHERE task_id=?", [(t,) for t in task_ids])
-        self._db.execute("COMMIT")
 
     def close(self) -> None:
         if self._db is not None:
@@ -173,6 +169,9 @@ def state_dir_writable(state_dir: str) -> str:
     return ""
 
 
+_WriterItem = tuple[list[JournalRow], list[str], Callable[[], None]]
+
+
 class JournalWriter:
     """Group commit on a thread of its own, so the TaskQueue never waits for a disk.
 
@@ -190,13 +189,13 @@ class JournalWriter:
         self.on_failure = on_failure
         self.commits = 0
         self.rows_written = 0
-        self._queue: queue.SimpleQueue[tuple[list[JournalRow], Callable[[], None]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_WriterItem | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
         self._failed = False
         self._thread.start()
 
-    def submit(self, rows: list[JournalRow], then: Callable[[], None]) -> None:
-        self._queue.put((rows, then))
+    def submit(self, rows: list[JournalRow], then: Callable[[], None], deleted: list[str] | None = None) -> None:
+        self._queue.put((rows, deleted or [], then))
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._queue.put(None)
@@ -219,9 +218,10 @@ class JournalWriter:
                 else:
                     batch.append(item)
             if batch and not self._failed:
-                rows = [row for rows, _ in batch for row in rows]
+                rows = [row for rows, _, _ in batch for row in rows]
+                deleted = [task_id for _, ids, _ in batch for task_id in ids]
                 try:
-                    self.journal.write(rows)
+                    self.journal.write(rows, deleted)
                 except Exception as exc:  # disk full, I/O error: nothing more may be acknowledged
                     self._failed = True
                     log.critical("journal write failed, no further acknowledgements: %s", exc)
@@ -229,7 +229,7 @@ class JournalWriter:
                     continue
                 self.commits += 1
                 self.rows_written += len(rows)
-                for _, then in batch:
+                for _, _, then in batch:
                     then()
             if stopping:
                 return

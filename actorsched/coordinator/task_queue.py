@@ -17,7 +17,7 @@ from typing import Any
 
 import pykka
 
-from actorsched.config import TasksConfig
+from actorsched.config import JournalConfig, TasksConfig
 from actorsched.coordinator import events as ev
 from actorsched.coordinator.journal import Journal, JournalRow, JournalWriter
 from actorsched.core.commands import (
@@ -33,16 +33,18 @@ from actorsched.core.commands import (
 from actorsched.core.liveness import TimersDue
 from actorsched.core.queue import TaskQueueCore, TaskRecord
 from actorsched.core.states import FINAL_STATES, TaskState
-from actorsched.protocol import AttemptRecord, ErrorInfo, StatsReply, TaskSpec, pack_record, unpack_record
+from actorsched.protocol import AttemptRecord, ErrorInfo, PurgeReply, StatsReply, TaskSpec, pack_record, unpack_record
 
 log = logging.getLogger(__name__)
 
 
 class TaskQueueActor(pykka.ThreadingActor):
     def __init__(self, config: TasksConfig, journal: Journal | None, epoch: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 journal_config: JournalConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.core = TaskQueueCore(config, epoch)
+        self.journal_config = journal_config or JournalConfig()
+        self._next_compaction = clock() + self.journal_config.compaction_interval_s
         self.journal = journal
         self.clock = clock
         self.dispatcher: pykka.ActorRef[Any] | None = None
@@ -61,7 +63,8 @@ class TaskQueueActor(pykka.ThreadingActor):
             return
         self.writer = JournalWriter(self.journal, self._journal_failed)
         started = time.monotonic()
-        records = [_record_from_row(row) for row in self.journal.rows()]
+        now, wall_now = self.clock(), time.time()
+        records = [_record_from_row(row, now, wall_now) for row in self.journal.rows()]
         self._journaled.update(r.spec.task_id for r in records)
         self._carry_out(self.core.restore(records, self.clock()))
         log.info("journal replayed tasks=%d open=%d seconds=%.3f", len(records), self.core.open_count,
@@ -93,6 +96,13 @@ class TaskQueueActor(pykka.ThreadingActor):
                     out += core.tasks_assigned(worker, worker_id, tasks, now)
                 case TimersDue(tick_now):
                     out += core.tick(tick_now)
+                    if tick_now >= self._next_compaction:
+                        self._next_compaction = tick_now + self.journal_config.compaction_interval_s
+                        self._purge(core.purge(self.journal_config.retention_s, tick_now), "retention")
+                case ev.PurgeRequested(client, request_id, older_than_s):
+                    purged = core.purge(older_than_s, now)
+                    self._purge(purged, "requested")
+                    out.append(SendToClient(client, PurgeReply(request_id, len(purged))))
                 case RequeueLost(worker, worker_id, task_ids, reason):
                     out += core.worker_lost(worker, worker_id, task_ids, reason, now)
                 case ReconcileRunning(worker, worker_id, attempts):
@@ -115,6 +125,14 @@ class TaskQueueActor(pykka.ThreadingActor):
                     log.error("TaskQueue got an unknown event %r", event)
         self._carry_out(out)
         return None
+
+    def _purge(self, task_ids: list[str], why: str) -> None:
+        if not task_ids:
+            return
+        log.info("purged finished tasks count=%d reason=%s", len(task_ids), why)
+        self._journaled.difference_update(task_ids)
+        if self.writer is not None:
+            self.writer.submit([], lambda: None, deleted=task_ids)
 
     def _carry_out(self, out: list[Command]) -> None:
         if self.writer is None:
@@ -170,12 +188,14 @@ def _error_list(error: ErrorInfo | None) -> list[str] | None:
     return None if error is None else [error.type, error.message, error.traceback]
 
 
-def _record_from_row(row: JournalRow) -> TaskRecord:
+def _record_from_row(row: JournalRow, now: float, wall_now: float) -> TaskRecord:
     assert row.spec is not None
     spec = unpack_record(TaskSpec, row.spec)
     record = TaskRecord(spec, row.seq, TaskState(row.state), attempt=row.attempt, epoch=row.epoch, deaths=row.deaths)
     record.value = row.value
     record.error = ErrorInfo(*row.error) if row.error else None
     record.history = [AttemptRecord(a, w, o, ErrorInfo(*e) if e else None) for a, w, o, e in row.history]
+    if row.finished_at is not None:  # wall clock in the journal, monotonic in memory
+        record.finished_at = now - max(0.0, wall_now - row.finished_at)
     return record
 

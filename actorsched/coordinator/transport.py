@@ -231,6 +231,8 @@ class Transport:
                     queue_events.append(ev.QueryRequested(peer, request_id, task_ids))
                 case p.Cancel(request_id, task_ids, cascade):
                     queue_events.append(ev.CancelRequested(peer, request_id, task_ids, cascade))
+                case p.Purge(request_id, older_than_s):
+                    queue_events.append(ev.PurgeRequested(peer, request_id, older_than_s))
                 case p.Unwatch(request_id):
                     queue_events.append(ev.WatchDropped(peer, request_id))
                 case p.ListWorkers(request_id):

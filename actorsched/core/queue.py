@@ -87,6 +87,7 @@ class TaskRecord:
     states: list[TaskState] = field(default_factory=list)  # recent history, for errors
     cancel_waiters: list[tuple[PeerKey, int]] = field(default_factory=list)
     cancel_requested: bool = False
+    finished_at: float = 0.0  # monotonic; for retention
 
 
 @dataclass(slots=True)
@@ -108,6 +109,7 @@ class TaskQueueCore:
         self.counts: dict[str, int] = {s.value: 0 for s in TaskState}
         self.counters: dict[str, int] = {
             "submitted": 0, "stale_outcomes": 0, "retries": 0, "requeued_lost": 0, "rejected_batches": 0,
+            "purged": 0,
         }
         self._seq = 0
         self._retry_heap: list[tuple[float, str]] = []  # (due, task id); stale items skipped
@@ -328,6 +330,24 @@ class TaskQueueCore:
                 self._retry_later(task_id, record, now + grace)
         return self._flush()
 
+    def purge(self, older_than_s: float, now: float) -> list[str]:
+        """Forget final tasks that finished at least ``older_than_s`` ago; returns their ids.
+
+        A task some unfinished task still depends on is kept (its result may be needed).
+        """
+        cutoff = now - older_than_s
+        purged = [
+            task_id for task_id, task in self.tasks.items()
+            if task.state in FINAL_STATES and task.finished_at <= cutoff
+            and not any(self.tasks[d].state not in FINAL_STATES for d in task.dependents if d in self.tasks)
+        ]
+        for task_id in purged:
+            task = self.tasks.pop(task_id)
+            self.counts[task.state.value] -= 1
+            self.dirty.discard(task_id)
+        self.counters["purged"] += len(purged)
+        return purged
+
     # ------------------------------------------------------------------ reads
 
     def info(self, task_id: str) -> TaskInfo:
@@ -461,6 +481,7 @@ class TaskQueueCore:
             self._out.append(WithdrawTasks([task_id]))  # the Dispatcher still holds it
         self._move(task, state)
         task.error = error
+        task.finished_at = now
         self.open_count -= 1
         self.dirty.add(task_id)
         info = self.info(task_id)

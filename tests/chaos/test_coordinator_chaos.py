@@ -95,6 +95,20 @@ class Submitter(threading.Thread):
             return dict(self.acked)
 
 
+def wait_for_load(client: Client, submitter: Submitter, want_acked: int, want_done: int) -> None:
+    """Wait until ``submitter`` got ``want_acked`` tasks acknowledged and ``want_done`` of them succeeded."""
+
+    def loaded() -> bool:
+        if not submitter.is_alive():
+            raise AssertionError(f"the submitter stopped before the kill: {submitter.error!r}")
+        mine = submitter.acked_now()
+        if len(mine) < want_acked:
+            return False
+        return sum(i.state == "SUCCEEDED" for i in client.query_many(mine)) >= want_done
+
+    wait_until(loaded, 60, f"{want_acked} acknowledged and {want_done} finished tasks of {submitter.name}")
+
+
 def wait_for_all_succeeded(client: Client, expected: dict[str, float], timeout_s: float) -> list[TaskInfo]:
     """Wait until every task in ``expected`` is final; they must all have SUCCEEDED with their value."""
     ids = list(expected)
@@ -147,18 +161,7 @@ def test_acknowledged_tasks_survive_repeated_sigkill_and_restart_of_the_coordina
             submitter = Submitter(cluster.client_endpoint, f"c{cycle}", seed)
             submitter.start()
             try:
-                want_acked = rng.randint(40, 120)
-                want_done = rng.randint(5, 25)
-
-                def loaded() -> bool:
-                    if not submitter.is_alive():
-                        raise AssertionError(f"the submitter stopped before the kill: {submitter.error!r}")
-                    mine = submitter.acked_now()
-                    if len(mine) < want_acked:
-                        return False
-                    return sum(i.state == "SUCCEEDED" for i in client.query_many(mine)) >= want_done
-
-                wait_until(loaded, 60, f"cycle {cycle}: {want_acked} acknowledged and {want_done} finished tasks")
+                wait_for_load(client, submitter, want_acked=rng.randint(40, 120), want_done=rng.randint(5, 25))
                 for info in client.query_many([*acked, *submitter.acked_now()]):
                     if info.state == "SUCCEEDED":
                         finished_before[info.task_id] = info

@@ -1,7 +1,10 @@
-"""Fixtures of the integration tests: clients that are always closed, config files, a dead port.
+"""Fixtures of the integration tests: a shared cluster, clients that are always closed, a dead port.
 
-The clusters themselves come from ``make_cluster`` / ``cluster`` in ``tests/conftest.py``,
-which stop every process they started, even when a test fails.
+Clusters with a special shape come from ``make_cluster`` in ``tests/conftest.py``, which
+stops every process it started, even when a test fails.  Tests that only need "a working
+cluster" share one per module (``shared_client``): starting and draining real processes
+costs a few seconds, and the whole suite must stay fast on a 2-core machine.  Such tests
+leave no task unfinished, which the fixture checks after each of them.
 """
 
 from __future__ import annotations
@@ -13,10 +16,42 @@ from pathlib import Path
 import pytest
 
 from actorsched.client import Client
-from actorsched.localcluster import LocalCluster
+from actorsched.localcluster import LocalCluster, wait_until
 
 TASK_TIMEOUT_S = 30.0
 """Bound on waits for workers to register: generous for a noisy shared CI machine."""
+
+
+OPEN_STATES = ("WAITING", "QUEUED", "ASSIGNED", "RUNNING", "RETRYING")
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """Two workers of two slots each, shared by the tests of one module; stopped at module end."""
+    base = tmp_path_factory.mktemp("shared-cluster")
+    with LocalCluster(workers=2, slots=2, coordinator_args=["--worker-timeout", "2"],
+                      log_dir=str(base), state_dir=str(base / "state")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def _shared_connection(shared_cluster: LocalCluster) -> Iterator[Client]:
+    with shared_cluster.client(timeout_s=10.0) as client:
+        shared_cluster.wait_for_workers(client, shared_cluster.workers, timeout_s=TASK_TIMEOUT_S)
+        yield client
+
+
+@pytest.fixture
+def shared_client(_shared_connection: Client) -> Iterator[Client]:
+    """A client of the module's shared cluster; after the test, no task may be left unfinished."""
+    yield _shared_connection
+
+    def settled() -> bool:
+        states = _shared_connection.stats()["queue"]["states"]
+        return not any(states.get(state, 0) for state in OPEN_STATES)
+
+    wait_until(settled, TASK_TIMEOUT_S, "the shared cluster to have no unfinished task")
+    assert len(_shared_connection.workers()) == 2, "a test on the shared cluster lost a worker"
 
 
 @pytest.fixture

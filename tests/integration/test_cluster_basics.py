@@ -24,26 +24,26 @@ def _running(client: Client, task_id: str) -> bool:
 # ------------------------------------------------------------------ results
 
 
-def test_a_submitted_task_returns_its_value(cluster: LocalCluster, ready: Ready) -> None:
-    client = ready(cluster)
+def test_a_submitted_task_returns_its_value(shared_client: Client) -> None:
+    client = shared_client
     handle = client.submit("actorsched.tasks:add", 2, 3, 4)
     assert handle.result(timeout=TASK_TIMEOUT_S) == 9
 
 
-def test_keyword_arguments_reach_the_task(cluster: LocalCluster, ready: Ready) -> None:
-    client = ready(cluster)
+def test_keyword_arguments_reach_the_task(shared_client: Client) -> None:
+    client = shared_client
     handle = client.submit("actorsched.tasks:echo", 1, "two", flag=True)
     assert handle.result(timeout=TASK_TIMEOUT_S) == [[1, "two"], {"flag": True}]
 
 
-def test_gather_of_500_echo_tasks_returns_their_values_in_submit_order(cluster: LocalCluster, ready: Ready) -> None:
-    client = ready(cluster)
+def test_gather_of_500_echo_tasks_returns_their_values_in_submit_order(shared_client: Client) -> None:
+    client = shared_client
     handles = client.submit_many([{"name": "actorsched.tasks:echo", "args": [i]} for i in range(500)])
     assert client.gather(handles, timeout=60) == list(range(500))
 
 
-def test_gather_with_return_exceptions_puts_the_failure_in_its_place(cluster: LocalCluster, ready: Ready) -> None:
-    client = ready(cluster)
+def test_gather_with_return_exceptions_puts_the_failure_in_its_place(shared_client: Client) -> None:
+    client = shared_client
     handles = [client.submit("actorsched.tasks:echo", "a"),
                client.submit("actorsched.tasks:fail", "nope", max_attempts=1),
                client.submit("actorsched.tasks:echo", "c")]
@@ -52,8 +52,8 @@ def test_gather_with_return_exceptions_puts_the_failure_in_its_place(cluster: Lo
     assert isinstance(failure, TaskFailed) and failure.error_message == "nope"
 
 
-def test_as_completed_yields_every_handle_exactly_once(cluster: LocalCluster, ready: Ready) -> None:
-    client = ready(cluster)
+def test_as_completed_yields_every_handle_exactly_once(shared_client: Client) -> None:
+    client = shared_client
     handles = client.submit_many([{"name": "actorsched.tasks:echo", "args": [i]} for i in range(100)])
     seen = [handle.task_id for handle in client.as_completed(handles, timeout=60)]
     assert len(seen) == len(set(seen)) == 100
@@ -61,8 +61,8 @@ def test_as_completed_yields_every_handle_exactly_once(cluster: LocalCluster, re
     assert all(handle.status() == "SUCCEEDED" for handle in handles)
 
 
-def test_tasks_of_one_batch_spread_over_both_workers(cluster: LocalCluster, ready: Ready) -> None:
-    client = ready(cluster)
+def test_tasks_of_one_batch_spread_over_both_workers(shared_client: Client) -> None:
+    client = shared_client
     handles = client.submit_many([{"name": "actorsched.tasks:sleep", "args": [0.3]} for _ in range(4)])
     client.gather(handles, timeout=TASK_TIMEOUT_S)
     assert {handle.info().worker_id for handle in handles} == {"worker-1", "worker-2"}
@@ -71,23 +71,21 @@ def test_tasks_of_one_batch_spread_over_both_workers(cluster: LocalCluster, read
 # ------------------------------------------------------------------ query
 
 
-def test_query_of_an_id_never_submitted_is_not_found_without_an_exception(cluster: LocalCluster,
-                                                                         ready: Ready) -> None:
-    client = ready(cluster)
+def test_query_of_an_id_never_submitted_is_not_found_without_an_exception(shared_client: Client) -> None:
+    client = shared_client
     info = client.query("never-submitted")
     assert info.state == "NOT_FOUND" and info.task_id == "never-submitted"
     assert client.handle("never-submitted").status() == "NOT_FOUND"
 
 
-def test_result_of_an_id_never_submitted_raises_task_not_found(cluster: LocalCluster, ready: Ready) -> None:
-    client = ready(cluster)
+def test_result_of_an_id_never_submitted_raises_task_not_found(shared_client: Client) -> None:
+    client = shared_client
     with pytest.raises(TaskNotFound, match="never-submitted"):
         client.handle("never-submitted").result(timeout=TASK_TIMEOUT_S)
 
 
-def test_status_of_a_finished_task_is_succeeded_with_attempt_one_and_its_worker(cluster: LocalCluster,
-                                                                               ready: Ready) -> None:
-    client = ready(cluster)
+def test_status_of_a_finished_task_is_succeeded_with_attempt_one_and_its_worker(shared_client: Client) -> None:
+    client = shared_client
     handle = client.submit("actorsched.tasks:echo", "hello")
     assert handle.result(timeout=TASK_TIMEOUT_S) == "hello"
     info = client.query(handle.task_id)  # a fresh round trip, not the handle's cache
@@ -100,33 +98,36 @@ def test_status_of_a_finished_task_is_succeeded_with_attempt_one_and_its_worker(
     assert handle.status() == "SUCCEEDED"
 
 
-def test_submitting_the_same_task_id_twice_runs_it_once(cluster: LocalCluster, ready: Ready) -> None:
-    client = ready(cluster)
+def test_submitting_the_same_task_id_twice_runs_it_once(shared_client: Client) -> None:
+    client = shared_client
+    tasks_before = client.stats()["queue"]["tasks"]
     first = client.submit("actorsched.tasks:pid", task_id="same-id")
     value = first.result(timeout=TASK_TIMEOUT_S)
     second = client.submit("actorsched.tasks:pid", task_id="same-id")
     assert second.result(timeout=TASK_TIMEOUT_S) == value
     assert client.query("same-id").attempt == 1
-    assert client.stats()["queue"]["tasks"] == 1
+    assert client.stats()["queue"]["tasks"] == tasks_before + 1
 
 
 # ------------------------------------------------------------------ cancel
 
 
-def test_cancel_of_an_unknown_id_returns_false(cluster: LocalCluster, ready: Ready) -> None:
-    client = ready(cluster)
+def test_cancel_of_an_unknown_id_returns_false(shared_client: Client) -> None:
+    client = shared_client
     assert client.cancel("no-such-task") is False
     assert client.query("no-such-task").state == "NOT_FOUND"
 
 
-def test_cancel_of_a_finished_task_returns_false_and_changes_nothing(cluster: LocalCluster, ready: Ready) -> None:
-    client = ready(cluster)
+def test_cancel_of_a_finished_task_returns_false_and_changes_nothing(shared_client: Client) -> None:
+    client = shared_client
     handle = client.submit("actorsched.tasks:echo", 42)
     assert handle.result(timeout=TASK_TIMEOUT_S) == 42
     before = client.query(handle.task_id)
+    cancelled_before = client.stats()["queue"]["states"]["CANCELLED"]
     assert handle.cancel() is False
+    assert client.cancel_many([handle.task_id]) == []
     assert client.query(handle.task_id) == before
-    assert client.stats()["queue"]["states"]["CANCELLED"] == 0
+    assert client.stats()["queue"]["states"]["CANCELLED"] == cancelled_before
 
 
 def test_cancel_of_a_queued_task_without_workers_cancels_it(make_cluster: Callable[..., LocalCluster],

@@ -54,6 +54,8 @@ SAMPLES: dict[type[p.Message], p.Message] = {
     p.TasksDone: p.TasksDone(4, [INFO, p.TaskInfo("t-5", "SUCCEEDED", "m:f", 0, 1, "w-2", {"v": [1, "two"]})]),
     p.WorkersReply: p.WorkersReply(5, [WORKER_INFO]),
     p.StatsReply: p.StatsReply(6, {"tasks": 10, "states": {"QUEUED": 2}, "ratio": 0.5}),
+    p.Purge: p.Purge(9, 3600.0),
+    p.PurgeReply: p.PurgeReply(9, 12),
     p.ErrorReply: p.ErrorReply(7, "queue-full", "queue full; retry later"),
 }
 
