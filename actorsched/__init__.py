@@ -6,7 +6,9 @@ from actorsched.errors import (
     ActorschedError,
     ConfigError,
     ConnectionFailed,
+    InvalidTask,
     ProtocolError,
+    QueueFull,
     SubmitRejected,
     TaskFailed,
     TaskNotFound,
@@ -14,7 +16,8 @@ from actorsched.errors import (
 )
 
 __all__ = [
-    "ActorschedError", "ConfigError", "ConnectionFailed", "ProtocolError", "SubmitRejected",
+    "ActorschedError", "ConfigError", "ConnectionFailed", "InvalidTask", "ProtocolError", "QueueFull",
+    "SubmitRejected",
     "TaskFailed", "TaskNotFound", "Timeout", "Client", "TaskHandle", "ref",
 ]
 __version__ = "0.1.0"

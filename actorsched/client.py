@@ -50,7 +50,9 @@ from actorsched.errors import (
     ActorschedError,
     ConfigError,
     ConnectionFailed,
+    InvalidTask,
     ProtocolError,
+    QueueFull,
     SubmitRejected,
     TaskFailed,
     TaskNotFound,
@@ -89,14 +91,6 @@ def ref(task: str | TaskHandle) -> dict[str, str]:
     """
     task_id = task.task_id if isinstance(task, TaskHandle) else check_task_id(task)
     return {REF_KEY: task_id}
-
-
-class InvalidTask(SubmitRejected, ValueError):
-    """A task or task id was rejected by the client before anything was sent.
-
-    Proposed for ``actorsched.errors``; a ``SubmitRejected`` (nothing was queued) and a
-    ``ValueError`` (the caller passed a bad argument).
-    """
 
 
 # --------------------------------------------------------------------------- validation
@@ -403,7 +397,7 @@ class Client:
         if total > count:
             head += (f" [{accepted} of {total} tasks were acknowledged in other chunks; resubmitting "
                      f"all of them is safe, task ids make it idempotent]")
-        return SubmitRejected(head)
+        return QueueFull(head) if reply.code == "queue-full" else SubmitRejected(head)
 
     def query(self, task_id: str) -> TaskInfo:
         """The task's state; ``state == "NOT_FOUND"`` for an unknown id (never an exception)."""

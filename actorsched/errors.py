@@ -54,6 +54,14 @@ class SubmitRejected(ActorschedError):
     """The coordinator refused a submit batch; nothing from the batch was queued."""
 
 
+class InvalidTask(SubmitRejected, ValueError):
+    """A task or task id was rejected by the client before anything was sent."""
+
+
+class QueueFull(SubmitRejected):
+    """The coordinator holds ``max_pending_tasks`` unfinished tasks; retry later."""
+
+
 class ConnectionFailed(ActorschedError):
     """The coordinator did not answer in time, or refused our protocol version."""
 
