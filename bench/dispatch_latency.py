@@ -14,6 +14,10 @@ processes.  The coordinator makes a task ready and acknowledges it in the same s
 an assignment can reach a worker before the client hears the acknowledgement; such
 negative latencies count as 0 and are counted.  Everything (coordinator, simulators,
 client) shares this machine's CPUs.  Prints figures; it is not a pass/fail test.
+
+Start-up is timed in two phases: every simulator first connects all its sockets and
+waits for each ZMTP handshake (``connect``), then all send ``Register`` at once
+(``registration``, until the last ``Welcome``).  ``--log-dir`` keeps the coordinator's log.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ One loop turn polls the DEALER socket, every child's pipe and sentinel, and the
 signal wake-up fd, with a timeout up to the next timer (heartbeat, Register retry,
 task deadline, drain deadline).  Then, in order: decode and handle every waiting
 message; collect finished children; expire timed-out tasks; hand queued tasks to idle
-children (one ``Started`` for all of them); send every outcome of the turn in ONE
+children (one ``Started`` for all of them, sent only for tasks still running
+:data:`STARTED_DELAY_S` later); send every outcome of the turn in ONE
 ``Results``; fire due timers.  Batching per turn is what makes the worker fast: the
 per-task path does no logging above DEBUG and no psutil calls.
 
@@ -35,6 +36,7 @@ from actorsched.errors import ProtocolError
 from actorsched.protocol import (
     TO_WORKER_MESSAGES,
     Assign,
+    AttemptRef,
     CancelTasks,
     Codec,
     Draining,
@@ -60,6 +62,10 @@ log = logging.getLogger(__name__)
 LINGER_MS = 500  # long enough to flush a Goodbye, short enough not to hang an exit
 MAX_MESSAGES_PER_TURN = 1000
 MAX_POLL_S = 1.0
+# A task that finishes within this many seconds never sends Started: its Results says
+# it all.  Short tasks then cost one message instead of two; a longer one shows RUNNING
+# after this delay.
+STARTED_DELAY_S = 0.005
 EXIT_OK, EXIT_FORCED, EXIT_REFUSED = 0, 1, 2
 
 _incarnations = 0
@@ -132,6 +138,8 @@ class WorkerConnection:
         self._drain_deadline = math.inf
         self.exit_code: int | None = None
         self._outcomes: list[TaskOutcome] = []
+        self._unreported: dict[str, AttemptRef] = {}  # started, not yet reported as Started
+        self._started_due = math.inf
         self.protocol_errors = 0
         self.dropped_sends = 0
         self.ignored_assignments = 0
@@ -210,10 +218,17 @@ class WorkerConnection:
         if self.exit_code is None:
             started = executor.dispatch(now)
             if started:
-                self._send(Started(started))
+                if not self._unreported:
+                    self._started_due = now + STARTED_DELAY_S
+                self._unreported.update((ref.task_id, ref) for ref in started)
         if self._outcomes:
             outcomes, self._outcomes = self._outcomes, []
+            for outcome in outcomes:
+                self._unreported.pop(outcome.task_id, None)  # its Results says it started
             self._send_results(outcomes)
+        if self._unreported and now >= self._started_due:
+            self._send(Started(list(self._unreported.values())))
+            self._unreported.clear()
         self._fire_timers(now)
 
     def _rebuild_poller(self) -> None:
@@ -227,6 +242,8 @@ class WorkerConnection:
 
     def _next_timer(self) -> float:
         timers = [self._executor.next_deadline(), self._drain_deadline]
+        if self._unreported:
+            timers.append(self._started_due)
         timers.append(self._next_heartbeat_at if self.registered else self._next_register_at)
         return min(timers)
 
