@@ -10,6 +10,8 @@ import os
 import time
 from typing import Any
 
+from actorsched.context import current_task
+
 
 def noop() -> None:
     """Does nothing: the cheapest task, for measuring the scheduler itself."""
@@ -54,3 +56,16 @@ def spin(seconds: float) -> int:
     while time.monotonic() < deadline:
         turns += 1
     return turns
+
+
+def flaky(failures: int, value: Any = None) -> Any:
+    """Raises RuntimeError on its first ``failures`` attempts, then returns ``value``.
+
+    For retry tests and the retry-storm benchmark: the attempt number comes from the
+    fencing token of the running attempt (:func:`actorsched.context.current_task`).
+    """
+    task = current_task()
+    attempt = task.attempt if task is not None else 1
+    if attempt <= failures:
+        raise RuntimeError(f"flaky task failing on purpose on attempt {attempt} of {failures + 1}")
+    return value

@@ -81,6 +81,7 @@ class Transport:
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes + 4096)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.BACKLOG, 1024)  # a burst of hundreds of workers must not overflow the listen queue
         host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
         sock.bind(f"tcp://{host}:{'*' if port == '0' else port}")
         return sock

@@ -40,6 +40,7 @@ from typing import Any
 
 import msgpack
 
+from actorsched import context
 from actorsched.protocol import DEFAULT_MAX_MESSAGE_BYTES, AttemptRef, ErrorInfo, TaskOutcome
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,8 @@ def _child_main(conn: Connection, index: int) -> None:
             return
         if data == _STOP:
             return
-        _task_id, _epoch, _attempt, name, args, kwargs = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        task_id, epoch, attempt, name, args, kwargs = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        context._enter(task_id, epoch, attempt)
         try:
             conn.send_bytes(_run_one(name, args, kwargs, cache))
         except (BrokenPipeError, OSError):
