@@ -265,12 +265,19 @@ def _truncate(path: Path) -> None:
         file.truncate(100)
 
 
-@pytest.mark.parametrize("damage", [_garbage_header, _truncate], ids=["garbage-header", "truncated-to-100-bytes"])
+def _truncate_half(path: Path) -> None:
+    with path.open("r+b") as file:
+        file.truncate(path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("damage", [_garbage_header, _truncate, _truncate_half],
+                         ids=["garbage-header", "truncated-to-100-bytes", "truncated-to-half"])
 def test_coordinator_refuses_to_start_on_a_damaged_journal_and_says_which_file_and_what_to_do(
         make_cluster: Callable[..., LocalCluster], damage: Callable[[Path], None]) -> None:
     cluster = make_cluster(workers=0)
     with cluster.client() as client:
-        client.submit_many([{"task_id": f"j-{i}", "name": "actorsched.tasks:noop"} for i in range(50)])
+        client.submit_many([{"task_id": f"j-{i:03d}", "name": "actorsched.tasks:echo", "args": ["x" * 200]}
+                            for i in range(200)])
     cluster.kill_coordinator(signal.SIGTERM)  # a clean stop folds the WAL into the main file
     assert cluster.state_dir is not None
     journal = Path(cluster.state_dir) / "journal.sqlite3"

@@ -144,6 +144,19 @@ def test_cancel_of_a_queued_task_without_workers_cancels_it(make_cluster: Callab
     assert handle.cancel() is False  # a second cancel finds it final
 
 
+def test_cancelling_a_queued_task_cancels_the_tasks_that_depend_on_it(make_cluster: Callable[..., LocalCluster],
+                                                                      ready: Ready) -> None:
+    cluster = make_cluster(workers=0)
+    client = ready(cluster)
+    parent = client.submit("actorsched.tasks:echo", 1)
+    child = client.submit("actorsched.tasks:echo", 2, deps=[parent.task_id])
+    grandchild = client.submit("actorsched.tasks:echo", 3, deps=[child.task_id])
+    assert child.status() == "WAITING"
+    assert sorted(client.cancel_many([parent.task_id])) == sorted(h.task_id for h in (parent, child, grandchild))
+    assert [info.state for info in client.query_many([parent.task_id, child.task_id, grandchild.task_id])] == [
+        "CANCELLED"] * 3
+
+
 def test_a_task_cancelled_while_queued_never_runs_once_a_worker_arrives(make_cluster: Callable[..., LocalCluster],
                                                                         ready: Ready) -> None:
     cluster = make_cluster(workers=0, slots=1)

@@ -102,6 +102,33 @@ def test_an_unknown_module_fails_with_a_clear_error(make_cluster: Callable[..., 
     assert client.submit("actorsched.tasks:echo", 7).result(timeout=TASK_TIMEOUT_S) == 7
 
 
+def test_a_task_past_its_timeout_is_killed_and_fails_timed_out(shared_client: Client) -> None:
+    handle = shared_client.submit("actorsched.tasks:sleep", 30, timeout_s=0.3, max_attempts=1)
+    with pytest.raises(TaskFailed) as raised:
+        handle.result(timeout=TASK_TIMEOUT_S)
+    assert raised.value.error_type == "TimedOut" and "0.3" in raised.value.error_message
+    assert shared_client.submit("actorsched.tasks:echo", "next").result(timeout=TASK_TIMEOUT_S) == "next"
+
+
+def test_a_task_whose_child_process_dies_fails_and_its_worker_survives(shared_client: Client) -> None:
+    handle = shared_client.submit("actorsched.tasks:crash", 3, max_attempts=1)
+    with pytest.raises(TaskFailed) as raised:
+        handle.result(timeout=TASK_TIMEOUT_S)
+    assert raised.value.state == "FAILED" and "3" in raised.value.error_message
+    assert _worker_states(shared_client) == {"worker-1": "ALIVE", "worker-2": "ALIVE"}
+    after = shared_client.submit_many([{"name": "actorsched.tasks:sleep", "args": [0.3]} for _ in range(4)])
+    assert shared_client.gather(after, timeout=TASK_TIMEOUT_S) == [0.3] * 4
+
+
+def test_a_task_depending_on_a_failed_task_fails_naming_the_dependency(shared_client: Client) -> None:
+    parent = shared_client.submit("actorsched.tasks:fail", max_attempts=1)
+    child = shared_client.submit("actorsched.tasks:echo", 1, deps=[parent.task_id])
+    with pytest.raises(TaskFailed) as raised:
+        child.result(timeout=TASK_TIMEOUT_S)
+    assert raised.value.state == "FAILED" and parent.task_id in raised.value.error_message
+    assert shared_client.query(child.task_id).history == []  # it never ran
+
+
 # ------------------------------------------------------------------ bad submits
 
 
