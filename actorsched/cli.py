@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from actorsched import security
 from actorsched.client import FINAL_STATES, Client
 from actorsched.config import COORDINATOR_ENV, DEFAULT_CLIENT_ENDPOINT
 from actorsched.errors import ActorschedError, ConfigError, ConnectionFailed, SubmitRejected, Timeout
@@ -247,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"coordinator client endpoint (default: ${COORDINATOR_ENV} or {DEFAULT_CLIENT_ENDPOINT})")
     common.add_argument("--connect-timeout", type=_positive_float, default=None, metavar="S",
                         help="seconds to wait for the coordinator to answer (default 10)")
+    common.add_argument("--server-key", metavar="FILE", default=None,
+                        help="coordinator's public CURVE key (default: $ACTORSCHED_SERVER_KEY)")
+    common.add_argument("--key", metavar="FILE", default=None,
+                        help="this client's CURVE NAME.key_secret (default: $ACTORSCHED_CLIENT_KEY)")
     connect = argparse.ArgumentParser(add_help=False)
     connect.add_argument("--timeout", type=_positive_float, dest="connect_timeout_alias", default=None,
                          metavar="S", help="seconds to wait for the coordinator to answer (default 10)")
@@ -294,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--older-than", type=float, default=0.0, metavar="S",
                    help="only tasks that finished at least S seconds ago (default 0: every finished task)")
     p.set_defaults(run=_cmd_purge)
+    p = sub.add_parser("keygen", help="write a CURVE key pair DIR/NAME.key and DIR/NAME.key_secret")
+    p.add_argument("dir")
+    p.add_argument("name")
+    p.set_defaults(run=None)
     return parser
 
 
@@ -306,10 +315,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "keygen":
+        public, secret = security.generate(args.dir, args.name)
+        print(f"public key (hand it to the coordinator's allowlist): {public}\nsecret key (keep it): {secret}")
+        return EXIT_OK
     connect_timeout = args.connect_timeout or getattr(args, "connect_timeout_alias", None) or 10.0
     run: Command = args.run
     try:
-        with Client(args.coordinator, timeout_s=connect_timeout) as client:
+        with Client(args.coordinator, timeout_s=connect_timeout, server_key_file=args.server_key,
+                    key_file=args.key) as client:
             return run(client, args, sys.stdout, sys.stderr)
     except (ConnectionFailed, ConfigError, SubmitRejected, _UsageError) as exc:
         print(f"actorsched: {exc}", file=sys.stderr)

@@ -32,6 +32,7 @@ import contextlib
 import itertools
 import logging
 import math
+import os
 import re
 import socket
 import threading
@@ -59,6 +60,7 @@ from actorsched.errors import (
     Timeout,
 )
 from actorsched.protocol import ErrorReply, Message, TaskInfo, TaskSpec, WorkerInfo
+from actorsched.security import secure_client_socket
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,10 @@ QUERY_CHUNK = 10_000
 WINDOW = 32
 """Most pipelined requests in flight at once."""
 MAX_TASK_ID_CHARS = 256
+SERVER_KEY_ENV = "ACTORSCHED_SERVER_KEY"
+"""Environment variable: the coordinator's public CURVE key file."""
+CLIENT_KEY_ENV = "ACTORSCHED_CLIENT_KEY"
+"""Environment variable: this client's CURVE ``NAME.key_secret`` file."""
 FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "NOT_FOUND"})
 """States after which a task never changes again (NOT_FOUND: the coordinator does not know it)."""
 
@@ -279,7 +285,8 @@ class Client:
     """
 
     def __init__(self, endpoint: str | None = None, timeout_s: float = 10.0,
-                 max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
+                 server_key_file: str | None = None, key_file: str | None = None) -> None:
         self.endpoint = check_endpoint(endpoint, "coordinator endpoint") if endpoint else default_client_endpoint()
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not timeout_s > 0:
             raise ConfigError(f"client timeout_s must be a number of seconds > 0, got {timeout_s!r}")
@@ -305,6 +312,9 @@ class Client:
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + 1024)
             self._socket.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
+            # CURVE, when the coordinator listens beyond loopback: arguments, else the environment.
+            secure_client_socket(self._socket, server_key_file or os.environ.get(SERVER_KEY_ENV, ""),
+                                 key_file or os.environ.get(CLIENT_KEY_ENV, ""))
             self._socket.connect(self.endpoint)
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)

@@ -86,6 +86,19 @@ class BreakerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """CURVE keys; required to bind anything but loopback (see actorsched.security)."""
+
+    secret_key_file: str = ""
+    worker_keys_dir: str = ""
+    client_keys_dir: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret_key_file)
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -98,6 +111,7 @@ class CoordinatorConfig:
     tasks: TasksConfig = field(default_factory=TasksConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -110,6 +124,8 @@ class ConnectionConfig:
     reconnect_min_s: float = 0.1
     reconnect_max_s: float = 5.0
     max_message_bytes: int = 16 * 1024 * 1024
+    server_public_key_file: str = ""
+    secret_key_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,13 +251,34 @@ def _check_relations(config: Any, source: str) -> None:
         if config.tasks.retry_backoff_cap_s < config.tasks.retry_backoff_base_s:
             raise ConfigError(f"retry_backoff_cap_s must be >= retry_backoff_base_s ({source} [tasks])")
         ends = config.endpoints
+        _check_security(config, source)
         if ends.client_endpoint == ends.worker_endpoint and not ends.client_endpoint.endswith(":0"):
             raise ConfigError(f"client_endpoint and worker_endpoint must differ, both are "
                               f"{ends.client_endpoint!r}; port 0 picks a free port ({source} [endpoints])")
     if isinstance(config, WorkerConfig):
         conn = config.connection
+        if bool(conn.server_public_key_file) != bool(conn.secret_key_file):
+            raise ConfigError(f"server_public_key_file and secret_key_file go together for CURVE; set both or "
+                              f"neither ({source} [connection])")
         if conn.reconnect_max_s < conn.reconnect_min_s:
             raise ConfigError(f"reconnect_max_s must be >= reconnect_min_s ({source} [connection])")
+
+
+def _check_security(config: CoordinatorConfig, source: str) -> None:
+    sec = config.security
+    values = (sec.secret_key_file, sec.worker_keys_dir, sec.client_keys_dir)
+    if any(values) and not all(values):
+        raise ConfigError(f"secret_key_file, worker_keys_dir and client_keys_dir go together for CURVE; "
+                          f"set all three or none ({source} [security])")
+    for name in ("client_endpoint", "worker_endpoint"):
+        endpoint = getattr(config.endpoints, name)
+        host = endpoint.removeprefix("tcp://").rpartition(":")[0]
+        if not sec.enabled and not (host in ("127.0.0.1", "localhost", "::1", "[::1]") or host.startswith("127.")):
+            raise ConfigError(
+                f"{name} {endpoint!r} is not loopback, and binding beyond this machine requires CURVE keys: "
+                f"set [security] secret_key_file, worker_keys_dir and client_keys_dir (make keys with "
+                f"`actorsched keygen DIR NAME`), or bind 127.0.0.1 ({source} [endpoints])"
+            )
 
 
 def _load(cls: Any, path: str | Path | None) -> Any:

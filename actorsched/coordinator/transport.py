@@ -32,10 +32,11 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from actorsched import protocol as p
-from actorsched.config import EndpointsConfig
+from actorsched.config import EndpointsConfig, SecurityConfig
 from actorsched.coordinator import events as ev
 from actorsched.core.commands import SendToClient, SendToWorker
 from actorsched.errors import ProtocolError
+from actorsched.security import CurveServer
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,11 @@ _WARN_EVERY_S = 5.0
 
 
 class Transport:
-    def __init__(self, config: EndpointsConfig, context: zmq.Context[Any] | None = None) -> None:
+    def __init__(self, config: EndpointsConfig, security: SecurityConfig | None = None,
+                 context: zmq.Context[Any] | None = None) -> None:
         self.config = config
+        self.security = security or SecurityConfig()
+        self.curve: CurveServer | None = None
         self.context = context or zmq.Context.instance()
         self.worker_codec = p.Codec(p.WORKER_MESSAGES, config.max_message_bytes)
         self.client_codec = p.Codec(p.CLIENT_MESSAGES, config.max_message_bytes)
@@ -68,14 +72,19 @@ class Transport:
 
     def bind(self) -> None:
         """Create and bind both ROUTER sockets (port 0 picks a free one; see the *_endpoint fields)."""
-        self.clients = self._router(self.config.client_endpoint)
-        self.workers = self._router(self.config.worker_endpoint)
+        sec = self.security
+        if sec.enabled:
+            self.curve = CurveServer(self.context, sec.secret_key_file, sec.worker_keys_dir, sec.client_keys_dir)
+        self.clients = self._router(self.config.client_endpoint, "clients")
+        self.workers = self._router(self.config.worker_endpoint, "workers")
         self.monitor = self.workers.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.client_endpoint = self.clients.getsockopt_string(zmq.LAST_ENDPOINT)
         self.worker_endpoint = self.workers.getsockopt_string(zmq.LAST_ENDPOINT)
 
-    def _router(self, endpoint: str) -> zmq.Socket[Any]:
+    def _router(self, endpoint: str, domain: str) -> zmq.Socket[Any]:
         sock = self.context.socket(zmq.ROUTER)
+        if self.curve is not None:
+            self.curve.secure(sock, domain)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes + 4096)
@@ -105,6 +114,8 @@ class Transport:
                 sock.close(linger=0)
         os.close(self._wake_r)
         os.close(self._wake_w)
+        if self.curve is not None:
+            self.curve.stop()
 
     # ------------------------------------------------------------------ mailbox
 

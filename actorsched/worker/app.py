@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tag", action="append", metavar="TAG",
                         help="placement tag; repeat for several (replaces [worker] tags)")
     parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="overrides [logging] level")
+    parser.add_argument("--server-key", metavar="FILE",
+                        help="coordinator's public CURVE key (overrides [connection] server_public_key_file)")
+    parser.add_argument("--key", metavar="FILE",
+                        help="this worker's CURVE NAME.key_secret (overrides [connection] secret_key_file)")
     return parser
 
 
@@ -43,6 +47,8 @@ def load_config(args: argparse.Namespace) -> WorkerConfig:
     """The config file (or defaults) with each flag applied on top; raises ConfigError."""
     config = load_worker_config(args.config)
     config = with_overrides(config, "connection", source="--connect", coordinator=args.connect)
+    config = with_overrides(config, "connection", source="--server-key/--key",
+                            server_public_key_file=args.server_key, secret_key_file=args.key)
     config = with_overrides(config, "worker", source="--slots", slots=args.slots)
     config = with_overrides(config, "worker", source="--worker-id", worker_id=args.worker_id)
     config = with_overrides(config, "worker", source="--tag", tags=args.tag)

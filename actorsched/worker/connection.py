@@ -54,6 +54,7 @@ from actorsched.protocol import (
     Welcome,
     encode,
 )
+from actorsched.security import secure_client_socket
 from actorsched.worker.executor import Executor, Job, check_task_name
 from actorsched.worker.load import LoadSampler
 
@@ -183,6 +184,7 @@ class WorkerConnection:
         sock.setsockopt(zmq.MAXMSGSIZE, conn.max_message_bytes)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
+        secure_client_socket(sock, conn.server_public_key_file, conn.secret_key_file)
         sock.connect(self.endpoint)
         return sock
 

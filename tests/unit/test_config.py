@@ -54,6 +54,10 @@ def test_a_full_valid_coordinator_file_loads_every_value(tmp_path: Path) -> None
 client_endpoint = "tcp://127.0.0.1:9000"
 worker_endpoint = "tcp://0.0.0.0:9001"
 max_message_bytes = 1024
+[security]
+secret_key_file = "keys/coordinator.key_secret"
+worker_keys_dir = "keys/workers"
+client_keys_dir = "keys/clients"
 [journal]
 state_dir = "/var/lib/as"
 enabled = false
@@ -82,6 +86,7 @@ level = "DEBUG"
 """)
     config = c.load_coordinator_config(path)
     assert config.endpoints == c.EndpointsConfig("tcp://127.0.0.1:9000", "tcp://0.0.0.0:9001", 1024)
+    assert config.security == c.SecurityConfig("keys/coordinator.key_secret", "keys/workers", "keys/clients")
     assert config.journal == c.JournalConfig("/var/lib/as", False, False)
     assert config.liveness == c.LivenessConfig(0.5, 2.0, 6.0, 1.0, 2.0)
     assert config.tasks == c.TasksConfig(30.0, 2, 0.5, 10.0, 100, 1)
@@ -302,3 +307,15 @@ def test_the_config_files_comment_every_key() -> None:
                 assert any(a.lstrip().startswith("#") for a in above), (
                     f"{path.name}:{index + 1} {line.strip()!r} has no comment above it"
                 )
+
+
+def test_binding_beyond_loopback_without_curve_keys_is_refused(tmp_path: Path) -> None:
+    message, path = load_error(tmp_path, '[endpoints]\nworker_endpoint = "tcp://0.0.0.0:9001"\n')
+    assert "not loopback" in message and "[security]" in message and path in message
+
+
+def test_curve_settings_go_together(tmp_path: Path) -> None:
+    message, _ = load_error(tmp_path, '[security]\nsecret_key_file = "k.key_secret"\n')
+    assert "all three or none" in message
+    message, _ = load_error(tmp_path, '[connection]\nsecret_key_file = "w.key_secret"\n', c.load_worker_config)
+    assert "set both or neither" in message

@@ -1,0 +1,96 @@
+"""CURVE keys: who may talk to the coordinator when it listens beyond this machine.
+
+The coordinator has one key pair.  Workers and clients each have their own pairs;
+the coordinator admits a connection only if its public key is in the folder of
+allowed *worker* keys (worker endpoint) or allowed *client* keys (client endpoint).
+The check is ZeroMQ's ZAP handshake, before any message is read, and fails closed: an
+empty or missing folder admits no one.  A peer's identity is its key, whatever its
+messages claim.
+
+Keys are the files :func:`zmq.auth.create_certificates` writes: ``NAME.key`` (public,
+to hand out) and ``NAME.key_secret`` (public and secret, to keep).  ``actorsched
+keygen DIR NAME`` makes a pair.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.auth
+
+from actorsched.errors import ConfigError
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def is_loopback(endpoint: str) -> bool:
+    host = endpoint.removeprefix("tcp://").rpartition(":")[0]
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def generate(key_dir: str | Path, name: str) -> tuple[Path, Path]:
+    """Write ``NAME.key`` and ``NAME.key_secret`` under ``key_dir``; returns their paths."""
+    os.makedirs(key_dir, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(key_dir, name)
+    os.chmod(secret, 0o600)
+    return Path(public), Path(secret)
+
+
+def load_keypair(path: str, what: str) -> tuple[bytes, bytes]:
+    """(public, secret) from a ``.key_secret`` file; ConfigError naming ``what`` otherwise."""
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{what}: cannot read key file {path!r} ({exc}); make one with "
+                          f"`actorsched keygen DIR NAME`") from None
+    if not secret:
+        raise ConfigError(f"{what}: {path!r} holds no secret key; pass the NAME.key_secret file, not NAME.key")
+    return public, secret
+
+
+def load_public(path: str, what: str) -> bytes:
+    try:
+        public, _ = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{what}: cannot read public key file {path!r} ({exc})") from None
+    return public
+
+
+def secure_client_socket(sock: zmq.Socket[Any], server_key_file: str, key_file: str) -> None:
+    """Make a DEALER a CURVE client of the coordinator (both files, or neither)."""
+    if not server_key_file and not key_file:
+        return
+    if not server_key_file or not key_file:
+        raise ConfigError("CURVE needs both the coordinator's public key file and this peer's "
+                          "key_secret file; one of them is missing")
+    sock.curve_serverkey = load_public(server_key_file, "server_public_key_file")
+    sock.curve_publickey, sock.curve_secretkey = load_keypair(key_file, "secret_key_file")
+
+
+class CurveServer:
+    """The coordinator's side: a ZAP authenticator with one allowlist per endpoint."""
+
+    def __init__(self, context: zmq.Context[Any], secret_key_file: str, worker_keys_dir: str,
+                 client_keys_dir: str) -> None:
+        from zmq.auth.thread import ThreadAuthenticator
+
+        self.public, self.secret = load_keypair(secret_key_file, "[security] secret_key_file")
+        for name, folder in (("worker_keys_dir", worker_keys_dir), ("client_keys_dir", client_keys_dir)):
+            if not os.path.isdir(folder):
+                raise ConfigError(f"[security] {name} {folder!r} is not a folder of public keys")
+        self.authenticator = ThreadAuthenticator(context)
+        self.authenticator.start()
+        self.authenticator.configure_curve(domain="workers", location=worker_keys_dir)
+        self.authenticator.configure_curve(domain="clients", location=client_keys_dir)
+
+    def secure(self, sock: zmq.Socket[Any], domain: str) -> None:
+        sock.zap_domain = domain.encode()
+        sock.curve_server = True
+        sock.curve_publickey = self.public
+        sock.curve_secretkey = self.secret
+
+    def stop(self) -> None:
+        self.authenticator.stop()
