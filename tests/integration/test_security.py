@@ -59,5 +59,5 @@ def test_keygen_writes_a_key_pair(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     public, secret = security.load_keypair(str(tmp_path / "me.key_secret"), "test")
-    assert security.load_public(str(tmp_path / "me.key"), "test") == public and len(secret) == 32
+    assert security.load_public(str(tmp_path / "me.key"), "test") == public and len(secret) == 40  # z85 text
     assert (tmp_path / "me.key_secret").stat().st_mode & 0o077 == 0
