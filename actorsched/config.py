@@ -239,6 +239,12 @@ def _check_relations(config: Any, source: str) -> None:
                 f"worker_timeout_s ({live.worker_timeout_s}) must be greater than heartbeat_interval_s "
                 f"({live.heartbeat_interval_s}) or every worker is lost between beats ({source} [liveness])"
             )
+        if live.pause_threshold_s >= live.worker_timeout_s:
+            raise ConfigError(
+                f"pause_threshold_s ({live.pause_threshold_s}) must be below worker_timeout_s "
+                f"({live.worker_timeout_s}), or a pause of the coordinator itself could convict healthy "
+                f"workers ({source} [liveness])"
+            )
         if not live.heartbeat_interval_s < live.suspect_after_s <= live.worker_timeout_s:
             raise ConfigError(
                 f"suspect_after_s ({live.suspect_after_s}) must be above heartbeat_interval_s "

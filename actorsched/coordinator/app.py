@@ -21,6 +21,7 @@ from actorsched.coordinator.dispatcher import DispatcherActor
 from actorsched.coordinator.failure_detector import FailureDetectorActor
 from actorsched.coordinator.journal import Journal, JournalError
 from actorsched.coordinator.registry import RegistryActor
+from actorsched.coordinator.supervision import SupervisedActor, Supervisor
 from actorsched.coordinator.task_queue import TaskQueueActor
 from actorsched.coordinator.transport import Transport
 from actorsched.errors import ConfigError
@@ -46,6 +47,9 @@ class Coordinator:
             if self.journal is not None:
                 self.journal.close()
             raise
+        self.supervisor = Supervisor()
+        SupervisedActor.supervisor = self.supervisor  # one coordinator per process
+        self.transport.supervisor = self.supervisor
         self.dispatcher = DispatcherActor.start(config.placement)
         self.registry = RegistryActor.start(config.liveness, config.placement, self.epoch, config.breaker)
         self.queue = TaskQueueActor.start(config.tasks, self.journal, self.epoch, config.journal)
@@ -88,7 +92,8 @@ def load_config(args: argparse.Namespace) -> cfg.CoordinatorConfig:
         live = config.liveness
         config = cfg.with_overrides(config, "liveness", worker_timeout_s=args.worker_timeout,
                                     suspect_after_s=min(live.suspect_after_s, args.worker_timeout),
-                                    scan_interval_s=min(live.scan_interval_s, args.worker_timeout / 3))
+                                    scan_interval_s=min(live.scan_interval_s, args.worker_timeout / 3),
+                                    pause_threshold_s=min(live.pause_threshold_s, args.worker_timeout / 2))
     config = cfg.with_overrides(config, "logging", level=args.log_level)
     return config
 
@@ -124,11 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"coordinator ready clients={coordinator.transport.client_endpoint} "
           f"workers={coordinator.transport.worker_endpoint} epoch={coordinator.epoch}", flush=True)
     try:
-        while not stop.wait(0.5):
+        while not stop.wait(0.2) and not coordinator.supervisor.failed.is_set():
             pass
     finally:
         coordinator.stop()
         pykka.ActorRegistry.stop_all()
+    if coordinator.supervisor.failed.is_set():
+        print(f"coordinator: stopped after an internal error: {coordinator.supervisor.reason}", file=sys.stderr)
+        return 1
     return 0
 
 

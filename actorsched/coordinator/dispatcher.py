@@ -14,6 +14,7 @@ import pykka
 
 from actorsched.config import PlacementConfig
 from actorsched.coordinator import events as ev
+from actorsched.coordinator.supervision import SupervisedActor
 from actorsched.core.commands import (
     MakeReady,
     SendToWorker,
@@ -30,7 +31,7 @@ from actorsched.protocol import Assign, Assignment
 log = logging.getLogger(__name__)
 
 
-class DispatcherActor(pykka.ThreadingActor):
+class DispatcherActor(SupervisedActor, pykka.ThreadingActor):
     def __init__(self, config: PlacementConfig) -> None:
         super().__init__()
         self.core = DispatcherCore(config)

@@ -16,10 +16,11 @@ import pykka
 
 from actorsched.config import LivenessConfig
 from actorsched.coordinator import events as ev
+from actorsched.coordinator.supervision import SupervisedActor
 from actorsched.core.liveness import LivenessCore, LocalPauseDetected, ScanWorkers, TimersDue
 
 
-class FailureDetectorActor(pykka.ThreadingActor):
+class FailureDetectorActor(SupervisedActor, pykka.ThreadingActor):
     def __init__(self, config: LivenessConfig, queue: pykka.ActorRef[Any], registry: pykka.ActorRef[Any],
                  tick_interval_s: float = 0.02, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()

@@ -15,6 +15,7 @@ import pykka
 
 from actorsched.config import BreakerConfig, LivenessConfig, PlacementConfig
 from actorsched.coordinator import events as ev
+from actorsched.coordinator.supervision import SupervisedActor
 from actorsched.core.commands import Command, JudgeAttempts, ReconcileRunning, RequeueLost, SendToClient, SendToWorker
 from actorsched.core.liveness import LocalPauseDetected, ScanWorkers
 from actorsched.core.registry import RegistryCore
@@ -23,7 +24,7 @@ from actorsched.protocol import WorkersReply
 log = logging.getLogger(__name__)
 
 
-class RegistryActor(pykka.ThreadingActor):
+class RegistryActor(SupervisedActor, pykka.ThreadingActor):
     def __init__(self, liveness: LivenessConfig, placement: PlacementConfig, epoch: int,
                  breaker: BreakerConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()

@@ -9,8 +9,6 @@ durable.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +18,7 @@ import pykka
 from actorsched.config import JournalConfig, TasksConfig
 from actorsched.coordinator import events as ev
 from actorsched.coordinator.journal import Journal, JournalRow, JournalWriter
+from actorsched.coordinator.supervision import SupervisedActor
 from actorsched.core.commands import (
     Command,
     JudgeAttempts,
@@ -38,7 +37,7 @@ from actorsched.protocol import AttemptRecord, ErrorInfo, PurgeReply, StatsReply
 log = logging.getLogger(__name__)
 
 
-class TaskQueueActor(pykka.ThreadingActor):
+class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
     def __init__(self, config: TasksConfig, journal: Journal | None, epoch: int,
                  journal_config: JournalConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -77,8 +76,8 @@ class TaskQueueActor(pykka.ThreadingActor):
     def _journal_failed(self, exc: BaseException) -> None:
         # Without a journal nothing may be acknowledged any more: stop the whole
         # coordinator loudly rather than run on and lose acknowledged work.
-        log.critical("stopping the coordinator: the journal cannot be written (%s)", exc)
-        os.kill(os.getpid(), signal.SIGTERM)
+        if self.supervisor is not None:
+            self.supervisor.fatal("the journal cannot be written", exc)
 
     def on_receive(self, message: Any) -> Any:
         now = self.clock()
@@ -195,6 +194,8 @@ def _record_from_row(row: JournalRow, now: float, wall_now: float) -> TaskRecord
     record.value = row.value
     record.error = ErrorInfo(*row.error) if row.error else None
     record.history = [AttemptRecord(a, w, o, ErrorInfo(*e) if e else None) for a, w, o, e in row.history]
+    if record.history:
+        record.worker_id = record.history[-1].worker_id  # who ran the last attempt
     if row.finished_at is not None:  # wall clock in the journal, monotonic in memory
         record.finished_at = now - max(0.0, wall_now - row.finished_at)
     return record

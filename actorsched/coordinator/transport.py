@@ -34,6 +34,7 @@ from zmq.utils.monitor import parse_monitor_message
 from actorsched import protocol as p
 from actorsched.config import EndpointsConfig, SecurityConfig
 from actorsched.coordinator import events as ev
+from actorsched.coordinator.supervision import Supervisor
 from actorsched.core.commands import SendToClient, SendToWorker
 from actorsched.errors import ProtocolError
 from actorsched.security import CurveServer
@@ -50,6 +51,7 @@ class Transport:
         self.config = config
         self.security = security or SecurityConfig()
         self.curve: CurveServer | None = None
+        self.supervisor: Supervisor | None = None
         self.context = context or zmq.Context.instance()
         self.worker_codec = p.Codec(p.WORKER_MESSAGES, config.max_message_bytes)
         self.client_codec = p.Codec(p.CLIENT_MESSAGES, config.max_message_bytes)
@@ -135,6 +137,14 @@ class Transport:
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # our bug: fail the coordinator loudly instead of going deaf
+            log.exception("transport loop failed")
+            if self.supervisor is not None:
+                self.supervisor.fatal("transport", exc)
+
+    def _loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self.workers, zmq.POLLIN)
         poller.register(self.clients, zmq.POLLIN)
