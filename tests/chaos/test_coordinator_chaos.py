@@ -204,6 +204,9 @@ def test_finished_task_reads_the_same_after_a_coordinator_restart(make_cluster: 
     cluster.start_coordinator()
     with cluster.client() as client:
         after = client.query_many(h.task_id for h in handles)
+    assert [committed(i) for i in after] == [committed(i) for i in before]
+    lost = [(b.task_id, b.worker_id, a.worker_id) for a, b in zip(after, before) if a.worker_id != b.worker_id]
+    assert not lost, f"worker_id of finished tasks changed across the restart (task, before, after): {lost[:3]}"
     assert after == before
 
 

@@ -157,7 +157,7 @@ def test_worker_stopped_past_the_timeout_is_evicted_its_late_results_are_stale_a
         cluster.wait_for_workers(client, 2)
         # Four tasks for four slots: each worker holds two.  They outlast the SIGSTOP's start
         # but end while the worker is stopped, so their results wait in its pipes.
-        specs = sleep_specs("stop", 4, rng, 1.0, 1.5)
+        specs = sleep_specs("stop", 4, rng, 1.5, 2.0)
         handles = client.submit_many(specs)
         wait_until(lambda: all(w.running == w.slots for w in client.workers()), 30, "both workers to hold 2 tasks")
         victim = rng.choice(client.workers())
