@@ -154,11 +154,14 @@ class LocalCluster:
         return Client(self.client_endpoint, timeout_s=timeout_s)
 
     def wait_for_workers(self, client: Any, count: int, timeout_s: float = 30.0) -> list[Any]:
-        def enough() -> list[Any] | None:
-            workers = client.workers()
-            return workers if len(workers) >= count else None
+        found: list[Any] = []
 
-        return wait_until(enough, timeout_s, f"{count} workers to register")  # type: ignore[no-any-return]
+        def enough() -> bool:
+            found[:] = client.workers()
+            return len(found) >= count
+
+        wait_until(enough, timeout_s, f"{count} workers to register")
+        return found
 
 
 def _read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:

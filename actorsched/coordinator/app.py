@@ -50,13 +50,21 @@ class Coordinator:
         self.supervisor = Supervisor()
         SupervisedActor.supervisor = self.supervisor  # one coordinator per process
         self.transport.supervisor = self.supervisor
-        self.dispatcher = DispatcherActor.start(config.placement)
-        self.registry = RegistryActor.start(config.liveness, config.placement, self.epoch, config.breaker)
-        self.queue = TaskQueueActor.start(config.tasks, self.journal, self.epoch, config.journal)
-        self.dispatcher.proxy().connect(self.queue, self.registry, self.transport).get()
-        self.registry.proxy().connect(self.queue, self.dispatcher, self.transport).get()
-        self.queue.proxy().connect(self.dispatcher, self.transport, self.registry).get()
-        self.failure_detector = FailureDetectorActor.start(config.liveness, self.queue, self.registry)
+        try:
+            self.dispatcher = DispatcherActor.start(config.placement)
+            self.registry = RegistryActor.start(config.liveness, config.placement, self.epoch, config.breaker)
+            self.queue = TaskQueueActor.start(config.tasks, self.journal, self.epoch, config.journal)
+            self.dispatcher.proxy().connect(self.queue, self.registry, self.transport).get(timeout=30)
+            self.registry.proxy().connect(self.queue, self.dispatcher, self.transport).get(timeout=30)
+            self.queue.proxy().connect(self.dispatcher, self.transport, self.registry).get(timeout=30)
+            self.failure_detector = FailureDetectorActor.start(config.liveness, self.queue, self.registry)
+        except BaseException:
+            # Half-started: stop what runs, or its threads would keep the process alive.
+            pykka.ActorRegistry.stop_all(timeout=10)
+            self.transport.stop()
+            if self.journal is not None:
+                self.journal.close()
+            raise
         self.transport.connect(self.queue, self.registry)
         self.transport.start()
         log.info("coordinator started epoch=%d clients=%s workers=%s", self.epoch,

@@ -113,6 +113,7 @@ class TaskQueueCore:
         }
         self._seq = 0
         self._retry_heap: list[tuple[float, str]] = []  # (due, task id); stale items skipped
+        self._in_doubt: set[str] = set()  # restored QUEUED tasks held back for restart_grace_s
         self._watchers: dict[str, list[tuple[PeerKey, int]]] = {}
         self._watch_left: dict[tuple[PeerKey, int], int] = {}
         self._pending_cancels: dict[tuple[PeerKey, int], _PendingCancel] = {}
@@ -260,9 +261,10 @@ class TaskQueueCore:
         for ref in attempts:
             task = self.tasks.get(ref.task_id)
             same_attempt = task is not None and ref.attempt == task.attempt and ref.epoch == task.epoch
-            if task is not None and same_attempt and task.state is S.RETRYING and task.attempt > 0:
+            if task is not None and same_attempt and task.state is S.QUEUED and ref.task_id in self._in_doubt:
+                self._in_doubt.discard(ref.task_id)
                 self._move(task, S.ASSIGNED)  # adopted after our restart: no need to run it again
-                task.retry_at = -1.0  # disarms its pending retry timer
+                task.retry_at = -1.0  # disarms its grace timer
                 task.worker, task.worker_id = worker, worker_id
             elif task is not None and same_attempt and task.state in (S.ASSIGNED, S.RUNNING) \
                     and task.worker_id == worker_id:
@@ -281,24 +283,31 @@ class TaskQueueCore:
         while heap and heap[0][0] <= now:
             due, task_id = heapq.heappop(heap)
             task = self.tasks[task_id]
-            if task.state is S.RETRYING and task.retry_at == due:
+            if task.retry_at != due:
+                continue  # superseded or disarmed
+            if task.state is S.RETRYING:
                 self._queue(task_id, task, now)
+            elif task.state is S.QUEUED and task_id in self._in_doubt:
+                self._in_doubt.discard(task_id)  # no worker claimed it: place it again, same attempt
+                task.epoch = self.epoch
+                self._make_ready(task_id, task, now)
         return self._flush()
 
     def restore(self, records: list[TaskRecord], now: float) -> list[Command]:
         """Rebuild from the journal at start, in submit order.
 
         Final tasks keep their results.  A task whose last attempt may still be
-        running somewhere (it was QUEUED or later in the journal) waits
-        ``restart_grace_s`` for its worker to re-register and report it
-        (:meth:`worker_reports_running` adopts it); after that it runs again under the
-        next attempt number and this epoch, and a late result of the old attempt is stale.
+        running somewhere (QUEUED or later in the journal, which does not record
+        assignments) stays QUEUED but is held back for ``restart_grace_s``: if its
+        worker re-registers and reports it, :meth:`worker_reports_running` adopts the
+        attempt; otherwise it is placed again under the same attempt number and this
+        epoch, and a late result of the old attempt is stale (its epoch differs).
         """
-        in_doubt: set[str] = set()
         for record in records:
-            if record.state in (S.QUEUED, S.ASSIGNED, S.RUNNING):
-                record.state = S.RETRYING  # not a transition: the journal's "needs another attempt"
-                in_doubt.add(record.spec.task_id)
+            if record.state in (S.ASSIGNED, S.RUNNING):
+                record.state = S.QUEUED  # not a transition: the journal only knows "queued or later"
+            if record.state is S.QUEUED:
+                self._in_doubt.add(record.spec.task_id)
             record.states.append(record.state)
             self.tasks[record.spec.task_id] = record
             self.counts[record.state.value] += 1
@@ -324,10 +333,10 @@ class TaskQueueCore:
                     self._fail_from_dependency(task_id, record, failed_dep, self.tasks[failed_dep], now)
                 elif not record.waiting_on:
                     self._queue(task_id, record, now)
-                continue
-            if record.state is S.RETRYING:
-                grace = self.config.restart_grace_s if task_id in in_doubt else 0.0
-                self._retry_later(task_id, record, now + grace)
+            elif record.state is S.QUEUED:
+                self._retry_later(task_id, record, now + self.config.restart_grace_s)
+            elif record.state is S.RETRYING:
+                self._retry_later(task_id, record, now)
         return self._flush()
 
     def purge(self, older_than_s: float, now: float) -> list[str]:
@@ -420,9 +429,13 @@ class TaskQueueCore:
             self._queue(spec.task_id, task, now)
 
     def _queue(self, task_id: str, task: TaskRecord, now: float) -> None:
+        """QUEUED for a new attempt, handed to the Dispatcher."""
         self._move(task, S.QUEUED)
         task.attempt += 1
         task.epoch = self.epoch
+        self._make_ready(task_id, task, now)
+
+    def _make_ready(self, task_id: str, task: TaskRecord, now: float) -> None:
         task.worker = b""
         spec = task.spec
         args, kwargs = spec.args, spec.kwargs

@@ -53,9 +53,7 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     _S.QUEUED: frozenset({_S.ASSIGNED, _S.CANCELLED, _S.FAILED}),
     _S.ASSIGNED: frozenset({_S.RUNNING, _S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.RETRYING, _S.QUEUED}),
     _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.RETRYING, _S.QUEUED}),
-    # RETRYING -> ASSIGNED: after a coordinator restart, a worker that still runs the
-    # journal's last attempt re-registers and the attempt is adopted, not re-run.
-    _S.RETRYING: frozenset({_S.QUEUED, _S.ASSIGNED, _S.FAILED, _S.CANCELLED}),
+    _S.RETRYING: frozenset({_S.QUEUED, _S.FAILED, _S.CANCELLED}),
     _S.SUCCEEDED: frozenset(),
     _S.FAILED: frozenset(),
     _S.CANCELLED: frozenset(),

@@ -232,6 +232,12 @@ def test_stats_shows_the_workers_and_task_counters(capsys: pytest.CaptureFixture
 # ------------------------------------------------------------------ no coordinator
 
 
+def test_a_malformed_coordinator_endpoint_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "workers", "--coordinator", "not-an-endpoint", "--connect-timeout", "0.3")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "not-an-endpoint" in err
+
+
 @pytest.mark.parametrize("argv", [
     ["submit", "actorsched.tasks:echo", "5"],
     ["status", "some-id"],

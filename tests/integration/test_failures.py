@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -192,6 +193,53 @@ def test_the_worker_reconnects_after_the_coordinator_restarts(make_cluster: Call
     info = client.query(before.task_id)  # from the journal
     assert (info.state, info.value, info.attempt) == ("SUCCEEDED", "before", 1)
     assert cluster.worker_procs[0].poll() is None
+
+
+def test_a_result_awaited_across_a_coordinator_restart_arrives_and_the_task_is_not_rerun(
+        make_cluster: Callable[..., LocalCluster], connect: Callable[..., Client]) -> None:
+    cluster = make_cluster(workers=1, slots=1, coordinator_args=["--worker-timeout", "2"])
+    client = connect(cluster, timeout_s=3.0)  # idle this long, the client probes and renews its watch
+    cluster.wait_for_workers(client, 1, timeout_s=TASK_TIMEOUT_S)
+    handle = client.submit("actorsched.tasks:sleep", 1.0)
+    wait_until(lambda: handle.status() == "RUNNING", TASK_TIMEOUT_S, "the sleep task to run")
+    outcome: dict[str, Any] = {}
+
+    def wait_for_result() -> None:
+        try:
+            outcome["value"] = handle.result(timeout=TASK_TIMEOUT_S)
+        except Exception as exc:  # reported by the assertion below
+            outcome["error"] = exc
+
+    waiter = threading.Thread(target=wait_for_result, name="result-waiter", daemon=True)
+    waiter.start()
+    cluster.kill_coordinator(signal.SIGKILL)
+    cluster.start_coordinator()
+    waiter.join(TASK_TIMEOUT_S + 10)
+    assert not waiter.is_alive(), "result() did not return"
+    assert outcome == {"value": 1.0}
+    info = client.query(handle.task_id)
+    assert (info.state, info.attempt, info.worker_id) == ("SUCCEEDED", 1, "worker-1"), "adopted, not re-run"
+
+
+def test_queued_tasks_survive_a_coordinator_kill_and_run_after_the_restart(
+        make_cluster: Callable[..., LocalCluster], connect: Callable[..., Client],
+        write_file: Callable[..., Any]) -> None:
+    # The journal cannot tell "queued" from "maybe running somewhere", so after a restart
+    # these tasks wait restart_grace_s for a worker to claim them: keep it short here.
+    config = write_file("coordinator.toml", "[tasks]\nrestart_grace_s = 0.5\n")
+    cluster = make_cluster(workers=0, coordinator_args=["--config", str(config), "--worker-timeout", "2"])
+    client = connect(cluster)
+    handles = client.submit_many([{"name": "actorsched.tasks:echo", "args": [i]} for i in range(3)])
+    assert {handle.status() for handle in handles} == {"QUEUED"}
+
+    cluster.kill_coordinator(signal.SIGKILL)
+    cluster.start_coordinator()
+    states = {info.state for info in client.query_many([h.task_id for h in handles])}
+    assert states <= {"QUEUED", "RETRYING"}, "acknowledged tasks are neither lost nor finished by a restart"
+    cluster.add_worker()
+    assert client.gather(handles, timeout=TASK_TIMEOUT_S) == [0, 1, 2]
+    for handle in handles:
+        assert [record.outcome for record in handle.info().history] == ["succeeded"], "ran exactly once"
 
 
 # ------------------------------------------------------------------ stopped and killed workers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -61,6 +62,19 @@ def test_the_coordinator_refuses_to_bind_beyond_loopback(tmp_path: Path, flag: s
     assert finished.returncode == 2
     assert finished.stdout == ""
     assert "tcp://0.0.0.0:7999" in finished.stderr and "not loopback" in finished.stderr
+    assert "CURVE" in finished.stderr  # says what would make it allowed
+    assert "Traceback" not in finished.stderr
+
+
+def test_the_coordinator_exits_2_when_its_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        endpoint = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        finished = run_bin("coordinator", "--bind", endpoint, "--worker-bind", "tcp://127.0.0.1:0", "--no-journal",
+                           cwd=tmp_path)
+    assert finished.returncode == 2
+    assert endpoint in finished.stderr and "already in use" in finished.stderr
     assert "Traceback" not in finished.stderr
 
 

@@ -661,7 +661,7 @@ def record(task_spec: TaskSpec, seq: int, state: TaskState, attempt: int, **kwar
     return TaskRecord(task_spec, seq, state, attempt=attempt, epoch=EPOCH - 1, **kwargs)
 
 
-def test_restore_keeps_final_tasks_and_runs_the_others_again_with_a_higher_attempt() -> None:
+def test_restore_keeps_final_tasks_and_places_the_others_again_under_the_new_epoch() -> None:
     q = QueueHarness()
     records = [
         record(spec("done"), 1, S.SUCCEEDED, 1, value=42),
@@ -682,7 +682,9 @@ def test_restore_keeps_final_tasks_and_runs_the_others_again_with_a_higher_attem
     assert set(ready) == {"retrying"}
     ready.update((t.task_id, t) for t in made_ready(q.tick(100.0 + q.core.config.restart_grace_s)))
     assert set(ready) == {"retrying", "queued", "running"}
-    assert (ready["queued"].attempt, ready["running"].attempt, ready["retrying"].attempt) == (2, 3, 2)
+    # In-doubt tasks keep their attempt number (the new epoch fences the old one out);
+    # the task that was backing off after a failure gets its next attempt.
+    assert (ready["queued"].attempt, ready["running"].attempt, ready["retrying"].attempt) == (1, 2, 2)
     assert all(t.epoch == EPOCH for t in ready.values())
     assert q.state("waiting") is S.WAITING
     q.run("running")
