@@ -26,15 +26,16 @@ FINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 def workload(count: int, seed: int) -> list[dict[str, Any]]:
     """Mixed tasks: quick echoes, short sleeps and CPU spins, priorities 0..9."""
     rng = random.Random(seed)
-    specs = []
+    specs: list[dict[str, Any]] = []
     for i in range(count):
+        args: list[Any]
         kind = rng.random()
         if kind < 0.5:
-            name, args = "actorsched.tasks:echo", [float(i)]
+            name, args = "actorsched.tasks:echo", [i]
         elif kind < 0.8:
-            name, args = "actorsched.tasks:sleep", [round(rng.uniform(0.002, 0.02), 4)]
+            name, args = "actorsched.tasks:sleep", [round(rng.uniform(0.01, 0.06), 4)]
         else:
-            name, args = "actorsched.tasks:spin", [round(rng.uniform(0.001, 0.005), 4)]
+            name, args = "actorsched.tasks:spin", [round(rng.uniform(0.001, 0.008), 4)]
         specs.append({"task_id": f"demo-{seed}-{i:05d}", "name": name, "args": args, "priority": rng.randrange(10)})
     return specs
 
@@ -88,8 +89,8 @@ def summarize(infos: list[Any], stats: dict[str, Any], wall_s: float) -> int:
     print(f"  tasks            {len(infos)}  ({', '.join(f'{k} {v}' for k, v in sorted(states.items()))})")
     for worker_id, count in sorted(per_worker.items()):
         print(f"  done by {worker_id:<9}{count}")
-    print(f"  ran again        {rerun} tasks (requeued from the killed worker: {queue.get('requeued_lost', '?')}, "
-          f"retries: {queue.get('retries', '?')})")
+    print(f"  ran again        {rerun} tasks (attempts lost with the killed worker: "
+          f"{queue.get('requeued_lost', '?')}, attempts retried in all: {queue.get('retries', '?')})")
     print(f"  wall time        {wall_s:.2f} s")
     print(f"  throughput       {len(infos) / wall_s:.0f} tasks/s")
     ok = states.get("SUCCEEDED", 0) == len(infos)
