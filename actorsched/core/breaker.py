@@ -33,23 +33,29 @@ class BreakerState(Enum):
 class Breaker:
     state: BreakerState = BreakerState.CLOSED
     opened_until: float = 0.0
-    judged: deque[tuple[float, bool]] = field(default_factory=deque)  # (when, ok)
+    judged: deque[tuple[float, bool]] = field(default_factory=deque)  # (when, ok), oldest first
+    failures: int = 0  # failed entries in ``judged``, kept in step so judging is O(1)
 
     def judge(self, ok: bool, now: float, config: BreakerConfig) -> BreakerState | None:
         """Record one judged attempt; returns the new state if it changed."""
         if self.state is BreakerState.HALF_OPEN:
-            self.judged.clear()
+            self._clear()
             return self._enter(BreakerState.CLOSED if ok else BreakerState.OPEN, now, config)
         judged = self.judged
         judged.append((now, ok))
-        while judged and judged[0][0] < now - config.window_s:
-            judged.popleft()
-        if self.state is BreakerState.CLOSED and len(judged) >= config.min_attempts:
-            failures = sum(1 for _, good in judged if not good)
-            if failures / len(judged) > config.failure_ratio:
-                judged.clear()
-                return self._enter(BreakerState.OPEN, now, config)
+        self.failures += not ok
+        horizon = now - config.window_s
+        while judged[0][0] < horizon:
+            self.failures -= not judged.popleft()[1]
+        if self.state is BreakerState.CLOSED and len(judged) >= config.min_attempts \
+                and self.failures / len(judged) > config.failure_ratio:
+            self._clear()
+            return self._enter(BreakerState.OPEN, now, config)
         return None
+
+    def _clear(self) -> None:
+        self.judged.clear()
+        self.failures = 0
 
     def tick(self, now: float, config: BreakerConfig) -> BreakerState | None:
         if self.state is BreakerState.OPEN and now >= self.opened_until:

@@ -88,6 +88,8 @@ class TaskRecord:
     cancel_waiters: list[tuple[PeerKey, int]] = field(default_factory=list)
     cancel_requested: bool = False
     finished_at: float = 0.0  # monotonic; for retention
+    deps: tuple[str, ...] = ()  # spec.deps plus tasks whose results the arguments reference
+    has_refs: bool = False
 
 
 @dataclass(slots=True)
@@ -106,7 +108,7 @@ class TaskQueueCore:
         self.tasks: dict[str, TaskRecord] = {}
         self.dirty: set[str] = set()
         self.open_count = 0  # tasks not in a final state
-        self.counts: dict[str, int] = {s.value: 0 for s in TaskState}
+        self.counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self.counters: dict[str, int] = {
             "submitted": 0, "stale_outcomes": 0, "retries": 0, "requeued_lost": 0, "rejected_batches": 0,
             "purged": 0,
@@ -125,14 +127,15 @@ class TaskQueueCore:
     # ------------------------------------------------------------------ client events
 
     def submit(self, client: PeerKey, request_id: int, specs: list[TaskSpec], now: float) -> list[Command]:
-        error = self._check_batch(specs)
+        deps: dict[str, tuple[str, ...]] = {}
+        error = self._check_batch(specs, deps)
         if error is not None:
             code, message = error
             self.counters["rejected_batches"] += 1
             return [SendToClient(client, ErrorReply(request_id, code, message))]
         new = {spec.task_id: spec for spec in specs if spec.task_id not in self.tasks}  # the rest: idempotent
-        for spec in _dependency_order(new):
-            self._add(spec, now)
+        for spec in _dependency_order(new, deps) if deps else new.values():
+            self._add(spec, deps.get(spec.task_id, ()), now)
         self._out.append(SendToClient(client, SubmitReply(request_id, [s.task_id for s in specs])))
         return self._flush()
 
@@ -310,7 +313,7 @@ class TaskQueueCore:
                 self._in_doubt.add(record.spec.task_id)
             record.states.append(record.state)
             self.tasks[record.spec.task_id] = record
-            self.counts[record.state.value] += 1
+            self.counts[record.state] += 1
             self._seq = max(self._seq, record.seq)
             if record.state not in FINAL_STATES:
                 self.open_count += 1
@@ -319,7 +322,9 @@ class TaskQueueCore:
             if record.state in FINAL_STATES:
                 continue
             failed_dep: str | None = None
-            for dep in all_deps(record.spec):
+            record.deps = all_deps(record.spec)
+            record.has_refs = bool(result_refs(record.spec))
+            for dep in record.deps:
                 dep_task = self.tasks.get(dep)
                 if dep_task is None or dep_task.state is S.SUCCEEDED:
                     continue
@@ -352,7 +357,7 @@ class TaskQueueCore:
         ]
         for task_id in purged:
             task = self.tasks.pop(task_id)
-            self.counts[task.state.value] -= 1
+            self.counts[task.state] -= 1
             self.dirty.discard(task_id)
         self.counters["purged"] += len(purged)
         return purged
@@ -370,11 +375,12 @@ class TaskQueueCore:
 
     def stats(self) -> dict[str, Any]:
         return {"tasks": len(self.tasks), "open": self.open_count, "epoch": self.epoch,
-                "states": dict(self.counts), **self.counters}
+                "states": {state.value: n for state, n in self.counts.items()}, **self.counters}
 
     # ------------------------------------------------------------------ internals
 
-    def _check_batch(self, specs: list[TaskSpec]) -> tuple[str, str] | None:
+    def _check_batch(self, specs: list[TaskSpec], deps: dict[str, tuple[str, ...]]) -> tuple[str, str] | None:
+        """The first reason to refuse the batch, or None; fills ``deps`` for new tasks that have some."""
         if len(specs) == 0:
             return "bad-request", "a submit batch must hold at least one task"
         in_batch: dict[str, TaskSpec] = {}
@@ -390,12 +396,18 @@ class TaskQueueCore:
                 return "conflict", f"task id {spec.task_id!r} appears twice in the batch with different content"
             in_batch[spec.task_id] = spec
         for spec in specs:
-            for dep in all_deps(spec):
+            if spec.task_id in self.tasks:
+                continue
+            spec_deps = all_deps(spec)
+            if not spec_deps:
+                continue
+            deps[spec.task_id] = spec_deps
+            for dep in spec_deps:
                 if dep == spec.task_id:
                     return "bad-request", f"task {spec.task_id!r} depends on itself"
                 if dep not in in_batch and dep not in self.tasks:
                     return "bad-request", f"task {spec.task_id!r} depends on unknown task {dep!r}"
-        cycle = _find_cycle({s.task_id: s for s in specs if s.task_id not in self.tasks})
+        cycle = _find_cycle(deps) if deps else []
         if cycle:
             return "bad-request", f"dependency cycle: {' -> '.join(cycle)}"
         new = sum(1 for task_id in in_batch if task_id not in self.tasks)
@@ -404,17 +416,18 @@ class TaskQueueCore:
                                   f"max_pending_tasks={self.config.max_pending_tasks}; retry later")
         return None
 
-    def _add(self, spec: TaskSpec, now: float) -> None:
+    def _add(self, spec: TaskSpec, deps: tuple[str, ...], now: float) -> None:
         self._seq += 1
-        task = TaskRecord(spec, self._seq, S.WAITING, epoch=self.epoch)
+        task = TaskRecord(spec, self._seq, S.WAITING, epoch=self.epoch, deps=deps,
+                          has_refs=bool(deps) and bool(result_refs(spec)))
         task.states.append(S.WAITING)
         self.tasks[spec.task_id] = task
-        self.counts[S.WAITING.value] += 1
+        self.counts[S.WAITING] += 1
         self.open_count += 1
         self.counters["submitted"] += 1
         self.dirty.add(spec.task_id)
         failed_dep: tuple[str, TaskRecord] | None = None
-        for dep in all_deps(spec):
+        for dep in deps:
             dep_task = self.tasks[dep]
             if dep_task.state is S.SUCCEEDED:
                 continue
@@ -439,7 +452,7 @@ class TaskQueueCore:
         task.worker = b""
         spec = task.spec
         args, kwargs = spec.args, spec.kwargs
-        if result_refs(spec):  # arguments reference results: hand over the values
+        if task.has_refs:  # arguments reference results: hand over the values
             args, kwargs = self._resolve_refs(args), self._resolve_refs(kwargs)
         self._ready.append(ReadyTask(
             task_id, spec.priority, task.seq, task.attempt, task.epoch, spec.name, args, kwargs,
@@ -569,8 +582,8 @@ class TaskQueueCore:
 
     def _move(self, task: TaskRecord, target: TaskState) -> None:
         check_transition(task.spec.task_id, task.state, target, task.states)
-        self.counts[task.state.value] -= 1
-        self.counts[target.value] += 1
+        self.counts[task.state] -= 1
+        self.counts[target] += 1
         task.state = target
         task.states.append(target)
         if len(task.states) > 16:
@@ -635,7 +648,7 @@ def _spec_problem(spec: TaskSpec) -> str:
     return ""
 
 
-def _dependency_order(batch: dict[str, TaskSpec]) -> list[TaskSpec]:
+def _dependency_order(batch: dict[str, TaskSpec], deps: dict[str, tuple[str, ...]]) -> list[TaskSpec]:
     """The batch with every task after its in-batch dependencies (the batch has no cycle)."""
     ordered: list[TaskSpec] = []
     placed: set[str] = set()
@@ -650,14 +663,14 @@ def _dependency_order(batch: dict[str, TaskSpec]) -> list[TaskSpec]:
                 ordered.append(batch[task_id])
                 continue
             stack.append((task_id, True))
-            stack.extend((dep, False) for dep in all_deps(batch[task_id]) if dep in batch and dep not in placed)
+            stack.extend((dep, False) for dep in deps.get(task_id, ()) if dep in batch and dep not in placed)
     return ordered
 
 
-def _find_cycle(batch: dict[str, TaskSpec]) -> list[str]:
-    """A dependency cycle among the new tasks of a batch, as a path, or []."""
+def _find_cycle(deps: dict[str, tuple[str, ...]]) -> list[str]:
+    """A dependency cycle among the new tasks of a batch (those with dependencies), as a path, or []."""
     colour: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    for root in batch:
+    for root in deps:
         if colour.get(root):
             continue
         path: list[str] = []
@@ -667,10 +680,10 @@ def _find_cycle(batch: dict[str, TaskSpec]) -> list[str]:
             if index == 0:
                 colour[node] = 1
                 path.append(node)
-            deps = [d for d in all_deps(batch[node]) if d in batch]
-            if index < len(deps):
+            edges = [d for d in deps[node] if d in deps]
+            if index < len(edges):
                 stack.append((node, index + 1))
-                nxt = deps[index]
+                nxt = edges[index]
                 if colour.get(nxt) == 1:
                     return path[path.index(nxt):] + [nxt]
                 if not colour.get(nxt):

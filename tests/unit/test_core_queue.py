@@ -71,7 +71,7 @@ class QueueHarness:
         core = self.core
         states = Counter(task.state.value for task in core.tasks.values())
         assert all(isinstance(task.state, TaskState) for task in core.tasks.values())
-        assert {s.value: states.get(s.value, 0) for s in TaskState} == core.counts
+        assert {s: states.get(s.value, 0) for s in TaskState} == core.counts
         assert core.open_count == sum(1 for t in core.tasks.values() if t.state not in FINAL_STATES)
         for task_id, task in core.tasks.items():
             assert task.attempt >= self.attempts_seen.get(task_id, 0), f"attempt of {task_id} went down"
