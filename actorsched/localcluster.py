@@ -100,7 +100,9 @@ class LocalCluster:
         self.client_endpoint = fields["clients"]
         self.worker_endpoint = fields["workers"]
 
-    def add_worker(self, *extra_args: str, slots: int | None = None) -> subprocess.Popen[bytes]:
+    def add_worker(self, *extra_args: str, slots: int | None = None,
+                   env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start one more worker; ``env`` adds environment variables for it alone."""
         assert self.log_dir is not None
         self._worker_count += 1
         worker_id = f"worker-{self._worker_count}"
@@ -108,7 +110,7 @@ class LocalCluster:
         proc = subprocess.Popen(
             [self.python, str(BIN / "worker"), "--connect", self.worker_endpoint,
              "--slots", str(slots or self.slots), "--worker-id", worker_id, *self.worker_args, *extra_args],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})},
         )
         log.close()
         self.worker_procs.append(proc)

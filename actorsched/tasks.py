@@ -69,3 +69,14 @@ def flaky(failures: int, value: Any = None) -> Any:
     if attempt <= failures:
         raise RuntimeError(f"flaky task failing on purpose on attempt {attempt} of {failures + 1}")
     return value
+
+
+def fail_if_env(variable: str, value: Any = None) -> Any:
+    """Raises RuntimeError on a worker whose environment sets ``variable``, else returns ``value``.
+
+    Stands in for a broken host (a missing library, a full disk): the task is fine, one
+    worker is not.  For circuit-breaker tests.
+    """
+    if os.environ.get(variable):
+        raise RuntimeError(f"this worker is broken on purpose (${variable} is set)")
+    return value

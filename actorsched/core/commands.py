@@ -29,6 +29,7 @@ class ReadyTask:
     timeout_s: float | None
     tags: tuple[str, ...]
     ready_at: float
+    avoid: tuple[str, ...] = ()  # worker ids where earlier attempts failed: placed elsewhere if possible
 
 
 @dataclass(frozen=True, slots=True)

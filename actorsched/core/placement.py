@@ -16,7 +16,8 @@ more tasks than its free slots.
 
 Placement: each task goes to the accepting worker with free slots, the right tags and
 the lowest load score (see :func:`actorsched.core.registry.load_score`); the score is
-recomputed after every placement so a batch spreads across workers.
+recomputed after every placement so a batch spreads across workers.  A retry prefers
+workers where the task has not failed yet.
 """
 
 from __future__ import annotations
@@ -144,13 +145,24 @@ class DispatcherCore:
         return sum(max(c.free, 0) for c in self.workers.values() if c.accepting)
 
     def _pick(self, candidates: list[tuple[float, PeerKey]], task: ReadyTask) -> int:
-        if not task.tags:
+        """Index of the best candidate for ``task``, or -1 if none may take it.
+
+        A retry prefers a worker where the task has not failed yet: a broken worker
+        fails fast, stays free and would otherwise draw every retry to itself.
+        """
+        if not task.tags and not task.avoid:
             return 0
-        best = -1
+        best = fallback = -1
         for index, (score, key) in enumerate(candidates):
-            if self.workers[key].tags.issuperset(task.tags) and (best < 0 or score < candidates[best][0]):
+            capacity = self.workers[key]
+            if task.tags and not capacity.tags.issuperset(task.tags):
+                continue
+            if capacity.worker_id in task.avoid:
+                if fallback < 0 or score < candidates[fallback][0]:
+                    fallback = index
+            elif best < 0 or score < candidates[best][0]:
                 best = index
-        return best
+        return best if best >= 0 else fallback
 
     def _score(self, c: Capacity) -> float:
         return load_score(c.outstanding, c.slots, c.cpu_percent, c.memory_percent, self.config)

@@ -458,6 +458,7 @@ class TaskQueueCore:
             task_id, spec.priority, task.seq, task.attempt, task.epoch, spec.name, args, kwargs,
             spec.timeout_s if spec.timeout_s is not None else (self.config.default_timeout_s or None),
             tuple(spec.tags), now,
+            tuple({h.worker_id for h in task.history if h.outcome != "succeeded"}) if task.history else (),
         ))
 
     def _after_failure(self, task_id: str, task: TaskRecord, error: ErrorInfo, now: float,

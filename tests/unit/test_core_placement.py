@@ -211,3 +211,17 @@ def test_a_tagged_task_taking_a_middle_worker_keeps_every_slot_count_right(dispa
     assert len(placements[K1]) == 2 and len(placements[K3]) == 2
     assert all(c.outstanding <= c.slots for c in dispatcher.workers.values())
     assert set(dispatcher.entries) == {"gpu-2", "t4", "t5"}
+
+
+def test_a_retry_goes_to_a_worker_where_it_has_not_failed_unless_no_other_is_free() -> None:
+    dispatcher = DispatcherCore(PlacementConfig())
+    dispatcher.worker_up(b"k1", "w1", 4, (), 0)
+    dispatcher.worker_up(b"k2", "w2", 1, (), 0)
+    retry = ReadyTask("t", 0, 1, 2, 1, "m:f", [], {}, None, (), 0.0, avoid=("w1",))
+    dispatcher.tasks_ready([retry])
+    (placement,) = dispatcher.dispatch()
+    assert placement.worker == b"k2"  # w1 is less loaded, but the task failed there
+    again = ReadyTask("u", 0, 2, 2, 1, "m:f", [], {}, None, (), 0.0, avoid=("w1", "w2"))
+    dispatcher.tasks_ready([again])
+    (placement,) = dispatcher.dispatch()
+    assert placement.worker == b"k1"  # failed everywhere: any free worker will do
