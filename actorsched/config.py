@@ -73,7 +73,7 @@ class PlacementConfig:
     cpu_weight: float = 0.5
     memory_weight: float = 0.25
     max_assign_batch: int = 256
-    aging_s_per_priority: float = 0.0
+    aging_s_per_priority: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

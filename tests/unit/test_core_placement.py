@@ -32,7 +32,7 @@ def by_worker(placements: list[Placement]) -> dict[bytes, list[str]]:
 
 @pytest.fixture
 def dispatcher() -> DispatcherCore:
-    return DispatcherCore(PlacementConfig())
+    return DispatcherCore(PlacementConfig(aging_s_per_priority=0.0))  # strict priority; aging is tested apart
 
 
 def test_nothing_is_placed_without_workers_or_without_tasks(dispatcher: DispatcherCore) -> None:
@@ -190,6 +190,10 @@ def test_with_aging_an_old_low_priority_task_overtakes_newer_high_priority_ones_
         dispatcher.worker_up(K1, "w1", 1, (), 0)
         first = placed_ids(dispatcher.dispatch())
         assert (first == ["old-low"]) is old_wins, (newer_at, first)
+
+
+def test_aging_is_on_by_default_with_a_bound_of_a_minute_per_priority_level() -> None:
+    assert PlacementConfig().aging_s_per_priority == 60.0
 
 
 def test_with_aging_priority_still_orders_tasks_that_became_ready_together() -> None:
