@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
@@ -107,6 +108,11 @@ def _cmd_status(client: Client, args: argparse.Namespace, out: TextIO, err: Text
             rows.append(("value", _dumps(info.value)))
         for key, value in rows:
             print(f"{key:<9} {value}", file=out)
+        for record in info.history:
+            started = time.strftime("%H:%M:%S", time.localtime(record.started_at))
+            error = f" {record.error.type}: {record.error.message}" if record.error is not None else ""
+            print(f"attempt {record.attempt}: {record.outcome} on {record.worker_id or '-'} at {started}, "
+                  f"{record.ended_at - record.started_at:.3f} s{error}", file=out)
     if info.state == "NOT_FOUND":
         print(f"actorsched: task {info.task_id!r} is not known to the coordinator at {client.endpoint}", file=err)
         return EXIT_TASK

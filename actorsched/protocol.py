@@ -108,12 +108,14 @@ class TaskOutcome:
 
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
-    """History of one attempt, as returned by ``query``.  Times are coordinator-monotonic ages."""
+    """History of one attempt, as returned by ``query``: times are the coordinator's wall clock."""
 
     attempt: int
     worker_id: str
     outcome: str
     error: ErrorInfo | None
+    started_at: float = 0.0  # unix seconds
+    ended_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
     def __init__(self, config: TasksConfig, journal: Journal | None, epoch: int,
                  journal_config: JournalConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self.core = TaskQueueCore(config, epoch)
+        self.core = TaskQueueCore(config, epoch, wall_offset_s=time.time() - clock())
         self.journal_config = journal_config or JournalConfig()
         self._next_compaction = clock() + self.journal_config.compaction_interval_s
         self.journal = journal
@@ -177,8 +177,8 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
             rows.append(JournalRow(
                 task_id, task.seq, task.state.value, task.attempt, task.epoch, task.deaths, finished_at, spec,
                 task.value,
-                _error_list(task.error), [[h.attempt, h.worker_id, h.outcome, _error_list(h.error)]
-                                          for h in task.history],
+                _error_list(task.error), [[h.attempt, h.worker_id, h.outcome, _error_list(h.error), h.started_at,
+                                           h.ended_at] for h in task.history],
             ))
         return rows
 
@@ -193,7 +193,8 @@ def _record_from_row(row: JournalRow, now: float, wall_now: float) -> TaskRecord
     record = TaskRecord(spec, row.seq, TaskState(row.state), attempt=row.attempt, epoch=row.epoch, deaths=row.deaths)
     record.value = row.value
     record.error = ErrorInfo(*row.error) if row.error else None
-    record.history = [AttemptRecord(a, w, o, ErrorInfo(*e) if e else None) for a, w, o, e in row.history]
+    record.history = [AttemptRecord(a, w, o, ErrorInfo(*e) if e else None, *times)
+                      for a, w, o, e, *times in row.history]
     if record.history:
         record.worker_id = record.history[-1].worker_id  # who ran the last attempt
     if row.finished_at is not None:  # wall clock in the journal, monotonic in memory

@@ -88,6 +88,7 @@ class TaskRecord:
     cancel_waiters: list[tuple[PeerKey, int]] = field(default_factory=list)
     cancel_requested: bool = False
     finished_at: float = 0.0  # monotonic; for retention
+    assigned_at: float = 0.0  # monotonic, of the current attempt
     deps: tuple[str, ...] = ()  # spec.deps plus tasks whose results the arguments reference
     has_refs: bool = False
 
@@ -101,9 +102,12 @@ class _PendingCancel:
 class TaskQueueCore:
     """Task records and their lifecycle.  Not thread-safe: one actor owns it."""
 
-    def __init__(self, config: TasksConfig, epoch: int, rng: random.Random | None = None) -> None:
+    def __init__(self, config: TasksConfig, epoch: int, rng: random.Random | None = None,
+                 wall_offset_s: float = 0.0) -> None:
+        """``wall_offset_s``: wall clock minus the monotonic ``now``, to stamp attempt history."""
         self.config = config
         self.epoch = epoch
+        self.wall_offset_s = wall_offset_s
         self.rng = rng or random.Random()
         self.tasks: dict[str, TaskRecord] = {}
         self.dirty: set[str] = set()
@@ -215,6 +219,7 @@ class TaskQueueCore:
             self._move(task, S.ASSIGNED)
             task.worker = worker
             task.worker_id = worker_id
+            task.assigned_at = now
         if abandon:
             self._out.append(SendToWorker(worker, CancelTasks(abandon)))
         return self._flush()
@@ -235,12 +240,12 @@ class TaskQueueCore:
                 continue
             if outcome.ok:
                 task.value = outcome.value
-                self._end_attempt(task, "succeeded", None)
+                self._end_attempt(task, "succeeded", None, now, outcome.duration_s)
                 self._judge_success(task)
                 self._finish(outcome.task_id, S.SUCCEEDED, None, now)
                 continue
             error = outcome.error or ErrorInfo("UnknownError", "the worker reported a failure without details")
-            self._end_attempt(task, "failed", error)
+            self._end_attempt(task, "failed", error, now, outcome.duration_s)
             self._after_failure(outcome.task_id, task, error, now)
         return self._flush()
 
@@ -252,7 +257,7 @@ class TaskQueueCore:
             if task is None or task.state not in (S.ASSIGNED, S.RUNNING) or task.worker != worker:
                 continue
             error = ErrorInfo("WorkerLost", f"worker {worker_id} was lost while holding the task: {reason}")
-            self._end_attempt(task, "worker lost", error)
+            self._end_attempt(task, "worker lost", error, now, now - task.assigned_at)
             self.counters["requeued_lost"] += 1
             self._after_failure(task_id, task, error, now, worker_death=True)
         return self._flush()
@@ -578,8 +583,11 @@ class TaskQueueCore:
             judged.extend((h.worker_id, False) for h in task.history[:-1]
                           if h.outcome == "failed" and h.worker_id != task.worker_id)
 
-    def _end_attempt(self, task: TaskRecord, outcome: str, error: ErrorInfo | None) -> None:
-        task.history.append(AttemptRecord(task.attempt, task.worker_id, outcome, error))
+    def _end_attempt(self, task: TaskRecord, outcome: str, error: ErrorInfo | None, now: float,
+                     duration_s: float) -> None:
+        ended_at = now + self.wall_offset_s
+        task.history.append(AttemptRecord(task.attempt, task.worker_id, outcome, error,
+                                          round(ended_at - max(duration_s, 0.0), 6), round(ended_at, 6)))
 
     def _move(self, task: TaskRecord, target: TaskState) -> None:
         check_transition(task.spec.task_id, task.state, target, task.states)
