@@ -99,6 +99,11 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    endpoint: str = "127.0.0.1:7702"  # HOST:PORT of the status page; "" turns it off
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -112,6 +117,7 @@ class CoordinatorConfig:
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -258,6 +264,7 @@ def _check_relations(config: Any, source: str) -> None:
             raise ConfigError(f"retry_backoff_cap_s must be >= retry_backoff_base_s ({source} [tasks])")
         ends = config.endpoints
         _check_security(config, source)
+        http_address(config.http.endpoint, f"{source} [http]")
         if ends.client_endpoint == ends.worker_endpoint and not ends.client_endpoint.endswith(":0"):
             raise ConfigError(f"client_endpoint and worker_endpoint must differ, both are "
                               f"{ends.client_endpoint!r}; port 0 picks a free port ({source} [endpoints])")
@@ -285,6 +292,20 @@ def _check_security(config: CoordinatorConfig, source: str) -> None:
                 f"set [security] secret_key_file, worker_keys_dir and client_keys_dir (make keys with "
                 f"`actorsched keygen DIR NAME`), or bind 127.0.0.1 ({source} [endpoints])"
             )
+
+
+def http_address(endpoint: str, where: str) -> tuple[str, int] | None:
+    """(host, port) of the status page, None when off; loopback only (it is unauthenticated)."""
+    if not endpoint:
+        return None
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"endpoint must look like HOST:PORT, or \"\" to turn the page off, "
+                          f"got {endpoint!r} ({where})")
+    if not (host in ("127.0.0.1", "localhost") or host.startswith("127.")):
+        raise ConfigError(f"the status page has no authentication, so it binds loopback only, got {endpoint!r}; "
+                          f"put a reverse proxy in front of it to reach it from elsewhere ({where})")
+    return host, int(port)
 
 
 def _load(cls: Any, path: str | Path | None) -> Any:

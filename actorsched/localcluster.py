@@ -51,6 +51,7 @@ class LocalCluster:
     python: str = sys.executable
     client_endpoint: str = ""
     worker_endpoint: str = ""
+    http_endpoint: str = ""
     coordinator: subprocess.Popen[bytes] | None = None
     worker_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -87,7 +88,7 @@ class LocalCluster:
         log = open(os.path.join(self.log_dir, "coordinator.log"), "ab")
         self.coordinator = subprocess.Popen(
             [self.python, str(BIN / "coordinator"), "--bind", bind, "--worker-bind", worker_bind,
-             "--state-dir", self.state_dir, *self.coordinator_args],
+             "--state-dir", self.state_dir, "--http", self.http_endpoint or "127.0.0.1:0", *self.coordinator_args],
             stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
         )
         log.close()
@@ -99,6 +100,7 @@ class LocalCluster:
         fields = dict(part.split("=", 1) for part in line.split()[2:])
         self.client_endpoint = fields["clients"]
         self.worker_endpoint = fields["workers"]
+        self.http_endpoint = fields.get("http", "").removeprefix("http://")
 
     def add_worker(self, *extra_args: str, slots: int | None = None,
                    env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

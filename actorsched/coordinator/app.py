@@ -25,6 +25,7 @@ from actorsched.coordinator.supervision import SupervisedActor, Supervisor
 from actorsched.coordinator.task_queue import TaskQueueActor
 from actorsched.coordinator.transport import Transport
 from actorsched.errors import ConfigError
+from actorsched.http import StatusServer
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,17 @@ class Coordinator:
             raise
         self.transport.connect(self.queue, self.registry)
         self.transport.start()
+        self.http: StatusServer | None = None
+        address = cfg.http_address(config.http.endpoint, "[http] endpoint")
+        if address is not None:
+            self.http = StatusServer(*address, self.queue, self.registry, self.transport.counters)
+            self.http.start()
         log.info("coordinator started epoch=%d clients=%s workers=%s", self.epoch,
                  self.transport.client_endpoint, self.transport.worker_endpoint)
 
     def stop(self) -> None:
+        if self.http is not None:
+            self.http.stop()
         self.transport.stop()  # no new input first, then the clock, then the actors
         for ref in (self.failure_detector, self.dispatcher, self.registry, self.queue):
             ref.stop(block=True, timeout=10)
@@ -87,6 +95,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--state-dir", help="journal folder (overrides [journal] state_dir)")
     parser.add_argument("--no-journal", action="store_true", help="keep state in memory only (nothing survives)")
     parser.add_argument("--worker-timeout", type=float, help="seconds of silence before a worker is lost")
+    parser.add_argument("--http", metavar="HOST:PORT", help="status page address, '' for none (overrides [http])")
     parser.add_argument("--log-level", choices=cfg.LOG_LEVELS, help="overrides [logging] level")
     return parser.parse_args(argv)
 
@@ -103,6 +112,7 @@ def load_config(args: argparse.Namespace) -> cfg.CoordinatorConfig:
                                     scan_interval_s=min(live.scan_interval_s, args.worker_timeout / 3),
                                     pause_threshold_s=min(live.pause_threshold_s, args.worker_timeout / 2))
     config = cfg.with_overrides(config, "logging", level=args.log_level)
+    config = cfg.with_overrides(config, "http", endpoint=args.http)
     return config
 
 
@@ -134,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"running? Pick other ports with --bind / --worker-bind", file=sys.stderr)
             return 2
         raise
+    http = f" http={coordinator.http.endpoint}" if coordinator.http is not None else ""
     print(f"coordinator ready clients={coordinator.transport.client_endpoint} "
-          f"workers={coordinator.transport.worker_endpoint} epoch={coordinator.epoch}", flush=True)
+          f"workers={coordinator.transport.worker_endpoint} epoch={coordinator.epoch}{http}", flush=True)
     try:
         while not stop.wait(0.2) and not coordinator.supervisor.failed.is_set():
             pass

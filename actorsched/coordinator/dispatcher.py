@@ -62,8 +62,6 @@ class DispatcherActor(SupervisedActor, pykka.ThreadingActor):
                     core.worker_down(worker)
                 case WorkerAccepting(worker, accepting, probe):
                     core.worker_accepting(worker, accepting, probe)
-                case "pending":  # ask() from tests
-                    return len(core.entries)
                 case _:
                     log.error("Dispatcher got an unknown event %r", event)
         placements = core.dispatch()

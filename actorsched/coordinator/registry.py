@@ -42,6 +42,8 @@ class RegistryActor(SupervisedActor, pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         now = self.clock()
         core = self.core
+        if message == "infos":  # ask() from the status page and tests
+            return core.infos(now)
         out: list[Command] = []
         for event in message:
             match event:
@@ -73,8 +75,6 @@ class RegistryActor(SupervisedActor, pykka.ThreadingActor):
                     out.append(SendToClient(client, WorkersReply(request_id, core.infos(now))))
                 case ev.StatsRequested(client, request_id, stats):
                     ev.tell(self.queue, [ev.StatsRequested(client, request_id, {**stats, "workers": core.stats()})])
-                case "infos":  # ask() from tests
-                    return core.infos(now)
                 case _:
                     log.error("WorkerRegistry got an unknown event %r", event)
         self._carry_out(out)

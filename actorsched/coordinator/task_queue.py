@@ -82,6 +82,8 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         now = self.clock()
         core = self.core
+        if message == "stats":  # ask() from the status page and tests
+            return core.stats()
         out: list[Command] = []
         for event in message:
             match event:
@@ -116,10 +118,6 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
                     out += core.cancel(client, request_id, task_ids, cascade, now)
                 case ev.StatsRequested(client, request_id, stats):
                     out.append(SendToClient(client, StatsReply(request_id, {**stats, "queue": core.stats()})))
-                case "stats":  # ask() from tests
-                    return core.stats()
-                case ("info", task_id):
-                    return core.info(task_id)
                 case _:
                     log.error("TaskQueue got an unknown event %r", event)
         self._carry_out(out)
