@@ -50,11 +50,11 @@ class RegistryActor(SupervisedActor, pykka.ThreadingActor):
                 case ev.OutcomesReported(worker, outcomes):
                     out += core.tasks_finished(worker, [o.task_id for o in outcomes], now)
                 case ev.HeartbeatSeen(worker, beat):
-                    out += core.heartbeat(worker, beat.cpu_percent, beat.memory_percent, now)
+                    out += core.heartbeat(worker, beat.cpu_percent, beat.memory_percent, now, beat.running)
                 case ev.AttemptsStarted(worker, _):
                     out += core.seen(worker, now)
                 case ev.TasksPlaced(worker, worker_id, tasks):
-                    out += core.tasks_assigned(worker, worker_id, [t.task_id for t in tasks])
+                    out += core.tasks_assigned(worker, worker_id, [t.task_id for t in tasks], now)
                 case ev.WorkerRegistered(worker, register):
                     log.info("worker registered worker_id=%s host=%s pid=%d slots=%d", register.worker_id,
                              register.host, register.pid, register.slots)

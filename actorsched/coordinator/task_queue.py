@@ -104,8 +104,8 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
                     purged = core.purge(older_than_s, now)
                     self._purge(purged, "requested")
                     out.append(SendToClient(client, PurgeReply(request_id, len(purged))))
-                case RequeueLost(worker, worker_id, task_ids, reason):
-                    out += core.worker_lost(worker, worker_id, task_ids, reason, now)
+                case RequeueLost(worker, worker_id, task_ids, reason, worker_died):
+                    out += core.worker_lost(worker, worker_id, task_ids, reason, now, worker_died)
                 case ReconcileRunning(worker, worker_id, attempts):
                     out += core.worker_reports_running(worker, worker_id, attempts, now)
                 case ev.QueryRequested(client, request_id, task_ids):

@@ -56,12 +56,17 @@ class WithdrawTasks:
 
 @dataclass(frozen=True, slots=True)
 class RequeueLost:
-    """Tasks a lost worker held: the queue decides retry, requeue or quarantine."""
+    """Tasks a lost worker held: the queue decides retry, requeue or quarantine.
+
+    ``worker_died`` False means the worker lives but never got the tasks (an assign
+    lost on the way): they go back to the queue without counting a worker death.
+    """
 
     worker: PeerKey
     worker_id: str
     task_ids: list[str]
     reason: str
+    worker_died: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -250,15 +250,24 @@ class TaskQueueCore:
         return self._flush()
 
     def worker_lost(self, worker: PeerKey, worker_id: str, task_ids: Iterable[str], reason: str,
-                    now: float) -> list[Command]:
-        """A worker died or left holding these tasks: retry, requeue or quarantine each."""
+                    now: float, worker_died: bool = True) -> list[Command]:
+        """A worker died or left holding these tasks (or, alive, never got them): requeue or quarantine each."""
         for task_id in task_ids:
             task = self.tasks.get(task_id)
             if task is None or task.state not in (S.ASSIGNED, S.RUNNING) or task.worker != worker:
                 continue
+            self.counters["requeued_lost"] += 1
+            if not worker_died:
+                error = ErrorInfo("AssignmentLost", f"worker {worker_id}: {reason}")
+                self._end_attempt(task, "assignment lost", error, now, now - task.assigned_at)
+                if task.cancel_requested:
+                    self._finish(task_id, S.CANCELLED, ErrorInfo("Cancelled", "cancelled by a client"), now)
+                else:
+                    task.error = error
+                    self._queue(task_id, task, now)
+                continue
             error = ErrorInfo("WorkerLost", f"worker {worker_id} was lost while holding the task: {reason}")
             self._end_attempt(task, "worker lost", error, now, now - task.assigned_at)
-            self.counters["requeued_lost"] += 1
             self._after_failure(task_id, task, error, now, worker_death=True)
         return self._flush()
 

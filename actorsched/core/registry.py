@@ -56,7 +56,7 @@ class WorkerRecord:
     tags: tuple[str, ...]
     last_seen: float
     state: WorkerState = WorkerState.ALIVE
-    running: set[str] = field(default_factory=set)
+    running: dict[str, float] = field(default_factory=dict)  # task id -> when it was placed here
     cpu_percent: float = 0.0
     memory_percent: float = 0.0
     tasks_done: int = 0
@@ -80,7 +80,8 @@ class RegistryCore:
         self.epoch = epoch
         self.workers: dict[PeerKey, WorkerRecord] = {}
         self.by_id: dict[str, PeerKey] = {}
-        self.counters = {"registered": 0, "removed": 0, "goodbyes": 0, "superseded": 0, "unknown_peer": 0}
+        self.counters = {"registered": 0, "removed": 0, "goodbyes": 0, "superseded": 0, "unknown_peer": 0,
+                         "lost_assignments": 0}
 
     # ------------------------------------------------------------------ events
 
@@ -98,7 +99,7 @@ class RegistryCore:
             out += self._remove(key, "re-registered on the same connection", reported)
         record = WorkerRecord(key, message.worker_id, message.host, message.pid, message.slots,
                               tuple(message.tags), now)
-        record.running = {ref.task_id for ref in message.running}
+        record.running = dict.fromkeys((ref.task_id for ref in message.running), now)
         self.workers[key] = record
         self.by_id[message.worker_id] = key
         self.counters["registered"] += 1
@@ -110,7 +111,14 @@ class RegistryCore:
             out.append(ReconcileRunning(key, message.worker_id, list(message.running)))
         return out
 
-    def heartbeat(self, key: PeerKey, cpu_percent: float, memory_percent: float, now: float) -> list[Command]:
+    def heartbeat(self, key: PeerKey, cpu_percent: float, memory_percent: float, now: float,
+                  holds: list[str] | None = None) -> list[Command]:
+        """A heartbeat: load for placement and, in ``holds``, the task ids the worker holds.
+
+        A task placed on the worker more than two heartbeat intervals ago that the
+        worker does not hold never reached it (or its result was lost): it goes back to
+        the queue rather than stay ASSIGNED forever on a live worker.
+        """
         record = self.workers.get(key)
         if record is None:
             self.counters["unknown_peer"] += 1
@@ -119,6 +127,18 @@ class RegistryCore:
         record.cpu_percent = cpu_percent
         record.memory_percent = memory_percent
         out.append(WorkerLoad(key, cpu_percent, memory_percent))
+        if holds is not None and len(holds) < len(record.running):
+            held = set(holds)
+            settled = now - 2 * self.liveness.heartbeat_interval_s
+            missing = [t for t, placed in record.running.items() if t not in held and placed < settled]
+            if missing:
+                self.counters["lost_assignments"] += len(missing)
+                for task_id in missing:
+                    del record.running[task_id]
+                out.append(SlotsFreed(key, len(missing)))
+                out.append(RequeueLost(key, record.worker_id, missing,
+                                       "the worker does not hold it: the assignment or its result was lost",
+                                       worker_died=False))
         return out
 
     def seen(self, key: PeerKey, now: float) -> list[Command]:
@@ -126,12 +146,12 @@ class RegistryCore:
         record = self.workers.get(key)
         return self._seen(record, now) if record is not None else []
 
-    def tasks_assigned(self, key: PeerKey, worker_id: str, task_ids: list[str]) -> list[Command]:
+    def tasks_assigned(self, key: PeerKey, worker_id: str, task_ids: list[str], now: float = 0.0) -> list[Command]:
         record = self.workers.get(key)
         if record is None:
             # The worker left while the placement was in flight: hand the tasks back.
             return [RequeueLost(key, worker_id, task_ids, "worker left before the assignment reached it")]
-        record.running.update(task_ids)
+        record.running.update(dict.fromkeys(task_ids, now))
         return []
 
     def tasks_finished(self, key: PeerKey, task_ids: list[str], now: float) -> list[Command]:
@@ -141,8 +161,7 @@ class RegistryCore:
         out = self._seen(record, now)
         freed = 0
         for task_id in task_ids:
-            if task_id in record.running:
-                record.running.discard(task_id)
+            if record.running.pop(task_id, None) is not None:
                 freed += 1
         record.tasks_done += freed
         if freed:
@@ -247,7 +266,7 @@ class RegistryCore:
             del self.by_id[record.worker_id]
         self.counters["removed"] += 1
         out: list[Command] = [WorkerDown(key)]
-        lost = sorted(record.running - carried_over)
+        lost = sorted(set(record.running) - carried_over)
         if lost:
             out.append(RequeueLost(key, record.worker_id, lost, reason))
         return out
