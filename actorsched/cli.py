@@ -148,7 +148,14 @@ def _cmd_cancel(client: Client, args: argparse.Namespace, out: TextIO, err: Text
     if cancelled:
         return EXIT_OK
     info = client.query(args.id)
-    reason = "it is not known to the coordinator" if info.state == "NOT_FOUND" else f"it is already {info.state}"
+    if info.state == "NOT_FOUND":
+        reason = "it is not known to the coordinator"
+    elif info.state in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        reason = f"it is already {info.state}"
+    elif args.no_cascade:
+        reason = f"it is {info.state} and unfinished tasks depend on it; drop --no-cascade to cancel them too"
+    else:
+        reason = f"it is {info.state}; its worker did not confirm the cancel in time, see `actorsched status`"
     print(f"actorsched: nothing cancelled: task {args.id!r}: {reason}", file=err)
     return EXIT_TASK
 
@@ -263,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
                          metavar="S", help="seconds to wait for the coordinator to answer (default 10)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("submit", parents=[common, connect], help="submit one task and print its id")
+    # No --timeout here: on submit it would read as the task's timeout (that is --timeout-s).
+    p = sub.add_parser("submit", parents=[common], help="submit one task and print its id")
     p.add_argument("name", help="task function as package.module:function")
     p.add_argument("args", nargs="*", metavar="ARG", help="positional arguments (JSON if valid, else strings)")
     p.add_argument("--priority", type=int, default=0, help="smaller runs first (default 0)")

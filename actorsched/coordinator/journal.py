@@ -122,25 +122,34 @@ class Journal:
             yield JournalRow(task_id, seq, state, attempt, epoch, deaths, finished_at, spec, value, error, history)
 
     def write(self, rows: list[JournalRow], deleted: list[str] | None = None) -> None:
-        """Apply ``rows`` (and delete ``deleted`` tasks) in one transaction; durable when this returns."""
-        if not rows and not deleted:
+        """Apply ``rows`` (then delete ``deleted``) in one transaction; durable when this returns."""
+        self.write_batches([(rows, deleted or [])])
+
+    def write_batches(self, batches: list[tuple[list[JournalRow], list[str]]]) -> None:
+        """Apply several batches in order in one transaction (one fsync): a group commit.
+
+        Order matters: a task purged in one batch and submitted again under the same id
+        in the next must end up present.
+        """
+        if not any(rows or deleted for rows, deleted in batches):
             return
         assert self._db is not None
-        inserts = [(r.task_id, r.seq, r.state, r.attempt, r.epoch, r.deaths, r.finished_at, r.spec, _pack_result(r))
-                   for r in rows if r.spec is not None]
-        updates = [(r.state, r.attempt, r.epoch, r.deaths, r.finished_at, _pack_result(r), r.task_id)
-                   for r in rows if r.spec is None]
         db = self._db
         db.execute("BEGIN")
         try:
-            if inserts:
-                db.executemany("INSERT OR REPLACE INTO tasks(task_id, seq, state, attempt, epoch, deaths, "
-                               "finished_at, spec, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", inserts)
-            if updates:
-                db.executemany("UPDATE tasks SET state=?, attempt=?, epoch=?, deaths=?, finished_at=?, result=? "
-                               "WHERE task_id=?", updates)
-            if deleted:
-                db.executemany("DELETE FROM tasks WHERE task_id=?", [(t,) for t in deleted])
+            for rows, deleted in batches:
+                inserts = [(r.task_id, r.seq, r.state, r.attempt, r.epoch, r.deaths, r.finished_at, r.spec,
+                            _pack_result(r)) for r in rows if r.spec is not None]
+                updates = [(r.state, r.attempt, r.epoch, r.deaths, r.finished_at, _pack_result(r), r.task_id)
+                           for r in rows if r.spec is None]
+                if inserts:
+                    db.executemany("INSERT OR REPLACE INTO tasks(task_id, seq, state, attempt, epoch, deaths, "
+                                   "finished_at, spec, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", inserts)
+                if updates:
+                    db.executemany("UPDATE tasks SET state=?, attempt=?, epoch=?, deaths=?, finished_at=?, "
+                                   "result=? WHERE task_id=?", updates)
+                if deleted:
+                    db.executemany("DELETE FROM tasks WHERE task_id=?", [(t,) for t in deleted])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -218,17 +227,15 @@ class JournalWriter:
                 else:
                     batch.append(item)
             if batch and not self._failed:
-                rows = [row for rows, _, _ in batch for row in rows]
-                deleted = [task_id for _, ids, _ in batch for task_id in ids]
                 try:
-                    self.journal.write(rows, deleted)
+                    self.journal.write_batches([(rows, deleted) for rows, deleted, _ in batch])
                 except Exception as exc:  # disk full, I/O error: nothing more may be acknowledged
                     self._failed = True
                     log.critical("journal write failed, no further acknowledgements: %s", exc)
                     self.on_failure(exc)
                     continue
                 self.commits += 1
-                self.rows_written += len(rows)
+                self.rows_written += sum(len(rows) for rows, _, _ in batch)
                 for _, _, then in batch:
                     then()
             if stopping:

@@ -21,6 +21,7 @@ vanished peer into an error we act on instead of a silent drop.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import threading
@@ -42,6 +43,11 @@ from actorsched.security import CurveServer
 log = logging.getLogger(__name__)
 
 _MAX_READ_PER_TURN = 2000
+# Batches that may be split when one frame would exceed max_message_bytes.
+_BATCH_FIELDS: dict[type, str] = {
+    p.Assign: "assignments", p.TasksDone: "tasks", p.QueryReply: "tasks", p.WorkersReply: "workers",
+    p.CancelTasks: "attempts", p.SubmitReply: "task_ids", p.CancelReply: "cancelled",
+}
 _WARN_EVERY_S = 5.0
 
 
@@ -165,12 +171,14 @@ class Transport:
             self._send_outbox()
             queue_events: list[Any] = []
             registry_events: list[Any] = []
+            # Disconnections first: the kernel reuses a closed fd at once, so a Register
+            # arriving on a reused fd must not be mapped before the old close is handled.
+            if self.monitor in ready:
+                self._read_monitor(registry_events)
             if self.workers in ready:
                 self._read_workers(queue_events, registry_events)
             if self.clients in ready:
                 self._read_clients(queue_events, registry_events)
-            if self.monitor in ready:
-                self._read_monitor(registry_events)
             if registry_events:
                 ev.tell(self.registry, registry_events)
             if queue_events:
@@ -184,7 +192,7 @@ class Transport:
                 peer = command.worker if is_worker else command.client  # type: ignore[union-attr]
                 sock = self.workers if is_worker else self.clients
                 try:
-                    sock.send_multipart([peer, *p.encode(command.message)], flags=zmq.NOBLOCK)
+                    self._send(sock, peer, command.message)
                 except zmq.ZMQError as exc:
                     self.counters["send_failed"] += 1
                     self._warn("send", "cannot send %s to %s peer %r: %s", type(command.message).__name__,
@@ -194,6 +202,39 @@ class Transport:
                 except ProtocolError as exc:
                     self.counters["encode_failed"] += 1
                     log.error("cannot encode %s for %r: %s", type(command.message).__name__, peer, exc)
+
+    def _send(self, sock: zmq.Socket[Any], peer: bytes, message: p.Message) -> None:
+        """Send, splitting a batch that would exceed max_message_bytes (peers drop such a frame)."""
+        frames = p.encode(message)
+        if len(frames[2]) <= self.config.max_message_bytes:
+            sock.send_multipart([peer, *frames], flags=zmq.NOBLOCK)
+            return
+        field = _BATCH_FIELDS.get(type(message))
+        items = getattr(message, field) if field else []
+        if len(items) > 1:
+            middle = len(items) // 2
+            self._send(sock, peer, dataclasses.replace(message, **{field: items[:middle]}))  # type: ignore[arg-type,type-var]
+            self._send(sock, peer, dataclasses.replace(message, **{field: items[middle:]}))  # type: ignore[arg-type,type-var]
+            return
+        self.counters["too_large"] += 1
+        limit = self.config.max_message_bytes
+        if isinstance(message, p.Assign):
+            # One task too big to send: fail it as if its worker had refused it.
+            (item,) = message.assignments
+            outcome = p.TaskOutcome(item.task_id, item.epoch, item.attempt, False, None, p.ErrorInfo(
+                "TaskTooLarge", f"the task with its arguments is {len(frames[2])} bytes, over max_message_bytes="
+                f"{limit}; pass a reference to the data (a path, a key) instead"), 0.0)
+            event = ev.OutcomesReported(peer, [outcome])
+            ev.tell(self.queue, [event])
+            ev.tell(self.registry, [event])
+        elif isinstance(getattr(message, "request_id", None), int):
+            reply = p.ErrorReply(message.request_id, "too-large",  # type: ignore[attr-defined]
+                                 f"the answer is {len(frames[2])} bytes, over max_message_bytes={limit}; "
+                                 f"query fewer tasks at a time or keep large results outside the scheduler")
+            sock.send_multipart([peer, *p.encode(reply)], flags=zmq.NOBLOCK)
+        else:
+            log.error("dropped a %s of %d bytes for %r: over max_message_bytes=%d", type(message).__name__,
+                      len(frames[2]), peer, limit)
 
     def _read_workers(self, queue_events: list[Any], registry_events: list[Any]) -> None:
         sock = self.workers
@@ -221,6 +262,9 @@ class Transport:
                 registry_events.append(ev.HeartbeatSeen(peer, message))
             elif isinstance(message, p.Register):
                 fd = frames[0].get(zmq.SRCFD)
+                previous = self._fd_to_worker.get(fd)
+                if previous is not None and previous != peer:
+                    self._worker_fd.pop(previous, None)
                 self._fd_to_worker[fd] = peer
                 self._worker_fd[peer] = fd
                 registry_events.append(ev.WorkerRegistered(peer, message))

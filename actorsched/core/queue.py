@@ -122,6 +122,7 @@ class TaskQueueCore:
         self._in_doubt: set[str] = set()  # restored QUEUED tasks held back for restart_grace_s
         self._watchers: dict[str, list[tuple[PeerKey, int]]] = {}
         self._watch_left: dict[tuple[PeerKey, int], int] = {}
+        self._watch_tasks: dict[tuple[PeerKey, int], list[str]] = {}  # for unwatch
         self._pending_cancels: dict[tuple[PeerKey, int], _PendingCancel] = {}
         self._out: list[Command] = []
         self._ready: list[ReadyTask] = []
@@ -198,12 +199,22 @@ class TaskQueueCore:
                 left += 1
         if left:
             self._watch_left[key] = left
+            self._watch_tasks[key] = [t for t in dict.fromkeys(task_ids) if t in self._watchers
+                                      and key in self._watchers[t]]
         if ready:
             self._out.append(SendToClient(client, TasksDone(request_id, ready)))
         return self._flush()
 
     def unwatch(self, client: PeerKey, request_id: int) -> None:
-        self._watch_left.pop((client, request_id), None)  # watcher lists are pruned lazily
+        key = (client, request_id)
+        if self._watch_left.pop(key, None) is None:
+            return
+        for task_id in self._watch_tasks.pop(key, ()):
+            watchers = self._watchers.get(task_id)
+            if watchers is not None:
+                watchers[:] = [w for w in watchers if w != key]
+                if not watchers:
+                    del self._watchers[task_id]
 
     # ------------------------------------------------------------------ dispatcher / worker events
 
@@ -233,6 +244,14 @@ class TaskQueueCore:
     def outcomes_reported(self, worker: PeerKey, outcomes: list[TaskOutcome], now: float) -> list[Command]:
         for outcome in outcomes:
             task = self.tasks.get(outcome.task_id)
+            if task is not None and task.state is S.QUEUED and outcome.task_id in self._in_doubt \
+                    and outcome.attempt == task.attempt and outcome.epoch == task.epoch:
+                # The attempt we were waiting to hear of after a restart finished: its token
+                # proves it is the journal's last attempt, whichever connection reports it.
+                self._in_doubt.discard(outcome.task_id)
+                self._move(task, S.ASSIGNED)
+                task.retry_at = -1.0
+                task.worker, task.assigned_at = worker, now
             if task is None or task.state not in (S.ASSIGNED, S.RUNNING) or not self._is_current(
                 task, worker, outcome
             ):
@@ -282,7 +301,7 @@ class TaskQueueCore:
                 self._in_doubt.discard(ref.task_id)
                 self._move(task, S.ASSIGNED)  # adopted after our restart: no need to run it again
                 task.retry_at = -1.0  # disarms its grace timer
-                task.worker, task.worker_id = worker, worker_id
+                task.worker, task.worker_id, task.assigned_at = worker, worker_id, now
             elif task is not None and same_attempt and task.state in (S.ASSIGNED, S.RUNNING) \
                     and task.worker_id == worker_id:
                 task.worker = worker  # the same worker on a new connection
@@ -299,8 +318,8 @@ class TaskQueueCore:
             return []
         while heap and heap[0][0] <= now:
             due, task_id = heapq.heappop(heap)
-            task = self.tasks[task_id]
-            if task.retry_at != due:
+            task = self.tasks.get(task_id)
+            if task is None or task.retry_at != due:
                 continue  # superseded or disarmed
             if task.state is S.RETRYING:
                 self._queue(task_id, task, now)
@@ -340,12 +359,14 @@ class TaskQueueCore:
             record.has_refs = bool(result_refs(record.spec))
             for dep in record.deps:
                 dep_task = self.tasks.get(dep)
-                if dep_task is None or dep_task.state is S.SUCCEEDED:
+                if dep_task is None:
+                    continue  # purged: a reference to its result fails when the task is placed
+                dep_task.dependents.append(task_id)
+                if dep_task.state is S.SUCCEEDED:
                     continue
                 if dep_task.state in FINAL_STATES:
                     failed_dep = dep
                 else:
-                    dep_task.dependents.append(task_id)
                     record.waiting_on.add(dep)
             if record.state is S.WAITING:
                 if failed_dep is not None:
@@ -443,13 +464,13 @@ class TaskQueueCore:
         failed_dep: tuple[str, TaskRecord] | None = None
         for dep in deps:
             dep_task = self.tasks[dep]
+            dep_task.dependents.append(spec.task_id)  # also when done: purge keeps what is still needed
             if dep_task.state is S.SUCCEEDED:
                 continue
             if dep_task.state in FINAL_STATES:
                 failed_dep = (dep, dep_task)
                 continue
             task.waiting_on.add(dep)
-            dep_task.dependents.append(spec.task_id)
         if failed_dep is not None:
             self._fail_from_dependency(spec.task_id, task, *failed_dep, now)
         elif not task.waiting_on:
@@ -460,6 +481,7 @@ class TaskQueueCore:
         self._move(task, S.QUEUED)
         task.attempt += 1
         task.epoch = self.epoch
+        self.dirty.add(task_id)  # the attempt number (and deaths, history) must survive a restart
         self._make_ready(task_id, task, now)
 
     def _make_ready(self, task_id: str, task: TaskRecord, now: float) -> None:
@@ -467,6 +489,11 @@ class TaskQueueCore:
         spec = task.spec
         args, kwargs = spec.args, spec.kwargs
         if task.has_refs:  # arguments reference results: hand over the values
+            gone = [ref for ref in result_refs(spec) if ref not in self.tasks]
+            if gone:
+                self._finish(task_id, S.FAILED, ErrorInfo(
+                    "DependencyFailed", f"the result of {gone[0]} is no longer kept (purged); resubmit it"), now)
+                return
             args, kwargs = self._resolve_refs(args), self._resolve_refs(kwargs)
         self._ready.append(ReadyTask(
             task_id, spec.priority, task.seq, task.attempt, task.epoch, spec.name, args, kwargs,
@@ -523,6 +550,7 @@ class TaskQueueCore:
         self._move(task, state)
         task.error = error
         task.finished_at = now
+        self._in_doubt.discard(task_id)
         self.open_count -= 1
         self.dirty.add(task_id)
         info = self.info(task_id)
@@ -532,6 +560,7 @@ class TaskQueueCore:
                 self._watch_left[key] -= 1
                 if self._watch_left[key] == 0:
                     del self._watch_left[key]
+                    self._watch_tasks.pop(key, None)
         for key in task.cancel_waiters:
             pending = self._pending_cancels.get(key)
             if pending is None:
@@ -577,7 +606,7 @@ class TaskQueueCore:
 
     def _resolve_refs(self, value: Any) -> Any:
         if type(value) is dict:
-            if len(value) == 1 and REF_KEY in value:
+            if len(value) == 1 and type(value.get(REF_KEY)) is str:  # the same test as result_refs
                 return self.tasks[value[REF_KEY]].value
             return {k: self._resolve_refs(v) for k, v in value.items()}
         if type(value) is list:

@@ -93,10 +93,11 @@ class RegistryCore:
             # One owner per worker id: the newest registration wins, the old one is fenced.
             # What the new one reports running is carried over, not requeued.
             self.counters["superseded"] += 1
-            out += self._remove(old_key, f"superseded by a new registration of {message.worker_id}", reported)
+            out += self._remove(old_key, f"superseded by a new registration of {message.worker_id}", reported,
+                                died=False)
             out.append(SendToWorker(old_key, Shutdown(f"worker id {message.worker_id} registered again")))
         if key in self.workers:
-            out += self._remove(key, "re-registered on the same connection", reported)
+            out += self._remove(key, "re-registered on the same connection", reported, died=False)
         record = WorkerRecord(key, message.worker_id, message.host, message.pid, message.slots,
                               tuple(message.tags), now)
         record.running = dict.fromkeys((ref.task_id for ref in message.running), now)
@@ -180,7 +181,7 @@ class RegistryCore:
         if key not in self.workers:
             return []
         self.counters["goodbyes"] += 1
-        return self._remove(key, "said goodbye")
+        return self._remove(key, "said goodbye", died=False)
 
     def disconnected(self, key: PeerKey) -> list[Command]:
         if key not in self.workers:
@@ -259,8 +260,13 @@ class RegistryCore:
         accepting = record.state is WorkerState.ALIVE and state is not BreakerState.OPEN
         return WorkerAccepting(record.key, accepting, probe=state is BreakerState.HALF_OPEN)
 
-    def _remove(self, key: PeerKey, reason: str,
-                carried_over: set[str] | frozenset[str] = frozenset()) -> list[Command]:
+    def _remove(self, key: PeerKey, reason: str, carried_over: set[str] | frozenset[str] = frozenset(),
+                died: bool = True) -> list[Command]:
+        """Forget a worker incarnation; its tasks go back to the queue.
+
+        ``died`` False (a goodbye, a re-registration) requeues them without counting a
+        worker death against them: only unexplained losses point at a poison task.
+        """
         record = self.workers.pop(key)
         if self.by_id.get(record.worker_id) == key:
             del self.by_id[record.worker_id]
@@ -268,5 +274,9 @@ class RegistryCore:
         out: list[Command] = [WorkerDown(key)]
         lost = sorted(set(record.running) - carried_over)
         if lost:
-            out.append(RequeueLost(key, record.worker_id, lost, reason))
+            out.append(RequeueLost(key, record.worker_id, lost, reason, worker_died=died))
+        if record.worker_id not in self.by_id:
+            breaker = self.breakers.get(record.worker_id)
+            if breaker is not None and breaker.state is BreakerState.CLOSED:
+                del self.breakers[record.worker_id]  # nothing to remember; an open one is kept
         return out

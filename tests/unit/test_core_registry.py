@@ -124,7 +124,7 @@ def test_a_second_registration_of_a_worker_id_supersedes_the_old_incarnation(reg
     registry.tasks_assigned(K1, "w1", ["t1"])
     out = registry.registered(K2, register("w1"), 1.0)
     assert WorkerDown(K1) in out
-    assert RequeueLost(K1, "w1", ["t1"], "superseded by a new registration of w1") in out
+    assert RequeueLost(K1, "w1", ["t1"], "superseded by a new registration of w1", worker_died=False) in out
     (shutdown,) = [c for c in of(out, SendToWorker) if c.worker == K1]  # type: ignore[union-attr]
     assert isinstance(shutdown.message, Shutdown)  # type: ignore[union-attr]
     assert SendToWorker(K2, Welcome("w1", EPOCH, 1.0)) in out
@@ -166,7 +166,8 @@ def test_goodbye_removes_the_worker_at_once_and_requeues_its_tasks(registry: Reg
     registry.registered(K1, register("w1"), 0.0)
     registry.tasks_assigned(K1, "w1", ["t1"])
     out = registry.goodbye(K1)
-    assert out == [WorkerDown(K1), RequeueLost(K1, "w1", ["t1"], "said goodbye")]
+    # A drain is no death: the tasks are requeued without counting one against them.
+    assert out == [WorkerDown(K1), RequeueLost(K1, "w1", ["t1"], "said goodbye", worker_died=False)]
     assert registry.workers == {} and registry.by_id == {}
     assert registry.goodbye(K1) == []
 
