@@ -201,6 +201,11 @@ def _check_value(where: str, key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+def is_loopback_host(host: str) -> bool:
+    """True for names and addresses that never leave this machine."""
+    return host in ("127.0.0.1", "localhost", "::1", "[::1]") or host.startswith("127.")
+
+
 def check_endpoint(endpoint: str, what: str) -> str:
     """A ZeroMQ TCP endpoint ``tcp://HOST:PORT``; raise ConfigError naming ``what`` otherwise."""
     host, sep, port = endpoint.removeprefix("tcp://").rpartition(":")
@@ -285,8 +290,7 @@ def _check_security(config: CoordinatorConfig, source: str) -> None:
                           f"set all three or none ({source} [security])")
     for name in ("client_endpoint", "worker_endpoint"):
         endpoint = getattr(config.endpoints, name)
-        host = endpoint.removeprefix("tcp://").rpartition(":")[0]
-        if not sec.enabled and not (host in ("127.0.0.1", "localhost", "::1", "[::1]") or host.startswith("127.")):
+        if not sec.enabled and not is_loopback_host(endpoint.removeprefix("tcp://").rpartition(":")[0]):
             raise ConfigError(
                 f"{name} {endpoint!r} is not loopback, and binding beyond this machine requires CURVE keys: "
                 f"set [security] secret_key_file, worker_keys_dir and client_keys_dir (make keys with "
@@ -302,7 +306,7 @@ def http_address(endpoint: str, where: str) -> tuple[str, int] | None:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"endpoint must look like HOST:PORT, or \"\" to turn the page off, "
                           f"got {endpoint!r} ({where})")
-    if not (host in ("127.0.0.1", "localhost") or host.startswith("127.")):
+    if not is_loopback_host(host):
         raise ConfigError(f"the status page has no authentication, so it binds loopback only, got {endpoint!r}; "
                           f"put a reverse proxy in front of it to reach it from elsewhere ({where})")
     return host, int(port)

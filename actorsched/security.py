@@ -23,13 +23,6 @@ import zmq.auth
 
 from actorsched.errors import ConfigError
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
-
-
-def is_loopback(endpoint: str) -> bool:
-    host = endpoint.removeprefix("tcp://").rpartition(":")[0]
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
-
 
 def generate(key_dir: str | Path, name: str) -> tuple[Path, Path]:
     """Write ``NAME.key`` and ``NAME.key_secret`` under ``key_dir``; returns their paths."""
