@@ -1,14 +1,16 @@
 """The coordinator's durable journal: one SQLite file in WAL mode.
 
 What is written: every accepted task (its spec, once), and every change that must
-survive a crash: QUEUED with a new attempt number, RETRYING, and final states with
-their value or error and attempt history.  ASSIGNED and RUNNING are not written: after
-a crash an assignment is redone under a new epoch, and the epoch in every fencing
-token makes the old attempt's late result stale.
+survive a crash: QUEUED with a new attempt number (and the epoch, deaths and attempt
+history), RETRYING, and final states with their value or error.  ASSIGNED and RUNNING
+are not written: after a crash such a task waits ``restart_grace_s`` for its worker to
+report it (then it is adopted), else it is placed again under the new epoch, whose
+fencing token makes the old attempt's late result stale.
 
-Group commit: the TaskQueue actor hands over all changes of one inbox batch in one
-call to :meth:`Journal.write`, one transaction and one fsync for many tasks.  A client
-is acknowledged only after that call returns.
+Group commit: the TaskQueue actor hands each inbox batch's changes, with what to send
+once they are durable, to :class:`JournalWriter`; the writer applies everything waiting
+in one transaction and one fsync (:meth:`Journal.write_batches`), in order, and only
+then sends the acknowledgements.
 
 Start: :meth:`Journal.open` checks the file (``PRAGMA quick_check``), refuses a newer
 schema, creates a missing one, and increments the coordinator epoch.
