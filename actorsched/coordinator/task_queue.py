@@ -1,9 +1,10 @@
 """TaskQueue actor: the pykka shell around :class:`~actorsched.core.queue.TaskQueueCore`.
 
-It applies a batch of events to the core, writes every changed record to the journal
-in one transaction (group commit), and only then tells the Dispatcher and the
-Transport what the core decided, so no client hears "accepted" before the task is
-durable.
+It applies a batch of events to the core, hands every changed record to the journal
+writer together with what the core decided, and the writer tells the Dispatcher, the
+Registry and the Transport only once the records are durable (group commit): no client
+hears "accepted" before its task is in the journal, and the TaskQueue itself never
+waits for a disk.  It also runs retention (compaction) on the clock's ticks.
 """
 
 from __future__ import annotations
