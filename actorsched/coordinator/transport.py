@@ -16,6 +16,11 @@ Worker connections are watched through the socket monitor: a TCP connection clos
 once.  The event names a file descriptor; the ``SRCFD`` property of the worker's
 Register message maps it to the worker.  ``ROUTER_MANDATORY`` turns a send to a
 vanished peer into an error we act on instead of a silent drop.
+
+Outbound: a batch whose frame would exceed ``max_message_bytes`` (which the peer would
+drop, connection and all) is split; a single task too large to send fails as
+``TaskTooLarge``.  With ``[security]`` keys both sockets are CURVE servers behind a ZAP
+allowlist (:mod:`actorsched.security`).
 """
 
 from __future__ import annotations
