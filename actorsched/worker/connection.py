@@ -397,26 +397,22 @@ class WorkerConnection:
                             list(self.config.worker.tags), self._executor.held()))
 
     def _send_results(self, outcomes: list[TaskOutcome]) -> None:
-        """One Results for all ``outcomes``, split only if it would exceed max_message_bytes."""
+        """One Results for all ``outcomes``, split only if it cannot go as one message."""
         limit = self.config.connection.max_message_bytes
         try:
             frames = encode(Results(outcomes))
+            problem = None if len(frames[2]) <= limit else (
+                "ResultTooLarge", f"the outcome is {len(frames[2])} bytes, more than max_message_bytes={limit}")
         except ProtocolError as exc:
-            if len(outcomes) > 1:
-                middle = len(outcomes) // 2
-                self._send_results(outcomes[:middle])
-                self._send_results(outcomes[middle:])
-                return
-            frames = encode(Results([_replace_error(outcomes[0], "ResultNotSerializable", str(exc))]))
-        if len(frames[2]) > limit:
-            if len(outcomes) > 1:
-                middle = len(outcomes) // 2
-                self._send_results(outcomes[:middle])
-                self._send_results(outcomes[middle:])
-                return
-            message = f"the outcome is {len(frames[2])} bytes, more than max_message_bytes={limit}"
-            frames = encode(Results([_replace_error(outcomes[0], "ResultTooLarge", message)]))
-        self._send_frames(frames)
+            problem = ("ResultNotSerializable", str(exc))
+        if problem is None:
+            self._send_frames(frames)
+        elif len(outcomes) > 1:  # find the culprit by halving; the others go as they are
+            middle = len(outcomes) // 2
+            self._send_results(outcomes[:middle])
+            self._send_results(outcomes[middle:])
+        else:
+            self._send_frames(encode(Results([_replace_error(outcomes[0], *problem)])))
 
     def _send(self, message: Message) -> None:
         self._send_frames(encode(message))
