@@ -90,8 +90,9 @@ class RegistryActor(SupervisedActor, pykka.ThreadingActor):
             elif isinstance(command, ReconcileRunning):
                 lost.append(command)
             elif isinstance(command, RequeueLost):
-                log.warning("worker lost worker_id=%s tasks=%d reason=%s", command.worker_id,
-                            len(command.task_ids), command.reason)
+                level = logging.WARNING if command.worker_died else logging.INFO
+                log.log(level, "requeueing tasks of worker_id=%s tasks=%d reason=%s", command.worker_id,
+                        len(command.task_ids), command.reason)
                 lost.append(command)
             else:
                 capacity.append(command)
