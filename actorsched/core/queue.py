@@ -66,6 +66,7 @@ NOT_RETRYABLE = frozenset({"TaskNotAllowed", "TaskNotFound", "ResultNotSerializa
 WORKER_DEATHS = frozenset({"ChildProcessDied"})
 
 S = TaskState
+_CANCELLED_BY_CLIENT = ErrorInfo("Cancelled", "cancelled by a client")
 
 
 @dataclass(slots=True)
@@ -89,7 +90,6 @@ class TaskRecord:
     cancel_requested: bool = False
     finished_at: float = 0.0  # monotonic; for retention
     assigned_at: float = 0.0  # monotonic, of the current attempt
-    deps: tuple[str, ...] = ()  # spec.deps plus tasks whose results the arguments reference
     has_refs: bool = False
 
 
@@ -175,7 +175,7 @@ class TaskQueueCore:
                             "DependencyFailed", f"dependency {task_id} was cancelled"), now)
                 pending.cancelled += self._now_cancelled(dependents)
                 continue
-            self._finish(task_id, S.CANCELLED, ErrorInfo("Cancelled", "cancelled by a client"), now)
+            self._finish(task_id, S.CANCELLED, _CANCELLED_BY_CLIENT, now)
             pending.cancelled += [task_id, *self._now_cancelled(dependents)]
         if pending.waiting:
             self._pending_cancels[(client, request_id)] = pending
@@ -189,18 +189,17 @@ class TaskQueueCore:
     def watch(self, client: PeerKey, request_id: int, task_ids: list[str]) -> list[Command]:
         key = (client, request_id)
         ready: list[TaskInfo] = []
-        left = 0
+        watched: list[str] = []
         for task_id in dict.fromkeys(task_ids):
             task = self.tasks.get(task_id)
             if task is None or task.state in FINAL_STATES:
                 ready.append(self.info(task_id))
             else:
                 self._watchers.setdefault(task_id, []).append(key)
-                left += 1
-        if left:
-            self._watch_left[key] = left
-            self._watch_tasks[key] = [t for t in dict.fromkeys(task_ids) if t in self._watchers
-                                      and key in self._watchers[t]]
+                watched.append(task_id)
+        if watched:
+            self._watch_left[key] = len(watched)
+            self._watch_tasks[key] = watched
         if ready:
             self._out.append(SendToClient(client, TasksDone(request_id, ready)))
         return self._flush()
@@ -244,14 +243,10 @@ class TaskQueueCore:
     def outcomes_reported(self, worker: PeerKey, outcomes: list[TaskOutcome], now: float) -> list[Command]:
         for outcome in outcomes:
             task = self.tasks.get(outcome.task_id)
-            if task is not None and task.state is S.QUEUED and outcome.task_id in self._in_doubt \
-                    and outcome.attempt == task.attempt and outcome.epoch == task.epoch:
+            if task is not None and self._in_doubt_attempt(task, outcome):
                 # The attempt we were waiting to hear of after a restart finished: its token
                 # proves it is the journal's last attempt, whichever connection reports it.
-                self._in_doubt.discard(outcome.task_id)
-                self._move(task, S.ASSIGNED)
-                task.retry_at = -1.0
-                task.worker, task.assigned_at = worker, now
+                self._adopt(task, worker, task.worker_id, now)
             if task is None or task.state not in (S.ASSIGNED, S.RUNNING) or not self._is_current(
                 task, worker, outcome
             ):
@@ -280,7 +275,7 @@ class TaskQueueCore:
                 error = ErrorInfo("AssignmentLost", f"worker {worker_id}: {reason}")
                 self._end_attempt(task, "assignment lost", error, now, now - task.assigned_at)
                 if task.cancel_requested:
-                    self._finish(task_id, S.CANCELLED, ErrorInfo("Cancelled", "cancelled by a client"), now)
+                    self._finish(task_id, S.CANCELLED, _CANCELLED_BY_CLIENT, now)
                 else:
                     task.error = error
                     self._queue(task_id, task, now)
@@ -296,13 +291,9 @@ class TaskQueueCore:
         abandon: list[AttemptRef] = []
         for ref in attempts:
             task = self.tasks.get(ref.task_id)
-            same_attempt = task is not None and ref.attempt == task.attempt and ref.epoch == task.epoch
-            if task is not None and same_attempt and task.state is S.QUEUED and ref.task_id in self._in_doubt:
-                self._in_doubt.discard(ref.task_id)
-                self._move(task, S.ASSIGNED)  # adopted after our restart: no need to run it again
-                task.retry_at = -1.0  # disarms its grace timer
-                task.worker, task.worker_id, task.assigned_at = worker, worker_id, now
-            elif task is not None and same_attempt and task.state in (S.ASSIGNED, S.RUNNING) \
+            if task is not None and self._in_doubt_attempt(task, ref):
+                self._adopt(task, worker, worker_id, now)  # after our restart: no need to run it again
+            elif task is not None and _same_attempt(task, ref) and task.state in (S.ASSIGNED, S.RUNNING) \
                     and task.worker_id == worker_id:
                 task.worker = worker  # the same worker on a new connection
             else:
@@ -354,26 +345,9 @@ class TaskQueueCore:
             task_id = record.spec.task_id
             if record.state in FINAL_STATES:
                 continue
-            failed_dep: str | None = None
-            record.deps = all_deps(record.spec)
             record.has_refs = bool(result_refs(record.spec))
-            for dep in record.deps:
-                dep_task = self.tasks.get(dep)
-                if dep_task is None:
-                    continue  # purged: a reference to its result fails when the task is placed
-                dep_task.dependents.append(task_id)
-                if dep_task.state is S.SUCCEEDED:
-                    continue
-                if dep_task.state in FINAL_STATES:
-                    failed_dep = dep
-                else:
-                    record.waiting_on.add(dep)
-            if record.state is S.WAITING:
-                if failed_dep is not None:
-                    self._fail_from_dependency(task_id, record, failed_dep, self.tasks[failed_dep], now)
-                elif not record.waiting_on:
-                    self._queue(task_id, record, now)
-            elif record.state is S.QUEUED:
+            self._link_deps(task_id, record, all_deps(record.spec), now)
+            if record.state is S.QUEUED:
                 self._retry_later(task_id, record, now + self.config.restart_grace_s)
             elif record.state is S.RETRYING:
                 self._retry_later(task_id, record, now)
@@ -453,7 +427,7 @@ class TaskQueueCore:
 
     def _add(self, spec: TaskSpec, deps: tuple[str, ...], now: float) -> None:
         self._seq += 1
-        task = TaskRecord(spec, self._seq, S.WAITING, epoch=self.epoch, deps=deps,
+        task = TaskRecord(spec, self._seq, S.WAITING, epoch=self.epoch,
                           has_refs=bool(deps) and bool(result_refs(spec)))
         task.states.append(S.WAITING)
         self.tasks[spec.task_id] = task
@@ -461,20 +435,28 @@ class TaskQueueCore:
         self.open_count += 1
         self.counters["submitted"] += 1
         self.dirty.add(spec.task_id)
-        failed_dep: tuple[str, TaskRecord] | None = None
+        self._link_deps(spec.task_id, task, deps, now)
+
+    def _link_deps(self, task_id: str, task: TaskRecord, deps: tuple[str, ...], now: float) -> None:
+        """Register ``task`` with its dependencies; a WAITING task then fails, waits or queues."""
+        failed: str | None = None
         for dep in deps:
-            dep_task = self.tasks[dep]
-            dep_task.dependents.append(spec.task_id)  # also when done: purge keeps what is still needed
+            dep_task = self.tasks.get(dep)
+            if dep_task is None:
+                continue  # purged (after a restart): a reference to its result fails when placed
+            dep_task.dependents.append(task_id)  # also when done: purge keeps what is still needed
             if dep_task.state is S.SUCCEEDED:
                 continue
             if dep_task.state in FINAL_STATES:
-                failed_dep = (dep, dep_task)
-                continue
-            task.waiting_on.add(dep)
-        if failed_dep is not None:
-            self._fail_from_dependency(spec.task_id, task, *failed_dep, now)
+                failed = dep
+            else:
+                task.waiting_on.add(dep)
+        if task.state is not S.WAITING:
+            return
+        if failed is not None:
+            self._fail_from_dependency(task_id, task, failed, self.tasks[failed], now)
         elif not task.waiting_on:
-            self._queue(spec.task_id, task, now)
+            self._queue(task_id, task, now)
 
     def _queue(self, task_id: str, task: TaskRecord, now: float) -> None:
         """QUEUED for a new attempt, handed to the Dispatcher."""
@@ -505,7 +487,7 @@ class TaskQueueCore:
     def _after_failure(self, task_id: str, task: TaskRecord, error: ErrorInfo, now: float,
                        worker_death: bool = False) -> None:
         if task.cancel_requested:
-            self._finish(task_id, S.CANCELLED, ErrorInfo("Cancelled", "cancelled by a client"), now)
+            self._finish(task_id, S.CANCELLED, _CANCELLED_BY_CLIENT, now)
             return
         if worker_death or error.type in WORKER_DEATHS:
             task.deaths += 1
@@ -553,10 +535,11 @@ class TaskQueueCore:
         self._in_doubt.discard(task_id)
         self.open_count -= 1
         self.dirty.add(task_id)
-        info = self.info(task_id)
-        for key in self._watchers.pop(task_id, ()):
+        watchers = self._watchers.pop(task_id, None)
+        info = self.info(task_id) if watchers else None
+        for key in watchers or ():
             if key in self._watch_left:
-                self._done.setdefault(key, []).append(info)
+                self._done.setdefault(key, []).append(info)  # type: ignore[arg-type]
                 self._watch_left[key] -= 1
                 if self._watch_left[key] == 0:
                     del self._watch_left[key]
@@ -638,7 +621,17 @@ class TaskQueueCore:
 
     @staticmethod
     def _is_current(task: TaskRecord, worker: PeerKey, ref: AttemptRef | TaskOutcome) -> bool:
-        return ref.attempt == task.attempt and ref.epoch == task.epoch and worker == task.worker
+        return _same_attempt(task, ref) and worker == task.worker
+
+    def _in_doubt_attempt(self, task: TaskRecord, ref: AttemptRef | TaskOutcome) -> bool:
+        """``ref`` is the journal's last attempt of a task held back after a restart."""
+        return task.state is S.QUEUED and ref.task_id in self._in_doubt and _same_attempt(task, ref)
+
+    def _adopt(self, task: TaskRecord, worker: PeerKey, worker_id: str, now: float) -> None:
+        self._in_doubt.discard(task.spec.task_id)
+        self._move(task, S.ASSIGNED)
+        task.retry_at = -1.0  # disarms its grace timer
+        task.worker, task.worker_id, task.assigned_at = worker, worker_id, now
 
     def _flush(self) -> list[Command]:
         out = self._out
@@ -654,6 +647,10 @@ class TaskQueueCore:
                 out.append(SendToClient(client, TasksDone(request_id, infos)))
             self._done = {}
         return out
+
+
+def _same_attempt(task: TaskRecord, ref: AttemptRef | TaskOutcome) -> bool:
+    return ref.attempt == task.attempt and ref.epoch == task.epoch
 
 
 def result_refs(spec: TaskSpec) -> tuple[str, ...]:
