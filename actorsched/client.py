@@ -46,7 +46,8 @@ import zmq
 
 from actorsched import protocol
 from actorsched.config import check_endpoint, default_client_endpoint
-from actorsched.core.queue import REF_KEY
+from actorsched.core import states as core_states
+from actorsched.core.queue import PRIORITY_MAX, PRIORITY_MIN, REF_KEY
 from actorsched.errors import (
     ActorschedError,
     ConfigError,
@@ -64,10 +65,7 @@ from actorsched.security import secure_client_socket
 
 log = logging.getLogger(__name__)
 
-PRIORITY_MIN = -1_000_000
-"""Smallest allowed priority.  Smaller numbers run first."""
-PRIORITY_MAX = 1_000_000
-"""Largest allowed priority."""
+# PRIORITY_MIN and PRIORITY_MAX (smaller runs first) come from the coordinator's core.
 SUBMIT_CHUNK = 1_000
 """Most tasks in one Submit message."""
 QUERY_CHUNK = 10_000
@@ -79,7 +77,7 @@ SERVER_KEY_ENV = "ACTORSCHED_SERVER_KEY"
 """Environment variable: the coordinator's public CURVE key file."""
 CLIENT_KEY_ENV = "ACTORSCHED_CLIENT_KEY"
 """Environment variable: this client's CURVE ``NAME.key_secret`` file."""
-FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "NOT_FOUND"})
+FINAL_STATES = frozenset({state.value for state in core_states.FINAL_STATES} | {core_states.NOT_FOUND})
 """States after which a task never changes again (NOT_FOUND: the coordinator does not know it)."""
 
 _NAME_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")

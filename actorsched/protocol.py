@@ -389,8 +389,8 @@ class Codec:
 
     def __init__(self, accepts: tuple[type[Message], ...], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.max_message_bytes = max_message_bytes
-        self._by_kind: dict[bytes, tuple[type[Message], Decoder]] = {
-            cls.KIND: (cls, record_decoder(cls)) for cls in accepts
+        self._by_kind: dict[bytes, Decoder] = {
+            cls.KIND: record_decoder(cls) for cls in accepts
         }
 
     def decode(self, frames: list[bytes]) -> Message:
@@ -403,13 +403,12 @@ class Codec:
             )
         if len(body) > self.max_message_bytes:
             raise ProtocolError(f"body of {len(body)} bytes exceeds max_message_bytes={self.max_message_bytes}")
-        entry = self._by_kind.get(bytes(kind))
-        if entry is None:
+        decode_record = self._by_kind.get(bytes(kind))
+        if decode_record is None:
             raise ProtocolError(
                 f"unknown message kind {bytes(kind)[:32]!r}; expected one of "
                 f"{', '.join(sorted(k.decode() for k in self._by_kind))}"
             )
-        _cls, decode_record = entry
         try:
             value = msgpack.unpackb(
                 body, raw=False, strict_map_key=True, ext_hook=_reject_ext, use_list=True,

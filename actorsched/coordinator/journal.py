@@ -19,7 +19,6 @@ schema, creates a missing one, and increments the coordinator epoch.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import sqlite3
 import threading
@@ -169,17 +168,6 @@ def _pack_result(row: JournalRow) -> bytes | None:
     return msgpack.packb([row.value, row.error, row.history], use_bin_type=True)
 
 
-def state_dir_writable(state_dir: str) -> str:
-    """An error message if ``state_dir`` cannot hold the journal, else ''."""
-    path = Path(state_dir)
-    probe = path if path.exists() else path.parent
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        return f"state_dir {state_dir!r} is not writable; set [journal] state_dir to a writable folder"
-    return ""
-
-
 _WriterItem = tuple[list[JournalRow], list[str], Callable[[], None]]
 
 
@@ -198,8 +186,6 @@ class JournalWriter:
     def __init__(self, journal: Journal, on_failure: Callable[[BaseException], None]) -> None:
         self.journal = journal
         self.on_failure = on_failure
-        self.commits = 0
-        self.rows_written = 0
         self._queue: queue.SimpleQueue[_WriterItem | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
         self._failed = False
@@ -235,9 +221,9 @@ class JournalWriter:
                     self._failed = True
                     log.critical("journal write failed, no further acknowledgements: %s", exc)
                     self.on_failure(exc)
+                    if stopping:
+                        return
                     continue
-                self.commits += 1
-                self.rows_written += sum(len(rows) for rows, _, _ in batch)
                 for _, _, then in batch:
                     then()
             if stopping:

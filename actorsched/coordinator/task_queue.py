@@ -66,7 +66,7 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         now, wall_now = self.clock(), time.time()
         records = [_record_from_row(row, now, wall_now) for row in self.journal.rows()]
         self._journaled.update(r.spec.task_id for r in records)
-        self._carry_out(self.core.restore(records, self.clock()))
+        self._carry_out(self.core.restore(records, now))
         log.info("journal replayed tasks=%d open=%d seconds=%.3f", len(records), self.core.open_count,
                  time.monotonic() - started)
 

@@ -39,9 +39,6 @@ class TaskState(Enum):
     # queue hashes states several times per task transition.
     __hash__ = object.__hash__
 
-    @property
-    def is_final(self) -> bool:
-        return self in FINAL_STATES
 
 
 FINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})

@@ -27,7 +27,6 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass
 
 import zmq
 
@@ -100,13 +99,6 @@ class StopRequests:
         self.count += 1
 
 
-@dataclass(frozen=True, slots=True)
-class _Counters:
-    protocol_errors: int
-    dropped_sends: int
-    ignored_assignments: int
-
-
 class WorkerConnection:
     """Runs the worker until it drains, is refused or is stopped; see the module docstring."""
 
@@ -169,8 +161,8 @@ class WorkerConnection:
             if self._context is not None:
                 self._context.term()
         log.info("worker stopped worker_id=%s exit_code=%s tasks_finished=%s protocol_errors=%s "
-                 "dropped_sends=%s", self.worker_id, self.exit_code, self._executor.tasks_finished,
-                 self.protocol_errors, self.dropped_sends)
+                 "dropped_sends=%s ignored_assignments=%s", self.worker_id, self.exit_code,
+                 self._executor.tasks_finished, self.protocol_errors, self.dropped_sends, self.ignored_assignments)
         return self.exit_code
 
     def _open_socket(self) -> zmq.Socket[bytes]:
@@ -187,9 +179,6 @@ class WorkerConnection:
         secure_client_socket(sock, conn.server_public_key_file, conn.secret_key_file)
         sock.connect(self.endpoint)
         return sock
-
-    def counters(self) -> _Counters:
-        return _Counters(self.protocol_errors, self.dropped_sends, self.ignored_assignments)
 
     # ------------------------------------------------------------- one turn
 
