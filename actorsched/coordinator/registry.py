@@ -48,7 +48,7 @@ class RegistryActor(SupervisedActor, pykka.ThreadingActor):
         for event in message:
             match event:
                 case ev.OutcomesReported(worker, outcomes):
-                    out += core.tasks_finished(worker, [o.task_id for o in outcomes], now)
+                    out += core.tasks_finished(worker, outcomes, now)
                 case ev.HeartbeatSeen(worker, beat):
                     out += core.heartbeat(worker, beat.cpu_percent, beat.memory_percent, now, beat.running)
                 case ev.AttemptsStarted(worker, _):

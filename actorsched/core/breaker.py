@@ -2,10 +2,10 @@
 
 Theory of operation
 -------------------
-Only failures that point at the worker count.  The task queue judges an attempt when
-the task's fate is known: a success counts for its worker; a failed attempt counts
-against its worker only if the same task later succeeded on *another* worker (the
-task is fine, the worker was not).  A task that fails everywhere blames no one, so a
+Only failures that point at the worker count.  A success counts for its worker (the
+registry sees it with the outcome); a failed attempt counts against its worker only if
+the same task later succeeded on *another* worker (the task is fine, the worker was
+not), which the task queue judges when that success comes.  A task that fails everywhere blames no one, so a
 bad task cannot open every worker's breaker.
 
 States: CLOSED (normal) -> OPEN when, within ``window_s``, at least ``min_attempts``

@@ -597,12 +597,13 @@ class TaskQueueCore:
         return value
 
     def _judge_success(self, task: TaskRecord) -> None:
-        """For the circuit breakers: the task works, so its earlier failures elsewhere blame those workers."""
-        judged = self._judged
-        judged.append((task.worker_id, True))
+        """For the circuit breakers: the task works, so its earlier failures elsewhere blame those workers.
+
+        (The success itself is counted by the registry, which sees every outcome.)
+        """
         if len(task.history) > 1:
-            judged.extend((h.worker_id, False) for h in task.history[:-1]
-                          if h.outcome == "failed" and h.worker_id != task.worker_id)
+            self._judged.extend((h.worker_id, False) for h in task.history[:-1]
+                                if h.outcome == "failed" and h.worker_id != task.worker_id)
 
     def _end_attempt(self, task: TaskRecord, outcome: str, error: ErrorInfo | None, now: float,
                      duration_s: float) -> None:

@@ -37,7 +37,7 @@ from actorsched.core.commands import (
     WorkerLoad,
     WorkerUp,
 )
-from actorsched.protocol import Register, Reregister, Shutdown, Welcome, WorkerInfo
+from actorsched.protocol import Register, Reregister, Shutdown, TaskOutcome, Welcome, WorkerInfo
 
 
 class WorkerState(Enum):
@@ -155,18 +155,26 @@ class RegistryCore:
         record.running.update(dict.fromkeys(task_ids, now))
         return []
 
-    def tasks_finished(self, key: PeerKey, task_ids: list[str], now: float) -> list[Command]:
+    def tasks_finished(self, key: PeerKey, outcomes: list[TaskOutcome], now: float) -> list[Command]:
+        """Outcomes from a worker: free their slots, and count successes for its breaker.
+
+        (Failures are judged by the task queue, which alone knows whether the same task
+        later succeeded elsewhere.)
+        """
         record = self.workers.get(key)
         if record is None:
             return []
         out = self._seen(record, now)
-        freed = 0
-        for task_id in task_ids:
-            if record.running.pop(task_id, None) is not None:
+        freed = succeeded = 0
+        for outcome in outcomes:
+            if record.running.pop(outcome.task_id, None) is not None:
                 freed += 1
+                succeeded += outcome.ok
         record.tasks_done += freed
         if freed:
             out.append(SlotsFreed(key, freed))
+        if succeeded:
+            out += self.judge([(record.worker_id, True)] * succeeded, now)
         return out
 
     def draining(self, key: PeerKey, now: float) -> list[Command]:

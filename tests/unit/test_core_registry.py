@@ -16,7 +16,7 @@ from actorsched.core.commands import (
     WorkerUp,
 )
 from actorsched.core.registry import RegistryCore, WorkerState, load_score
-from actorsched.protocol import AttemptRef, Register, Reregister, Shutdown, Welcome
+from actorsched.protocol import AttemptRef, ErrorInfo, Register, Reregister, Shutdown, TaskOutcome, Welcome
 
 EPOCH = 5
 LIVENESS = LivenessConfig(heartbeat_interval_s=1.0, suspect_after_s=5.0, worker_timeout_s=15.0,
@@ -149,11 +149,11 @@ def test_finished_tasks_free_slots_only_for_tasks_the_worker_held(registry: Regi
     registry.registered(K2, register("w2"), 0.0)
     registry.tasks_assigned(K1, "w1", ["t1", "t2"])
     registry.tasks_assigned(K2, "w2", ["t3"])
-    out = registry.tasks_finished(K1, ["t1", "t3", "ghost"], 1.0)
+    out = registry.tasks_finished(K1, outcomes("t1", "t3", "ghost"), 1.0)
     assert out == [SlotsFreed(K1, 1)]
     assert set(registry.workers[K1].running) == {"t2"} and registry.workers[K1].tasks_done == 1
-    assert registry.tasks_finished(K1, ["t1"], 2.0) == []  # a duplicate frees nothing
-    assert registry.tasks_finished(b"stranger", ["t3"], 2.0) == []
+    assert registry.tasks_finished(K1, outcomes("t1"), 2.0) == []  # a duplicate frees nothing
+    assert registry.tasks_finished(b"stranger", outcomes("t3"), 2.0) == []
     assert set(registry.workers[K2].running) == {"t3"}
 
 
@@ -219,3 +219,15 @@ def test_a_task_the_heartbeat_does_not_list_is_requeued_once_its_assignment_has_
     assert lost.task_ids == ["lost"] and not lost.worker_died and "lost" in lost.reason
     assert SlotsFreed(K1, 1) in out
     assert set(registry.workers[K1].running) == {"kept", "fresh"}
+
+
+def outcomes(*task_ids: str) -> list[TaskOutcome]:
+    return [TaskOutcome(task_id, 1, 1, False, None, ErrorInfo("RuntimeError", "x"), 0.0) for task_id in task_ids]
+
+
+def test_a_success_reported_by_a_worker_counts_for_its_breaker() -> None:
+    registry = RegistryCore(LivenessConfig(), PlacementConfig(), epoch=1)
+    registry.registered(K1, Register("w1", "h", 1, 2, [], []), 0.0)
+    registry.tasks_assigned(K1, "w1", ["t1"], 0.0)
+    registry.tasks_finished(K1, [TaskOutcome("t1", 1, 1, True, 1, None, 0.0)], 1.0)
+    assert list(registry.breakers["w1"].judged) == [(1.0, True)]
