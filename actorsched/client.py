@@ -33,7 +33,6 @@ import itertools
 import logging
 import math
 import os
-import re
 import socket
 import threading
 import time
@@ -80,7 +79,6 @@ CLIENT_KEY_ENV = "ACTORSCHED_CLIENT_KEY"
 FINAL_STATES = frozenset({state.value for state in core_states.FINAL_STATES} | {core_states.NOT_FOUND})
 """States after which a task never changes again (NOT_FOUND: the coordinator does not know it)."""
 
-_NAME_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 _SPEC_FIELDS = frozenset(f for f in TaskSpec.__dataclass_fields__)
 _DRAIN_LIMIT = 10_000  # messages read per poll before the lock is offered to others
 _R = TypeVar("_R", bound=Message)
@@ -145,7 +143,7 @@ def make_spec(fields: TaskSpec | dict[str, Any]) -> TaskSpec:
     task_id = values.get("task_id")
     task_id = uuid.uuid4().hex if task_id is None else check_task_id(task_id)
     name = values["name"]
-    if type(name) is not str or not _NAME_RE.fullmatch(name):
+    if type(name) is not str or not protocol.TASK_NAME_RE.fullmatch(name):
         raise InvalidTask(f"name of task {task_id!r} must look like 'package.module:function', got {name!r}")
 
     def where() -> str:

@@ -32,6 +32,7 @@ WorkersReply, StatsReply, ErrorReply, PurgeReply, Refused
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -41,6 +42,8 @@ from actorsched.errors import ProtocolError
 from actorsched.recordcodec import Decoder, record_decoder, record_encoder
 
 VERSION = b"AS1"
+TASK_NAME_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+"""A task name, ``package.module:function``; use with ``fullmatch``."""
 MAX_FRAMES = 3
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 

@@ -27,7 +27,6 @@ import importlib
 import logging
 import math
 import multiprocessing
-import re
 import signal
 import time
 import traceback
@@ -41,12 +40,11 @@ from typing import Any
 import msgpack
 
 from actorsched import context
-from actorsched.protocol import DEFAULT_MAX_MESSAGE_BYTES, AttemptRef, ErrorInfo, TaskOutcome
+from actorsched.protocol import DEFAULT_MAX_MESSAGE_BYTES, TASK_NAME_RE, AttemptRef, ErrorInfo, TaskOutcome
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PRELOAD = ("actorsched.tasks", "actorsched.worker.executor")
-_NAME_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 _PLAIN_DATA = "None, bool, int, float, str, bytes, list, dict with str keys"
 _STOP = b""  # sent to an idle child: exit cleanly
 
@@ -60,7 +58,7 @@ def check_task_name(name: str, allowed_modules: Sequence[str]) -> ErrorInfo | No
     ``name`` must be ``package.module:function``; the module part must match one of the
     fnmatch patterns in ``allowed_modules`` (``"myproj.*"`` allows every module under myproj).
     """
-    if not _NAME_RE.match(name):
+    if not TASK_NAME_RE.fullmatch(name):
         return ErrorInfo(
             "TaskNotAllowed",
             f"task name {name!r} is malformed; expected 'package.module:function' "
@@ -146,7 +144,7 @@ def _run_one(name: str, args: list[Any], kwargs: dict[str, Any], cache: dict[str
         return msgpack.packb([False, None, "ResultNotSerializable", message, "", duration_s])
 
 
-def _child_main(conn: Connection, index: int) -> None:
+def _child_main(conn: Connection) -> None:
     """Body of one child process: run jobs from ``conn`` until it closes or says stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cache: dict[str, Callable[..., Any]] = {}
@@ -248,7 +246,7 @@ class Executor:
     def _spawn(self, index: int) -> _Slot:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process: BaseProcess = self._context.Process(  # type: ignore[attr-defined]  # typeshed: BaseContext
-            target=_child_main, args=(child_end, index), name=f"actorsched-child-{index}", daemon=True,
+            target=_child_main, args=(child_end,), name=f"actorsched-child-{index}", daemon=True,
         )
         process.start()
         child_end.close()
@@ -334,22 +332,19 @@ class Executor:
             started.append(job.ref)
         return started
 
-    def collect(self, now: float, ready: Collection[int] | None = None) -> list[TaskOutcome]:
-        """Outcomes of the children that replied or died; ``ready`` limits the check to those fds.
+    def collect(self, now: float, ready: Collection[int]) -> list[TaskOutcome]:
+        """Outcomes of the children whose fds (pipe or sentinel) the caller's poll found ready.
 
-        A pipe fd reported ready by the caller's poll is read without another poll (the hot
-        path); otherwise ``Connection.poll(0)`` decides.
+        A ready pipe fd is read without another poll (the hot path); for a ready sentinel
+        alone ``Connection.poll(0)`` decides whether a last reply is waiting.
         """
         outcomes: list[TaskOutcome] = []
-        if ready is None:
-            checks = [(slot, False) for slot in self._slots]
-        else:
-            seen: dict[int, tuple[_Slot, bool]] = {}
-            for fd in ready:
-                slot = self._by_fd.get(fd)
-                if slot is not None and (fd == slot.fds[0] or id(slot) not in seen):
-                    seen[id(slot)] = (slot, fd == slot.fds[0])
-            checks = list(seen.values())
+        seen: dict[int, tuple[_Slot, bool]] = {}
+        for fd in ready:
+            slot = self._by_fd.get(fd)
+            if slot is not None and (fd == slot.fds[0] or id(slot) not in seen):
+                seen[id(slot)] = (slot, fd == slot.fds[0])
+        checks = list(seen.values())
         for slot, readable in checks:
             job = slot.job
             if job is None:
