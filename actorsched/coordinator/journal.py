@@ -7,10 +7,10 @@ are not written: after a crash such a task waits ``restart_grace_s`` for its wor
 report it (then it is adopted), else it is placed again under the new epoch, whose
 fencing token makes the old attempt's late result stale.
 
-Group commit: the TaskQueue actor hands each inbox batch's changes, with what to send
-once they are durable, to :class:`JournalWriter`; the writer applies everything waiting
-in one transaction and one fsync (:meth:`Journal.write_batches`), in order, and only
-then sends the acknowledgements.
+Group commit: the TaskQueue actor hands each inbox batch's changes, with the messages
+to peers that must wait for them, to :class:`JournalWriter`; the writer applies
+everything waiting in one transaction and one fsync (:meth:`Journal.write_batches`), in
+order, and only then sends those messages.
 
 Start: :meth:`Journal.open` checks the file (``PRAGMA quick_check``), refuses a newer
 schema, creates a missing one, and increments the coordinator epoch.
@@ -175,10 +175,10 @@ class JournalWriter:
     """Group commit on a thread of its own, so the TaskQueue never waits for a disk.
 
     The TaskQueue hands over each batch's rows together with what to do once they are
-    durable (tell the Dispatcher, acknowledge clients).  The writer takes everything
-    waiting in its queue, writes it in one transaction with one fsync, then runs the
-    follow-ups in order.  Every outbound message of the TaskQueue goes through here,
-    even one with no rows, so their order is the order the TaskQueue decided them in.
+    durable (acknowledge clients, report results).  The writer takes everything waiting
+    in its queue, writes it in one transaction with one fsync, then runs the follow-ups
+    in order.  :meth:`idle` says when every follow-up handed over has run, so a reply
+    that changes nothing may go at once without overtaking one still waiting for disk.
     A write that fails (disk full, file gone) is our emergency: ``on_failure`` is called
     and nothing after it is acknowledged.
     """
@@ -189,10 +189,23 @@ class JournalWriter:
         self._queue: queue.SimpleQueue[_WriterItem | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
         self._failed = False
+        # Each counter is written by one thread only (submitted: the caller's, done: the
+        # writer's), so comparing them needs no lock.
+        self._submitted = 0
+        self._done = 0
         self._thread.start()
 
     def submit(self, rows: list[JournalRow], then: Callable[[], None], deleted: list[str] | None = None) -> None:
+        """Queue ``rows`` (and ``deleted`` ids); ``then`` runs on the writer thread once they are durable.
+
+        Call from one thread only (the TaskQueue's).
+        """
+        self._submitted += 1
         self._queue.put((rows, deleted or [], then))
+
+    def idle(self) -> bool:
+        """True when every follow-up submitted so far has run (call from the submitting thread)."""
+        return self._done == self._submitted
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._queue.put(None)
@@ -226,5 +239,6 @@ class JournalWriter:
                     continue
                 for _, _, then in batch:
                     then()
+                    self._done += 1
             if stopping:
                 return

@@ -1,10 +1,11 @@
 """TaskQueue actor: the pykka shell around :class:`~actorsched.core.queue.TaskQueueCore`.
 
-It applies a batch of events to the core, hands every changed record to the journal
-writer together with what the core decided, and the writer tells the Dispatcher, the
-Registry and the Transport only once the records are durable (group commit): no client
-hears "accepted" before its task is in the journal, and the TaskQueue itself never
-waits for a disk.  It also runs retention (compaction) on the clock's ticks.
+It applies a batch of events to the core, tells the Dispatcher and the Registry what
+the core decided at once, and hands every changed record to the journal writer
+together with the messages for peers, which the writer sends only once the records are
+durable (group commit): no client hears "accepted" before its task is in the journal,
+and neither the TaskQueue nor placement ever waits for a disk.  It also runs retention
+(compaction) on the clock's ticks.
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         out: list[Command] = []
         for event in message:
             match event:
-                case ev.TasksSubmitted(client, request_id, tasks):
-                    out += core.submit(client, request_id, tasks, now)
+                case ev.TasksSubmitted(client, request_id, tasks, watch):
+                    out += core.submit(client, request_id, tasks, now, watch)
                 case ev.OutcomesReported(worker, outcomes):
                     out += core.outcomes_reported(worker, outcomes, now)
                 case ev.AttemptsStarted(worker, attempts):
@@ -133,18 +134,17 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
             self.writer.submit([], lambda: None, deleted=task_ids)
 
     def _carry_out(self, out: list[Command]) -> None:
-        if self.writer is None:
-            self.core.dirty.clear()
-            self._send(out)
-            return
-        rows = self._journal_rows() if self.core.dirty else []
-        if rows or out:
-            self.writer.submit(rows, lambda: self._send(out))
+        """Tell the Dispatcher and the Registry at once; send to peers once the changes are durable.
 
-    def _send(self, out: list[Command]) -> None:
-        ready: list[Any] = []
-        judged: list[JudgeAttempts] = []
+        Placement does not wait for the disk: a task runs while its submit is being
+        committed.  What a peer hears (accepted, a result, a state) waits for the commit
+        of everything decided before it, so no one hears of a change a crash could undo.
+        Should the coordinator die before the commit, the task had not been acknowledged
+        and its attempt is unknown to the next epoch: its result is rejected as stale.
+        """
         sends: list[SendToClient | SendToWorker] = []
+        ready: list[Command] = []
+        judged: list[JudgeAttempts] = []
         for command in out:
             if isinstance(command, (SendToClient, SendToWorker)):
                 sends.append(command)
@@ -158,6 +158,21 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
             ev.tell(self.dispatcher, ready)
         if judged:
             ev.tell(self.registry, judged)
+        writer = self.writer
+        if writer is None:
+            self.core.dirty.clear()
+            self._send(sends)
+            return
+        rows = self._journal_rows() if self.core.dirty else []
+        if rows:
+            writer.submit(rows, lambda: self._send(sends))
+        elif sends:
+            if writer.idle():  # nothing waits for the disk: these cannot overtake anything
+                self._send(sends)
+            else:
+                writer.submit([], lambda: self._send(sends))
+
+    def _send(self, sends: list[SendToClient | SendToWorker]) -> None:
         if sends and self.transport is not None:
             self.transport.tell(sends)
 
