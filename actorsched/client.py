@@ -20,6 +20,9 @@ have).  A watch ends by itself when every task was reported; a waiter that gives
 early sends ``Unwatch``.  If nothing arrives for ``timeout_s`` the client pings the
 coordinator (``GetStats``) to tell a slow cluster from a dead coordinator, and renews
 its watches, so that a coordinator restarted from its journal still reports them.
+:meth:`Client.submit` asks for the watch in the submit itself (``Submit.watch``), so a
+``submit(...).result()`` costs one exchange, not two; if the handle is dropped unwaited,
+the next request of the client ends that watch.
 
 Submits are validated completely before anything is sent (:class:`InvalidTask`), sent
 in chunks of at most :data:`SUBMIT_CHUNK` tasks, and pipelined: up to :data:`WINDOW`
@@ -28,6 +31,7 @@ chunks are in flight while the replies come back.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -37,6 +41,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -225,12 +230,13 @@ class TaskHandle:
     finished costs no round trip.
     """
 
-    __slots__ = ("task_id", "client", "_final")
+    __slots__ = ("task_id", "client", "_final", "_watch", "__weakref__")
 
-    def __init__(self, task_id: str, client: Client) -> None:
+    def __init__(self, task_id: str, client: Client, watch: int | None = None) -> None:
         self.task_id = task_id
         self.client = client
         self._final: TaskInfo | None = None
+        self._watch = watch  # id of the watch the submit opened for this task, if any
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's value; TaskFailed if it FAILED or was CANCELLED, Timeout past ``timeout`` s."""
@@ -300,6 +306,7 @@ class Client:
         self._open: set[int] = set()                     # request ids awaiting a reply
         self._arrived: dict[int, Message] = {}           # their replies
         self._watches: dict[int, list[TaskInfo | ErrorReply]] = {}  # watch id -> reports so far
+        self._abandoned: collections.deque[int] = collections.deque()  # watches of handles dropped unwaited
         self._refusals = 0
         self._refusal_reason = ""
         self._socket: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
@@ -350,11 +357,30 @@ class Client:
                deps: Iterable[str] | None = None, timeout_s: float | None = None,
                max_attempts: int | None = None, retry_on: Iterable[str] | None = None,
                tags: Iterable[str] | None = None, **kwargs: Any) -> TaskHandle:
-        """Submit one task ``name(*args, **kwargs)``; returns once the coordinator made it durable."""
+        """Submit one task ``name(*args, **kwargs)``; returns once the coordinator made it durable.
+
+        The submit also watches the task, so ``result()`` on the handle waits without a
+        request of its own.
+        """
         spec = {"task_id": task_id, "name": name, "args": list(args), "kwargs": kwargs, "priority": priority,
                 "deps": deps, "timeout_s": timeout_s, "max_attempts": max_attempts, "retry_on": retry_on,
                 "tags": tags}
-        return self.submit_many([spec])[0]
+        checked = make_spec(spec)
+        requests: list[tuple[int, list[bytes], int]] = []
+        self._encode_submit([checked], requests, watch=True)
+        ((rid, _, _),) = requests
+        with self._turn():
+            self._end_abandoned_watches()
+            self._watches[rid] = []
+        try:
+            self._submit_requests(requests, 1)
+        except BaseException:
+            with self._turn(check_open=False):
+                self._watches.pop(rid, None)
+            raise
+        handle = TaskHandle(checked.task_id, self, rid)
+        weakref.finalize(handle, self._abandoned.append, rid)
+        return handle
 
     def submit_many(self, specs: Iterable[TaskSpec | dict[str, Any]]) -> list[TaskHandle]:
         """Submit many tasks, validated first, sent in pipelined chunks; handles in input order.
@@ -367,19 +393,24 @@ class Client:
         requests: list[tuple[int, list[bytes], int]] = []
         for start in range(0, len(checked), SUBMIT_CHUNK):
             self._encode_submit(checked[start:start + SUBMIT_CHUNK], requests)
+        self._submit_requests(requests, len(checked))
+        return [TaskHandle(spec.task_id, self) for spec in checked]
+
+    def _submit_requests(self, requests: list[tuple[int, list[bytes], int]], total: int) -> None:
+        """Send encoded submits and wait for every acknowledgement; SubmitRejected on the first refusal."""
         replies = self._exchange([(rid, frames) for rid, frames, _ in requests], "submit")
         accepted = sum(count for (_, _, count), reply in zip(requests, replies, strict=True)
                        if isinstance(self._expect_or_error(reply, protocol.SubmitReply, "submit"),
                                      protocol.SubmitReply))
         for (_, _, count), reply in zip(requests, replies, strict=True):
             if isinstance(reply, ErrorReply):
-                raise self._submit_error(reply, count, accepted, len(checked))
-        return [TaskHandle(spec.task_id, self) for spec in checked]
+                raise self._submit_error(reply, count, accepted, total)
 
-    def _encode_submit(self, specs: list[TaskSpec], out: list[tuple[int, list[bytes], int]]) -> None:
+    def _encode_submit(self, specs: list[TaskSpec], out: list[tuple[int, list[bytes], int]],
+                       watch: bool = False) -> None:
         rid = next(self._ids)
         try:
-            frames = protocol.encode(protocol.Submit(rid, specs))
+            frames = protocol.encode(protocol.Submit(rid, specs, watch))
             msgpack.unpackb(frames[2], raw=False, strict_map_key=True)  # what the coordinator will accept
         except (ProtocolError, ValueError) as exc:
             raise _find_unsendable(specs, exc) from None
@@ -507,7 +538,7 @@ class Client:
             return
         total = len(waiting)
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-        watch_ids: dict[int, set[str]] = self._start_watches(list(waiting))
+        watch_ids: dict[int, set[str]] = self._start_watches(list(waiting), handles)
         last_news = time.monotonic()
         try:
             while waiting:
@@ -534,9 +565,19 @@ class Client:
         finally:
             self._end_watches(watch_ids)
 
-    def _start_watches(self, task_ids: list[str]) -> dict[int, set[str]]:
+    def _start_watches(self, task_ids: list[str], handles: Sequence[TaskHandle] = ()) -> dict[int, set[str]]:
+        """Watch ``task_ids``: through the watches their submits opened where still open, else new ones."""
         watch_ids: dict[int, set[str]] = {}
         with self._turn():
+            self._end_abandoned_watches()
+            if handles:
+                for handle in handles:
+                    rid, handle._watch = handle._watch, None
+                    if rid is not None and rid in self._watches and handle._final is None:
+                        watch_ids[rid] = {handle.task_id}
+                if watch_ids:
+                    prewatched = {t for ids in watch_ids.values() for t in ids}
+                    task_ids = [t for t in task_ids if t not in prewatched]
             for start in range(0, len(task_ids), QUERY_CHUNK):
                 chunk = task_ids[start:start + QUERY_CHUNK]
                 rid = next(self._ids)
@@ -544,6 +585,15 @@ class Client:
                 watch_ids[rid] = set(chunk)
                 self._send(protocol.encode(protocol.Watch(rid, chunk)))
         return watch_ids
+
+    def _end_abandoned_watches(self) -> None:
+        """End the watches of handles dropped before their task was reported (under a turn)."""
+        while self._abandoned:
+            rid = self._abandoned.popleft()
+            box = self._watches.pop(rid, None)
+            if box is not None and not box and not self._closed:
+                with contextlib.suppress(ConnectionFailed):
+                    self._send(protocol.encode(protocol.Unwatch(rid)))
 
     def _end_watches(self, watch_ids: dict[int, set[str]]) -> None:
         """Forget the watches; tell the coordinator about those with tasks still unreported."""
@@ -724,9 +774,9 @@ class Client:
             return
         rid: int = getattr(message, "request_id", -1)
         box = self._watches.get(rid)
-        if box is not None and isinstance(message, protocol.TasksDone | ErrorReply):
+        if rid in self._open and not isinstance(message, protocol.TasksDone):
+            self._arrived[rid] = message  # a reply; a submit that also watches gets TasksDone too
+        elif box is not None and isinstance(message, protocol.TasksDone | ErrorReply):
             box.extend(message.tasks) if isinstance(message, protocol.TasksDone) else box.append(message)
-        elif rid in self._open and not isinstance(message, protocol.TasksDone):
-            self._arrived[rid] = message
         else:
             log.debug("dropping %s for request_id=%d: no one waits for it any more", type(message).__name__, rid)

@@ -253,6 +253,7 @@ class Submit(Message):
     KIND: ClassVar[bytes] = b"submit"
     request_id: int
     tasks: list[TaskSpec]
+    watch: bool = False  # also watch the tasks: TasksDone under this request_id as they finish
 
 
 @dataclass(frozen=True, slots=True)

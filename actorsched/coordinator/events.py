@@ -24,6 +24,7 @@ class TasksSubmitted:
     client: PeerKey
     request_id: int
     tasks: list[TaskSpec]
+    watch: bool = False
 
 
 @dataclass(frozen=True, slots=True)

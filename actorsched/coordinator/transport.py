@@ -294,8 +294,8 @@ class Transport:
                 continue
             self.counters["client_messages"] += 1
             match message:
-                case p.Submit(request_id, tasks):
-                    queue_events.append(ev.TasksSubmitted(peer, request_id, tasks))
+                case p.Submit(request_id, tasks, watch):
+                    queue_events.append(ev.TasksSubmitted(peer, request_id, tasks, watch))
                 case p.Watch(request_id, task_ids):
                     queue_events.append(ev.WatchRequested(peer, request_id, task_ids))
                 case p.Query(request_id, task_ids):

@@ -131,7 +131,9 @@ class TaskQueueCore:
 
     # ------------------------------------------------------------------ client events
 
-    def submit(self, client: PeerKey, request_id: int, specs: list[TaskSpec], now: float) -> list[Command]:
+    def submit(self, client: PeerKey, request_id: int, specs: list[TaskSpec], now: float,
+               watch: bool = False) -> list[Command]:
+        """Accept a batch atomically (or reject it whole); with ``watch``, also watch its tasks."""
         deps: dict[str, tuple[str, ...]] = {}
         error = self._check_batch(specs, deps)
         if error is not None:
@@ -141,7 +143,10 @@ class TaskQueueCore:
         new = {spec.task_id: spec for spec in specs if spec.task_id not in self.tasks}  # the rest: idempotent
         for spec in _dependency_order(new, deps) if deps else new.values():
             self._add(spec, deps.get(spec.task_id, ()), now)
-        self._out.append(SendToClient(client, SubmitReply(request_id, [s.task_id for s in specs])))
+        task_ids = [s.task_id for s in specs]
+        self._out.append(SendToClient(client, SubmitReply(request_id, task_ids)))
+        if watch:
+            return self.watch(client, request_id, task_ids)
         return self._flush()
 
     def cancel(self, client: PeerKey, request_id: int, task_ids: list[str], cascade: bool,

@@ -305,8 +305,9 @@ def test_result_timeout_raises_timeout_and_unwatches(fake: FakeCoordinator, clie
     handle = client.submit("actorsched.tasks:sleep", 10, task_id="slow")
     with pytest.raises(Timeout, match="1 of 1 task.*'slow'"):
         handle.result(timeout=0.1)
-    watch = fake.next_of(protocol.Watch)
-    assert fake.next_of(protocol.Unwatch).request_id == watch.request_id
+    submit = fake.next_of(protocol.Submit)
+    assert submit.watch  # submit() watches its task: result() needs no Watch of its own
+    assert fake.next_of(protocol.Unwatch).request_id == submit.request_id
 
 
 def test_a_tasks_done_arriving_during_another_request_is_buffered(fake: FakeCoordinator,  # noqa: F811
@@ -365,9 +366,9 @@ def test_a_silent_wait_pings_the_coordinator_and_renews_its_watch(fake: FakeCoor
         handle = client.submit("a.b:c", task_id="long")
         with pytest.raises(Timeout):
             handle.result(timeout=0.7)
-        fake.next_of(protocol.Submit)
-        kinds = [type(fake.next_message()).__name__ for _ in range(4)]
-        assert kinds == ["Watch", "GetStats", "Unwatch", "Watch"]
+        assert fake.next_of(protocol.Submit).watch  # the first watch rides on the submit
+        kinds = [type(fake.next_message()).__name__ for _ in range(3)]
+        assert kinds == ["GetStats", "Unwatch", "Watch"]
 
 
 def test_a_dead_coordinator_during_a_wait_raises_connection_failed(fake: FakeCoordinator) -> None:  # noqa: F811
@@ -439,3 +440,33 @@ def test_handle_caches_its_final_info(fake: FakeCoordinator, client: Client) -> 
 def test_invalid_client_timeout_is_a_config_error() -> None:
     with pytest.raises(ActorschedError, match="timeout_s must be a number of seconds > 0, got 0"):
         Client("tcp://127.0.0.1:1", timeout_s=0)
+
+
+def test_submit_then_result_is_one_exchange(fake: FakeCoordinator, client: Client) -> None:  # noqa: F811
+    handle = client.submit("a.b:c", task_id="one")
+    fake.finish("one", value=42)
+    assert handle.result(timeout=5) == 42
+    assert fake.next_of(protocol.Submit).watch
+    client.stats()  # a marker: nothing but it may follow the submit
+    assert isinstance(fake.next_message(), protocol.GetStats)
+
+
+def test_the_watch_of_a_handle_dropped_unwaited_ends_with_the_next_request(fake: FakeCoordinator,  # noqa: F811
+                                                                         client: Client) -> None:
+    handle = client.submit("a.b:c", task_id="dropped")
+    rid = fake.next_of(protocol.Submit).request_id
+    del handle  # never waited on: its watch must not stay open (nor its report be kept)
+    client.submit("a.b:c", task_id="next")
+    assert fake.next_of(protocol.Unwatch).request_id == rid
+    assert isinstance(fake.next_message(), protocol.Submit)
+
+
+def test_a_rejected_submit_leaves_no_watch_behind(fake: FakeCoordinator, client: Client) -> None:  # noqa: F811
+    def reject(f: FakeCoordinator, message: Message) -> list[Message] | None:
+        if isinstance(message, protocol.Submit):
+            return [protocol.ErrorReply(message.request_id, "queue-full", "the queue holds 10 tasks")]
+        return FakeCoordinator.default_handler(f, message)
+    fake.handler = reject
+    with pytest.raises(SubmitRejected, match="queue-full"):
+        client.submit("a.b:c", task_id="refused")
+    assert client._watches == {}  # white-box: a rejected submit must not keep a report box alive

@@ -79,7 +79,11 @@ class FakeCoordinator:
         if isinstance(message, protocol.Submit):
             for spec in message.tasks:
                 self.tasks.setdefault(spec.task_id, TaskInfo(spec.task_id, "QUEUED", spec.name, spec.priority))
-            return [protocol.SubmitReply(message.request_id, [s.task_id for s in message.tasks])]
+            replies: list[Message] = [protocol.SubmitReply(message.request_id, [s.task_id for s in message.tasks])]
+            if message.watch:
+                replies += self.default_handler(protocol.Watch(message.request_id,
+                                                               [s.task_id for s in message.tasks])) or []
+            return replies
         if isinstance(message, protocol.Query):
             return [protocol.QueryReply(message.request_id,
                                         [self.tasks[t] for t in message.task_ids if t in self.tasks])]

@@ -335,6 +335,24 @@ def test_watching_a_finished_or_unknown_task_answers_at_once(q: QueueHarness) ->
     assert [(i.task_id, i.state) for i in done.tasks] == [("a", "SUCCEEDED"), ("ghost", NOT_FOUND)]
 
 
+def test_a_submit_that_watches_reports_its_tasks_under_its_own_request_id(q: QueueHarness) -> None:
+    out = q.submit(CLIENT, 21, [spec("a"), spec("b")], 0.0, True)
+    assert [c.message for c in out if isinstance(c, SendToClient)] == [SubmitReply(21, ["a", "b"])]
+    q.run("a")
+    (done,) = replies(q.succeed("a", 5), TasksDone)
+    assert done.request_id == 21 and [(i.task_id, i.value) for i in done.tasks] == [("a", 5)]
+    # Resubmitting a finished task with watch answers at once, after the acknowledgement.
+    again = [c.message for c in q.submit(CLIENT, 22, [spec("a")], 1.0, True) if isinstance(c, SendToClient)]
+    assert [type(m) for m in again] == [SubmitReply, TasksDone]
+    assert again[1].request_id == 22 and again[1].tasks[0].state == "SUCCEEDED"
+
+
+def test_a_rejected_submit_watches_nothing(q: QueueHarness) -> None:
+    out = q.submit(CLIENT, 23, [spec("a", deps=["ghost"])], 0.0, True)
+    assert [type(c.message) for c in out if isinstance(c, SendToClient)] == [ErrorReply]
+    assert q.core._watchers == {}
+
+
 def test_an_unwatched_request_gets_no_tasks_done(q: QueueHarness) -> None:
     q.add(spec("a"))
     q.watch(CLIENT, 3, ["a"])

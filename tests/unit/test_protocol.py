@@ -212,7 +212,7 @@ def test_a_field_of_the_wrong_type_is_rejected_naming_the_field(
 ])
 def test_a_nested_record_of_the_wrong_shape_is_rejected(spec_body: object) -> None:
     with pytest.raises(ProtocolError, match="TaskSpec"):
-        p.Codec(p.CLIENT_MESSAGES).decode(frames(b"submit", [1, [spec_body]]))
+        p.Codec(p.CLIENT_MESSAGES).decode(frames(b"submit", [1, [spec_body], False]))
 
 
 def test_a_nested_error_record_of_the_wrong_shape_is_rejected() -> None:
