@@ -5,7 +5,9 @@ the coordinator admits a connection only if its public key is in the folder of
 allowed *worker* keys (worker endpoint) or allowed *client* keys (client endpoint).
 The check is ZeroMQ's ZAP handshake, before any message is read, and fails closed: an
 empty or missing folder admits no one.  A peer's identity is its key, whatever its
-messages claim.
+messages claim: a worker whose key is ``NAME.key`` may register only as worker id
+``NAME`` or ``NAME-<suffix>`` (so a fleet may share one key, and no key can pose as
+another's workers); :func:`worker_id_allowed` is the rule.
 
 Keys are the files :func:`zmq.auth.create_certificates` writes: ``NAME.key`` (public,
 to hand out) and ``NAME.key_secret`` (public and secret, to keep).  ``actorsched
@@ -52,6 +54,11 @@ def load_public(path: str, what: str) -> bytes:
     return public
 
 
+def worker_id_allowed(worker_id: str, key_name: str) -> bool:
+    """May a worker holding the key ``key_name`` register as ``worker_id``?  (``NAME`` or ``NAME-...``)"""
+    return worker_id == key_name or worker_id.startswith(key_name + "-")
+
+
 def secure_client_socket(sock: zmq.Socket[Any], server_key_file: str, key_file: str) -> None:
     """Make a DEALER a CURVE client of the coordinator (both files, or neither)."""
     if not server_key_file and not key_file:
@@ -78,6 +85,12 @@ class CurveServer:
         self.authenticator.start()
         self.authenticator.configure_curve(domain="workers", location=worker_keys_dir)
         self.authenticator.configure_curve(domain="clients", location=client_keys_dir)
+        # ZAP names an admitted peer by its z85 public key (the User-Id of its messages);
+        # key files hold the z85 text already.
+        self.worker_key_names: dict[str, str] = {
+            load_public(str(path), "[security] worker_keys_dir").decode("ascii"): path.stem
+            for path in sorted(Path(worker_keys_dir).glob("*.key"))
+        }
 
     def secure(self, sock: zmq.Socket[Any], domain: str) -> None:
         sock.zap_domain = domain.encode()

@@ -20,7 +20,8 @@ vanished peer into an error we act on instead of a silent drop.
 Outbound: a batch whose frame would exceed ``max_message_bytes`` (which the peer would
 drop, connection and all) is split; a single task too large to send fails as
 ``TaskTooLarge``.  With ``[security]`` keys both sockets are CURVE servers behind a ZAP
-allowlist (:mod:`actorsched.security`).
+allowlist (:mod:`actorsched.security`), and a worker may register only under an id its
+key allows: a mismatch gets ``Refused``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from actorsched.coordinator import events as ev
 from actorsched.coordinator.supervision import Supervisor
 from actorsched.core.commands import SendToClient, SendToWorker
 from actorsched.errors import ProtocolError
-from actorsched.security import CurveServer
+from actorsched.security import CurveServer, worker_id_allowed
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +267,8 @@ class Transport:
             elif isinstance(message, p.Heartbeat):
                 registry_events.append(ev.HeartbeatSeen(peer, message))
             elif isinstance(message, p.Register):
+                if self.curve is not None and not self._identity_matches(frames[0], peer, message):
+                    continue
                 fd = frames[0].get(zmq.SRCFD)
                 previous = self._fd_to_worker.get(fd)
                 if previous is not None and previous != peer:
@@ -278,6 +281,25 @@ class Transport:
             elif isinstance(message, p.Goodbye):
                 registry_events.append(ev.WorkerLeft(peer, "goodbye"))
                 self._forget_worker(peer)
+
+    def _identity_matches(self, frame: zmq.Frame, peer: bytes, register: p.Register) -> bool:
+        """With CURVE, a worker's id must belong to its key (``NAME`` or ``NAME-...``); else it is refused."""
+        assert self.curve is not None
+        key = str(frame.get("User-Id"))
+        name = self.curve.worker_key_names.get(key)
+        if name is not None and worker_id_allowed(register.worker_id, name):
+            return True
+        self.counters["identity_refused"] += 1
+        reason = (f"worker id {register.worker_id!r} does not belong to this worker's key "
+                  f"{name or 'unknown'!r}: a worker holding NAME.key may register only as NAME or NAME-<suffix>; "
+                  f"start it with --worker-id {name or 'NAME'} (or {name or 'NAME'}-<suffix>), or give it the key "
+                  f"made for {register.worker_id!r}")
+        self._warn("identity", "refused a worker: %s", reason)
+        try:
+            self.workers.send_multipart([peer, *p.encode(p.Refused(reason))], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        return False
 
     def _read_clients(self, queue_events: list[Any], registry_events: list[Any]) -> None:
         sock = self.clients

@@ -61,19 +61,20 @@ def namespace() -> Iterator[tuple[str, str, str, str]]:
 def test_a_partitioned_worker_is_removed_its_tasks_rerun_and_it_rejoins_when_the_link_returns(
         namespace: tuple[str, str, str, str], tmp_path: Path, make_cluster: Callable[..., LocalCluster]) -> None:
     ns, host_veth, host_addr, _ = namespace
-    for folder, name in (("server", "coordinator"), ("workers", "w"), ("clients", "c")):
+    for folder, name in (("server", "coordinator"), ("workers", "worker"), ("workers", "remote"), ("clients", "c")):
         security.generate(tmp_path / folder, name)
     config = tmp_path / "coordinator.toml"
     config.write_text(f'[security]\nsecret_key_file = "{tmp_path}/server/coordinator.key_secret"\n'
                       f'worker_keys_dir = "{tmp_path}/workers"\nclient_keys_dir = "{tmp_path}/clients"\n')
-    server_key, worker_key = str(tmp_path / "server" / "coordinator.key"), str(tmp_path / "workers" / "w.key_secret")
+    server_key = str(tmp_path / "server" / "coordinator.key")
+    worker_key, remote_key = (str(tmp_path / "workers" / f"{name}.key_secret") for name in ("worker", "remote"))
     cluster = make_cluster(workers=0, worker_endpoint=f"tcp://{host_addr}:0",
                            coordinator_args=["--config", str(config), "--worker-timeout", "2"],
                            worker_args=["--server-key", server_key, "--key", worker_key])
     log = open(tmp_path / "remote-worker.log", "wb")
     remote = subprocess.Popen(
         ["ip", "netns", "exec", ns, sys.executable, str(BIN / "worker"), "--connect", cluster.worker_endpoint,
-         "--slots", "2", "--worker-id", "remote", "--server-key", server_key, "--key", worker_key],
+         "--slots", "2", "--worker-id", "remote", "--server-key", server_key, "--key", remote_key],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     try:

@@ -17,7 +17,7 @@ from actorsched.localcluster import BIN, ROOT, LocalCluster
 
 @pytest.fixture
 def keys(tmp_path: Path) -> Path:
-    for folder, name in (("server", "coordinator"), ("workers", "w"), ("clients", "c"), ("rogue", "r")):
+    for folder, name in (("server", "coordinator"), ("workers", "worker"), ("clients", "c"), ("rogue", "r")):
         security.generate(tmp_path / folder, name)
     (tmp_path / "coordinator.toml").write_text(
         f'[security]\nsecret_key_file = "{tmp_path}/server/coordinator.key_secret"\n'
@@ -27,9 +27,9 @@ def keys(tmp_path: Path) -> Path:
 
 def test_allow_listed_workers_and_clients_run_tasks_and_others_are_refused(
         keys: Path, make_cluster: Callable[..., LocalCluster]) -> None:
-    server_key = str(keys / "server" / "coordinator.key")
+    server_key, worker_key = str(keys / "server" / "coordinator.key"), str(keys / "workers" / "worker.key_secret")
     cluster = make_cluster(workers=1, coordinator_args=["--config", str(keys / "coordinator.toml")],
-                           worker_args=["--server-key", server_key, "--key", str(keys / "workers" / "w.key_secret")])
+                           worker_args=["--server-key", server_key, "--key", worker_key])
     with Client(cluster.client_endpoint, server_key_file=server_key,
                 key_file=str(keys / "clients" / "c.key_secret")) as client:
         cluster.wait_for_workers(client, 1)
@@ -39,11 +39,30 @@ def test_allow_listed_workers_and_clients_run_tasks_and_others_are_refused(
         cluster.add_worker("--server-key", server_key, "--key", str(keys / "clients" / "c.key_secret"))
         assert client.submit("actorsched.tasks:echo", 8).result(timeout=30) == 8
         assert [w.worker_id for w in client.workers()] == ["worker-1"]
-    for key_file in (None, str(keys / "rogue" / "r.key_secret"), str(keys / "workers" / "w.key_secret")):
+    for key_file in (None, str(keys / "rogue" / "r.key_secret"), str(keys / "workers" / "worker.key_secret")):
         with pytest.raises(ConnectionFailed), Client(cluster.client_endpoint, timeout_s=1.0,
                                                      server_key_file=server_key if key_file else None,
                                                      key_file=key_file) as intruder:
             intruder.stats()
+
+
+def test_a_worker_may_register_only_under_an_id_its_key_allows(
+        keys: Path, make_cluster: Callable[..., LocalCluster]) -> None:
+    server_key = str(keys / "server" / "coordinator.key")
+    worker_key = str(keys / "workers" / "worker.key_secret")
+    cluster = make_cluster(workers=0, coordinator_args=["--config", str(keys / "coordinator.toml")],
+                           worker_args=["--server-key", server_key, "--key", worker_key])
+    with Client(cluster.client_endpoint, server_key_file=server_key,
+                key_file=str(keys / "clients" / "c.key_secret")) as client:
+        # The key "worker" may be "worker" or "worker-<suffix>" (a fleet sharing a key), not "gpu-7".
+        impostor = cluster.add_worker("--worker-id", "gpu-7")
+        assert impostor.wait(30) == 2  # Refused: the worker exits 2
+        cluster.add_worker()  # worker-2: its key allows it
+        cluster.wait_for_workers(client, 1)
+        assert [w.worker_id for w in client.workers()] == ["worker-2"]
+        assert client.stats()["transport"]["identity_refused"] == 1
+    log_text = (Path(cluster.log_dir) / "worker-1.log").read_text()
+    assert "'gpu-7' does not belong to this worker's key 'worker'" in log_text and "--worker-id worker" in log_text
 
 
 def test_a_non_loopback_bind_without_keys_is_refused_at_start(tmp_path: Path) -> None:
