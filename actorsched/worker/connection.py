@@ -27,6 +27,7 @@ import math
 import os
 import socket
 import time
+from typing import cast
 
 import zmq
 
@@ -35,7 +36,6 @@ from actorsched.errors import ProtocolError
 from actorsched.protocol import (
     TO_WORKER_MESSAGES,
     Assign,
-    AttemptRef,
     CancelTasks,
     Codec,
     Draining,
@@ -67,6 +67,11 @@ MAX_POLL_S = 1.0
 # after this delay.
 STARTED_DELAY_S = 0.005
 EXIT_OK, EXIT_FORCED, EXIT_REFUSED = 0, 1, 2
+# Plain ints: pyzmq's enum flags cost an enum operation wherever they are combined.
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 _incarnations = 0
 
@@ -131,7 +136,7 @@ class WorkerConnection:
         self._drain_deadline = math.inf
         self.exit_code: int | None = None
         self._outcomes: list[TaskOutcome] = []
-        self._unreported: dict[str, AttemptRef] = {}  # started, not yet reported as Started
+        self._unreported: dict[str, Job] = {}  # started, not yet reported as Started
         self._started_due = math.inf
         self.protocol_errors = 0
         self.dropped_sends = 0
@@ -190,7 +195,8 @@ class WorkerConnection:
             return
         if self._poller_version != self._executor.fds_version:
             self._rebuild_poller()
-        timeout_s = min(self._next_timer() - now, MAX_POLL_S)
+        task_deadline = self._executor.next_deadline()  # collect and dispatch below only move it later
+        timeout_s = min(self._next_timer(task_deadline) - now, MAX_POLL_S)
         events = self._poller.poll(max(0, math.ceil(timeout_s * 1000)))
         now = time.monotonic()
         ready: list[int] = []
@@ -204,21 +210,21 @@ class WorkerConnection:
         executor = self._executor
         if ready:
             self._outcomes.extend(executor.collect(now, ready))
-        if executor.next_deadline() <= now:
+        if task_deadline <= now:
             self._outcomes.extend(executor.expire(now))
         if self.exit_code is None:
             started = executor.dispatch(now)
             if started:
                 if not self._unreported:
                     self._started_due = now + STARTED_DELAY_S
-                self._unreported.update((ref.task_id, ref) for ref in started)
+                self._unreported.update((job.task_id, job) for job in started)
         if self._outcomes:
             outcomes, self._outcomes = self._outcomes, []
             for outcome in outcomes:
                 self._unreported.pop(outcome.task_id, None)  # its Results says it started
             self._send_results(outcomes)
         if self._unreported and now >= self._started_due:
-            self._send(Started(list(self._unreported.values())))
+            self._send(Started([job.ref for job in self._unreported.values()]))
             self._unreported.clear()
         self._fire_timers(now)
 
@@ -231,12 +237,10 @@ class WorkerConnection:
             self._poller.register(fd, zmq.POLLIN)
         self._poller_version = self._executor.fds_version
 
-    def _next_timer(self) -> float:
-        timers = [self._executor.next_deadline(), self._drain_deadline]
-        if self._unreported:
-            timers.append(self._started_due)
-        timers.append(self._next_heartbeat_at if self.registered else self._next_register_at)
-        return min(timers)
+    def _next_timer(self, task_deadline: float) -> float:
+        timer = min(task_deadline, self._drain_deadline,
+                    self._next_heartbeat_at if self.registered else self._next_register_at)
+        return min(timer, self._started_due) if self._unreported else timer
 
     def _drain_wakeup_fd(self) -> None:
         assert self._wakeup_fd is not None
@@ -292,10 +296,11 @@ class WorkerConnection:
     # ------------------------------------------------------------- inbound
 
     def _read_socket(self, now: float) -> None:
-        assert self._socket is not None
+        sock = self._socket
+        assert sock is not None
         for _ in range(MAX_MESSAGES_PER_TURN):
             try:
-                frames = self._socket.recv_multipart(zmq.NOBLOCK)
+                frames = _recv_frames(sock)
             except zmq.Again:
                 return
             try:
@@ -304,9 +309,11 @@ class WorkerConnection:
                 self.protocol_errors += 1
                 log.warning("dropping bad frame from coordinator=%s reason=%s count=%s", self.endpoint, exc,
                             self.protocol_errors)
-                continue
-            self._handle(message, now)
-            if self.exit_code is not None:
+            else:
+                self._handle(message, now)
+                if self.exit_code is not None:
+                    return
+            if not cast(int, sock.get(_EVENTS)) & _POLLIN:  # cheaper than the zmq.Again a dry recv raises
                 return
 
     def _handle(self, message: Message, now: float) -> None:
@@ -407,13 +414,30 @@ class WorkerConnection:
         self._send_frames(encode(message))
 
     def _send_frames(self, frames: list[bytes]) -> None:
-        assert self._socket is not None
-        try:
-            self._socket.send_multipart(frames, zmq.NOBLOCK)
+        sock = self._socket
+        assert sock is not None
+        try:  # frame by frame with int flags: send_multipart ORs enum flags per frame, which costs more
+            for frame in frames[:-1]:
+                sock.send(frame, _MORE_NOBLOCK)
+            sock.send(frames[-1], _NOBLOCK)
         except zmq.Again:
             self.dropped_sends += 1
             log.warning("send queue to coordinator=%s is full; dropped a %s message (dropped=%s)",
                         self.endpoint, frames[1].decode(), self.dropped_sends)
+
+
+def _recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
+    """One multipart message without blocking; zmq.Again if none is waiting.
+
+    Reads ``Frame.more`` rather than a ``getsockopt(RCVMORE)`` per frame as
+    ``recv_multipart`` does: a few microseconds less per message.
+    """
+    frame = sock.recv(_NOBLOCK, copy=False)
+    frames = [frame.bytes]
+    while frame.more:  # the rest of a multipart message is there once its first frame is
+        frame = sock.recv(_NOBLOCK, copy=False)
+        frames.append(frame.bytes)
+    return frames
 
 
 def _replace_error(outcome: TaskOutcome, error_type: str, message: str) -> TaskOutcome:

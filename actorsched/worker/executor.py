@@ -4,10 +4,17 @@ Theory of operation
 -------------------
 The parent (the worker's event loop) owns a local FIFO of :class:`Job` and one
 :class:`_Slot` per child.  :meth:`Executor.dispatch` hands queued jobs to idle children
-over a ``multiprocessing`` pipe; the child imports and calls the function and sends
+over a pair of one-way pipes; the child imports and calls the function and sends
 back one msgpack-encoded reply ``[ok, value, error_type, error_message, traceback,
 duration_s]``.  Packing the reply in the child doubles as the check that the value can
 travel on the wire.
+
+Each message on a pipe is an 8-byte big-endian length and then the payload; an empty
+payload tells an idle child to exit.  Both sides use plain ``os.read``/``os.write`` on
+the pipes' fds (``multiprocessing.Pipe`` only creates them and carries them to the
+child): a message of up to 64 KiB then costs one system call each way.  At most one
+message is ever in flight per pipe (a job, then its reply), so a read never takes
+bytes of the next message.
 
 The parent never blocks on a child: the loop polls :meth:`Executor.fds` (each child's
 pipe and process sentinel) and calls :meth:`Executor.collect` for the ready ones, then
@@ -27,12 +34,14 @@ import importlib
 import logging
 import math
 import multiprocessing
+import os
 import signal
+import struct
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -47,6 +56,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PRELOAD = ("actorsched.tasks", "actorsched.worker.executor")
 _PLAIN_DATA = "None, bool, int, float, str, bytes, list, dict with str keys"
 _STOP = b""  # sent to an idle child: exit cleanly
+_HEADER = struct.Struct("!Q")  # the payload's length in bytes
+_READ_BYTES = 64 * 1024  # a pipe's default capacity: most messages arrive in one read
 
 
 # ----------------------------------------------------------------- pure policy
@@ -125,32 +136,35 @@ class _TaskNotFound(Exception):
     """Child side only: the task's module or function does not exist."""
 
 
-def _run_one(name: str, args: list[Any], kwargs: dict[str, Any], cache: dict[str, Callable[..., Any]]) -> bytes:
+def _run_one(name: str, args: list[Any], kwargs: dict[str, Any], cache: dict[str, Callable[..., Any]],
+             pack: Callable[[Any], bytes]) -> bytes:
     started = time.perf_counter()
     try:
         function = cache.get(name) or _resolve(name, cache)
         value = function(*args, **kwargs)
     except _TaskNotFound as exc:
-        return msgpack.packb([False, None, "TaskNotFound", str(exc), "", time.perf_counter() - started])
+        return pack([False, None, "TaskNotFound", str(exc), "", time.perf_counter() - started])
     except BaseException as exc:  # noqa: B036 - a task's SystemExit must be reported, not kill the slot
-        return msgpack.packb([False, None, error_type_name(exc), str(exc), traceback.format_exc(),
-                              time.perf_counter() - started])
+        return pack([False, None, error_type_name(exc), str(exc), traceback.format_exc(),
+                     time.perf_counter() - started])
     duration_s = time.perf_counter() - started
     try:
-        return msgpack.packb([True, value, "", "", "", duration_s], use_bin_type=True)
+        return pack([True, value, "", "", "", duration_s])
     except (TypeError, ValueError, OverflowError) as exc:
         message = (f"task {name!r} returned a value of type {type(value).__name__} that cannot be sent "
                    f"({exc}); return plain data: {_PLAIN_DATA}")
-        return msgpack.packb([False, None, "ResultNotSerializable", message, "", duration_s])
+        return pack([False, None, "ResultNotSerializable", message, "", duration_s])
 
 
-def _child_main(conn: Connection) -> None:
-    """Body of one child process: run jobs from ``conn`` until it closes or says stop."""
+def _child_main(from_parent: Connection, to_parent: Connection) -> None:
+    """Body of one child process: run jobs from ``from_parent`` until it closes or says stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    read_fd, write_fd = from_parent.fileno(), to_parent.fileno()
+    pack = msgpack.Packer(use_bin_type=True).pack  # reused: a failed pack resets its buffer
     cache: dict[str, Callable[..., Any]] = {}
     while True:
         try:
-            data = conn.recv_bytes()
+            data = _read_message(read_fd)
         except (EOFError, OSError):
             return
         if data == _STOP:
@@ -158,23 +172,60 @@ def _child_main(conn: Connection) -> None:
         task_id, epoch, attempt, name, args, kwargs = msgpack.unpackb(data, raw=False, strict_map_key=False)
         context._enter(task_id, epoch, attempt)
         try:
-            conn.send_bytes(_run_one(name, args, kwargs, cache))
-        except (BrokenPipeError, OSError):
+            _write_message(write_fd, _run_one(name, args, kwargs, cache, pack))
+        except OSError:
             return
+
+
+# ----------------------------------------------------------------- framing
+
+
+def _write_message(fd: int, payload: bytes) -> None:
+    """Write ``payload`` with its length prefix to the blocking pipe ``fd``; OSError if it broke."""
+    data = _HEADER.pack(len(payload)) + payload
+    written = os.write(fd, data)
+    if written < len(data):  # more than a pipe holds: the reader drains it as we go
+        view = memoryview(data)
+        while written < len(data):
+            written += os.write(fd, view[written:])
+
+
+def _read_message(fd: int) -> bytes:
+    """Read one whole message from the blocking pipe ``fd``; EOFError if it closes first."""
+    data = os.read(fd, _READ_BYTES)
+    if len(data) >= _HEADER.size and len(data) == _HEADER.size + _HEADER.unpack_from(data)[0]:
+        return data[_HEADER.size:]  # the hot path: the whole message in one read
+    buffer = bytearray(data)
+    while True:
+        if not data:
+            raise EOFError(f"pipe closed after {len(buffer)} byte(s) of a message")
+        if len(buffer) >= _HEADER.size:
+            end = _HEADER.size + _HEADER.unpack_from(buffer)[0]
+            if len(buffer) >= end:
+                break
+            data = os.read(fd, end - len(buffer))
+        else:
+            data = os.read(fd, _HEADER.size - len(buffer))
+        buffer += data
+    if len(buffer) > end:  # only one message is ever in flight: a peer that breaks that is broken
+        raise OSError(f"pipe carried {len(buffer) - end} byte(s) beyond one message")
+    return bytes(buffer[_HEADER.size:])
 
 
 # ----------------------------------------------------------------- parent side
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity
 class _Slot:
     index: int
     process: BaseProcess
-    conn: Connection
+    to_child: Connection  # kept to close it; written through ``write_fd``
+    from_child: Connection  # kept to close it; read through ``read_fd``
+    write_fd: int
+    read_fd: int
     job: Job | None = None
     started_at: float = 0.0
     deadline: float = math.inf
-    fds: tuple[int, int] = field(default=(-1, -1))
 
 
 class Executor:
@@ -194,12 +245,14 @@ class Executor:
         self._context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             self._context.set_forkserver_preload(list(preload))
+        self._pack = msgpack.Packer(use_bin_type=True).pack  # reused: building a Packer per job costs more
         self._slots: list[_Slot] = []
         self._idle: list[_Slot] = []
-        self._by_fd: dict[int, _Slot] = {}
+        self._by_fd: dict[int, _Slot] = {}  # each child's read_fd and sentinel
         self._queue: deque[Job] = deque()
         self._queued: dict[str, Job] = {}
         self._running: dict[str, _Slot] = {}
+        self._timed: dict[str, _Slot] = {}  # the running ones with a deadline, usually none
         self.fds_version = 0  # bumped whenever fds() changes, so pollers re-register
         self.children_replaced = 0
         self.tasks_finished = 0
@@ -223,7 +276,7 @@ class Executor:
         for slot in self._slots:
             if slot.job is None:
                 try:
-                    slot.conn.send_bytes(_STOP)
+                    _write_message(slot.write_fd, _STOP)
                 except OSError:
                     pass  # already gone; joined below
             else:
@@ -234,25 +287,28 @@ class Executor:
             if slot.process.is_alive():
                 slot.process.kill()
                 slot.process.join(1.0)
-            slot.conn.close()
+            _close(slot)
         self._slots.clear()
         self._idle.clear()
         self._by_fd.clear()
         self._running.clear()
+        self._timed.clear()
         self._queue.clear()
         self._queued.clear()
         self.fds_version += 1
 
     def _spawn(self, index: int) -> _Slot:
-        parent_end, child_end = self._context.Pipe(duplex=True)
+        from_parent, to_child = self._context.Pipe(duplex=False)
+        from_child, to_parent = self._context.Pipe(duplex=False)
         process: BaseProcess = self._context.Process(  # type: ignore[attr-defined]  # typeshed: BaseContext
-            target=_child_main, args=(child_end,), name=f"actorsched-child-{index}", daemon=True,
+            target=_child_main, args=(from_parent, to_parent), name=f"actorsched-child-{index}", daemon=True,
         )
         process.start()
-        child_end.close()
-        slot = _Slot(index, process, parent_end, fds=(parent_end.fileno(), process.sentinel))
-        for fd in slot.fds:
-            self._by_fd[fd] = slot
+        from_parent.close()
+        to_parent.close()  # the child now holds the only write end: its exit is EOF on read_fd
+        slot = _Slot(index, process, to_child, from_child, to_child.fileno(), from_child.fileno())
+        self._by_fd[slot.read_fd] = slot
+        self._by_fd[process.sentinel] = slot
         self.fds_version += 1
         return slot
 
@@ -261,11 +317,12 @@ class Executor:
         slot.process.kill()
         slot.process.join(5.0)
         exitcode = slot.process.exitcode
-        slot.conn.close()
-        for fd in slot.fds:
-            self._by_fd.pop(fd, None)
+        self._by_fd.pop(slot.read_fd, None)
+        self._by_fd.pop(slot.process.sentinel, None)
+        _close(slot)
         if slot.job is not None:
             self._running.pop(slot.job.task_id, None)
+            self._timed.pop(slot.job.task_id, None)
         if slot in self._idle:
             self._idle.remove(slot)
         fresh = self._spawn(slot.index)
@@ -277,7 +334,7 @@ class Executor:
     # --- queries
 
     def fds(self) -> list[int]:
-        """File descriptors to poll for readability: each child's pipe and process sentinel."""
+        """File descriptors to poll for readability: each child's reply pipe and process sentinel."""
         return list(self._by_fd)
 
     def held(self) -> list[AttemptRef]:
@@ -298,7 +355,9 @@ class Executor:
 
     def next_deadline(self) -> float:
         """The earliest running task's deadline (``math.inf`` if none)."""
-        return min((slot.deadline for slot in self._running.values()), default=math.inf)
+        if not self._timed:
+            return math.inf
+        return min(slot.deadline for slot in self._timed.values())
 
     # --- work
 
@@ -307,19 +366,18 @@ class Executor:
         self._queue.append(job)
         self._queued[job.task_id] = job
 
-    def dispatch(self, now: float) -> list[AttemptRef]:
-        """Hand queued jobs to idle children; the attempts that started."""
-        started: list[AttemptRef] = []
+    def dispatch(self, now: float) -> list[Job]:
+        """Hand queued jobs to idle children; the jobs that started."""
+        started: list[Job] = []
         while self._idle and self._queue:
             job = self._queue.popleft()
             if self._queued.get(job.task_id) is not job:
                 continue  # cancelled or superseded while queued
             del self._queued[job.task_id]
             slot = self._idle.pop()
-            payload = msgpack.packb([job.task_id, job.epoch, job.attempt, job.name, job.args, job.kwargs],
-                                    use_bin_type=True)
             try:
-                slot.conn.send_bytes(payload)
+                _write_message(slot.write_fd, self._pack([job.task_id, job.epoch, job.attempt, job.name,
+                                                          job.args, job.kwargs]))
             except OSError:  # the idle child died since the last poll: replace it and retry the job
                 self._replace(slot)
                 self._queue.appendleft(job)
@@ -327,51 +385,62 @@ class Executor:
                 continue
             slot.job = job
             slot.started_at = now
-            slot.deadline = now + job.timeout_s if job.timeout_s > 0 else math.inf
             self._running[job.task_id] = slot
-            started.append(job.ref)
+            if job.timeout_s > 0:
+                slot.deadline = now + job.timeout_s
+                self._timed[job.task_id] = slot
+            started.append(job)
         return started
 
     def collect(self, now: float, ready: Collection[int]) -> list[TaskOutcome]:
         """Outcomes of the children whose fds (pipe or sentinel) the caller's poll found ready.
 
         A ready pipe fd is read without another poll (the hot path); for a ready sentinel
-        alone ``Connection.poll(0)`` decides whether a last reply is waiting.
+        alone a zero-timeout poll of the pipe decides whether a last reply is waiting.
         """
+        by_fd = self._by_fd
+        readable: list[_Slot] = []
+        exited: list[_Slot] = []
+        for fd in ready:  # sort first: handling one slot may replace it and reuse its fd numbers
+            slot = by_fd.get(fd)
+            if slot is not None:
+                (readable if fd == slot.read_fd else exited).append(slot)
+        if exited:
+            exited = [slot for slot in exited if slot not in readable]  # the pipe read covers it
         outcomes: list[TaskOutcome] = []
-        seen: dict[int, tuple[_Slot, bool]] = {}
-        for fd in ready:
-            slot = self._by_fd.get(fd)
-            if slot is not None and (fd == slot.fds[0] or id(slot) not in seen):
-                seen[id(slot)] = (slot, fd == slot.fds[0])
-        checks = list(seen.values())
-        for slot, readable in checks:
-            job = slot.job
-            if job is None:
-                if not slot.process.is_alive():
-                    log.warning("idle child died pid=%s exitcode=%s; replacing it",
-                                slot.process.pid, slot.process.exitcode)
-                    self._replace(slot)
-                continue
-            try:
-                if not readable and not slot.conn.poll(0):
-                    if slot.process.is_alive():
-                        continue
-                    raise EOFError
-                reply = slot.conn.recv_bytes()
-            except (EOFError, OSError):
-                exitcode = self._replace(slot)
-                outcomes.append(failed(job, "ChildProcessDied", _death_message(job, exitcode),
-                                       now - slot.started_at))
-                continue
-            outcomes.append(self._finish(slot, job, reply, now))
+        for slot in readable:
+            self._check(slot, True, now, outcomes)
+        for slot in exited:
+            self._check(slot, False, now, outcomes)
         self.tasks_finished += len(outcomes)
         return outcomes
 
+    def _check(self, slot: _Slot, readable: bool, now: float, outcomes: list[TaskOutcome]) -> None:
+        job = slot.job
+        if job is None:
+            if not slot.process.is_alive():
+                log.warning("idle child died pid=%s exitcode=%s; replacing it",
+                            slot.process.pid, slot.process.exitcode)
+                self._replace(slot)
+            return
+        try:
+            if not readable and not slot.from_child.poll(0):
+                if slot.process.is_alive():
+                    return
+                raise EOFError
+            reply = _read_message(slot.read_fd)
+        except (EOFError, OSError):
+            exitcode = self._replace(slot)
+            outcomes.append(failed(job, "ChildProcessDied", _death_message(job, exitcode), now - slot.started_at))
+            return
+        outcomes.append(self._finish(slot, job, reply, now))
+
     def _finish(self, slot: _Slot, job: Job, reply: bytes, now: float) -> TaskOutcome:
         slot.job = None
-        slot.deadline = math.inf
         del self._running[job.task_id]
+        if slot.deadline != math.inf:
+            slot.deadline = math.inf
+            del self._timed[job.task_id]
         self._idle.append(slot)
         if len(reply) > self.max_result_bytes:
             return failed(job, "ResultTooLarge",
@@ -391,7 +460,7 @@ class Executor:
     def expire(self, now: float) -> list[TaskOutcome]:
         """Kill and replace the children whose task ran past its timeout; their outcomes."""
         outcomes: list[TaskOutcome] = []
-        for slot in [s for s in self._running.values() if s.deadline <= now]:
+        for slot in [s for s in self._timed.values() if s.deadline <= now]:
             job = slot.job
             assert job is not None
             self._replace(slot)
@@ -416,6 +485,11 @@ class Executor:
             return failed(job, "Cancelled", f"task {job.name!r} was {reason} while running; its child was killed",
                           now - slot.started_at)
         return None
+
+
+def _close(slot: _Slot) -> None:
+    slot.to_child.close()
+    slot.from_child.close()
 
 
 def _death_message(job: Job, exitcode: int | None) -> str:

@@ -12,7 +12,15 @@ from multiprocessing.connection import wait
 import pytest
 
 from actorsched.protocol import AttemptRef, TaskOutcome
-from actorsched.worker.executor import Executor, Job, check_task_name, error_type_name
+from actorsched.worker.executor import (
+    _HEADER,
+    Executor,
+    Job,
+    _read_message,
+    _write_message,
+    check_task_name,
+    error_type_name,
+)
 
 TASKS = "actorsched.tasks"
 
@@ -174,6 +182,52 @@ def test_a_task_raising_system_exit_is_reported_and_the_child_survives(executor:
     (outcome,) = drive(executor, count(1))
     assert outcome.error is not None and outcome.error.type == "SystemExit"
     assert executor.children_replaced == 0
+
+
+def test_a_value_larger_than_a_pipe_holds_goes_both_ways_intact(executor: Executor) -> None:
+    blob = bytes(range(256)) * 4096  # 1 MiB: many reads and writes per message each way
+    executor.submit(job("big", "echo", blob))
+    (outcome,) = drive(executor, count(1))
+    assert outcome.ok and outcome.value == blob
+    assert executor.children_replaced == 0
+
+
+def test_a_result_over_max_result_bytes_is_result_too_large_and_the_child_is_kept() -> None:
+    pool = Executor(1, max_result_bytes=1000)
+    pool.start()
+    try:
+        pool.submit(job("big", "echo", "x" * 2000))
+        pool.submit(job("small", "echo", "x"))
+        outcomes = by_id(drive(pool, count(2)))
+        error = outcomes["big"].error
+        assert error is not None and error.type == "ResultTooLarge" and "more than the 1000" in error.message
+        assert outcomes["small"].ok and outcomes["small"].value == "x"
+        assert pool.children_replaced == 0
+    finally:
+        pool.stop()
+
+
+def test_a_pipe_closed_mid_message_is_end_of_file() -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, _HEADER.pack(100) + b"only ten!!")
+        os.close(write_fd)
+        with pytest.raises(EOFError):
+            _read_message(read_fd)
+    finally:
+        os.close(read_fd)
+
+
+def test_bytes_beyond_one_message_are_refused() -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        _write_message(write_fd, b"first")
+        _write_message(write_fd, b"second")
+        with pytest.raises(OSError, match="beyond one message"):
+            _read_message(read_fd)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 def test_stop_leaves_no_child_behind() -> None:
