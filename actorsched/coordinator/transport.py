@@ -185,10 +185,11 @@ class Transport:
                 self._read_workers(queue_events, registry_events)
             if self.clients in ready:
                 self._read_clients(queue_events, registry_events)
-            if registry_events:
-                ev.tell(self.registry, registry_events)
+            # The queue first: it answers clients, so it should win the race for the GIL.
             if queue_events:
                 ev.tell(self.queue, queue_events)
+            if registry_events:
+                ev.tell(self.registry, registry_events)
 
     def _send_outbox(self) -> None:
         outbox = self._outbox
