@@ -66,6 +66,7 @@ from actorsched.errors import (
 )
 from actorsched.protocol import ErrorReply, Message, TaskInfo, TaskSpec, WorkerInfo
 from actorsched.security import secure_client_socket
+from actorsched.zmqio import has_input, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -737,7 +738,7 @@ class Client:
 
     def _send(self, frames: list[bytes]) -> None:
         try:
-            self._socket.send_multipart(frames, copy=False)
+            send_frames(self._socket, frames, block=True)
         except zmq.Again:
             raise ConnectionFailed(
                 f"could not send to coordinator at {self.endpoint} within {self.timeout_s} s (send queue full): "
@@ -753,11 +754,9 @@ class Client:
         if self._socket not in events:
             return False
         for _ in range(_DRAIN_LIMIT):
-            try:
-                frames = self._socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not has_input(self._socket):
                 break
-            self._dispatch(frames)
+            self._dispatch([frame.bytes for frame in recv_frames(self._socket)])
         return True
 
     def _dispatch(self, frames: list[bytes]) -> None:

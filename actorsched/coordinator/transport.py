@@ -45,6 +45,7 @@ from actorsched.coordinator.supervision import Supervisor
 from actorsched.core.commands import SendToClient, SendToWorker
 from actorsched.errors import ProtocolError
 from actorsched.security import CurveServer, worker_id_allowed
+from actorsched.zmqio import has_input, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ class Transport:
         """Send, splitting a batch that would exceed max_message_bytes (peers drop such a frame)."""
         frames = p.encode(message)
         if len(frames[2]) <= self.config.max_message_bytes:
-            sock.send_multipart([peer, *frames], flags=zmq.NOBLOCK)
+            send_frames(sock, [peer, *frames])
             return
         field = _BATCH_FIELDS.get(type(message))
         items = getattr(message, field) if field else []
@@ -246,10 +247,9 @@ class Transport:
     def _read_workers(self, queue_events: list[Any], registry_events: list[Any]) -> None:
         sock = self.workers
         for _ in range(_MAX_READ_PER_TURN):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            if not has_input(sock):
                 return
+            frames = recv_frames(sock)
             peer = frames[0].bytes
             try:
                 message = self.worker_codec.decode([f.bytes for f in frames[1:]])
@@ -305,10 +305,9 @@ class Transport:
     def _read_clients(self, queue_events: list[Any], registry_events: list[Any]) -> None:
         sock = self.clients
         for _ in range(_MAX_READ_PER_TURN):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not has_input(sock):
                 return
+            frames = [frame.bytes for frame in recv_frames(sock)]
             peer = frames[0]
             try:
                 message = self.client_codec.decode(frames[1:])

@@ -27,7 +27,6 @@ import math
 import os
 import socket
 import time
-from typing import cast
 
 import zmq
 
@@ -56,6 +55,7 @@ from actorsched.protocol import (
 from actorsched.security import secure_client_socket
 from actorsched.worker.executor import Executor, Job, check_task_name
 from actorsched.worker.load import LoadSampler
+from actorsched.zmqio import has_input, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,6 @@ MAX_POLL_S = 1.0
 # after this delay.
 STARTED_DELAY_S = 0.005
 EXIT_OK, EXIT_FORCED, EXIT_REFUSED = 0, 1, 2
-# Plain ints: pyzmq's enum flags cost an enum operation wherever they are combined.
-_NOBLOCK = int(zmq.NOBLOCK)
-_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 
 _incarnations = 0
 
@@ -300,11 +295,11 @@ class WorkerConnection:
         assert sock is not None
         for _ in range(MAX_MESSAGES_PER_TURN):
             try:
-                frames = _recv_frames(sock)
+                frames = recv_frames(sock)
             except zmq.Again:
                 return
             try:
-                message = self._codec.decode(frames)
+                message = self._codec.decode([frame.bytes for frame in frames])
             except ProtocolError as exc:
                 self.protocol_errors += 1
                 log.warning("dropping bad frame from coordinator=%s reason=%s count=%s", self.endpoint, exc,
@@ -313,7 +308,7 @@ class WorkerConnection:
                 self._handle(message, now)
                 if self.exit_code is not None:
                     return
-            if not cast(int, sock.get(_EVENTS)) & _POLLIN:  # cheaper than the zmq.Again a dry recv raises
+            if not has_input(sock):
                 return
 
     def _handle(self, message: Message, now: float) -> None:
@@ -416,28 +411,12 @@ class WorkerConnection:
     def _send_frames(self, frames: list[bytes]) -> None:
         sock = self._socket
         assert sock is not None
-        try:  # frame by frame with int flags: send_multipart ORs enum flags per frame, which costs more
-            for frame in frames[:-1]:
-                sock.send(frame, _MORE_NOBLOCK)
-            sock.send(frames[-1], _NOBLOCK)
+        try:
+            send_frames(sock, frames)
         except zmq.Again:
             self.dropped_sends += 1
             log.warning("send queue to coordinator=%s is full; dropped a %s message (dropped=%s)",
                         self.endpoint, frames[1].decode(), self.dropped_sends)
-
-
-def _recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
-    """One multipart message without blocking; zmq.Again if none is waiting.
-
-    Reads ``Frame.more`` rather than a ``getsockopt(RCVMORE)`` per frame as
-    ``recv_multipart`` does: a few microseconds less per message.
-    """
-    frame = sock.recv(_NOBLOCK, copy=False)
-    frames = [frame.bytes]
-    while frame.more:  # the rest of a multipart message is there once its first frame is
-        frame = sock.recv(_NOBLOCK, copy=False)
-        frames.append(frame.bytes)
-    return frames
 
 
 def _replace_error(outcome: TaskOutcome, error_type: str, message: str) -> TaskOutcome:
