@@ -23,9 +23,8 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -40,8 +39,9 @@ class JournalError(ActorschedError):
     """The journal file is corrupt, truncated, of a newer schema, or cannot be written."""
 
 
-@dataclass(frozen=True, slots=True)
-class JournalRow:
+class JournalRow(NamedTuple):
+    """One task's row as written and read back (a tuple: two are built per task, so cheap matters)."""
+
     task_id: str
     seq: int
     state: str
