@@ -307,6 +307,7 @@ class Client:
         self._open: set[int] = set()                     # request ids awaiting a reply
         self._arrived: dict[int, Message] = {}           # their replies
         self._watches: dict[int, list[TaskInfo | ErrorReply]] = {}  # watch id -> reports so far
+        self._filled: set[int] = set()  # watch ids whose box holds reports no waiter took yet
         self._abandoned: collections.deque[int] = collections.deque()  # watches of handles dropped unwaited
         self._refusals = 0
         self._refusal_reason = ""
@@ -378,6 +379,7 @@ class Client:
         except BaseException:
             with self._turn(check_open=False):
                 self._watches.pop(rid, None)
+                self._filled.discard(rid)
             raise
         handle = TaskHandle(checked.task_id, self, rid)
         weakref.finalize(handle, self._abandoned.append, rid)
@@ -592,6 +594,7 @@ class Client:
         while self._abandoned:
             rid = self._abandoned.popleft()
             box = self._watches.pop(rid, None)
+            self._filled.discard(rid)
             if box is not None and not box and not self._closed:
                 with contextlib.suppress(ConnectionFailed):
                     self._send(protocol.encode(protocol.Unwatch(rid)))
@@ -601,6 +604,7 @@ class Client:
         with self._turn(check_open=False):
             for rid, unreported in watch_ids.items():
                 self._watches.pop(rid, None)
+                self._filled.discard(rid)
                 if unreported and not self._closed:
                     try:
                         self._send(protocol.encode(protocol.Unwatch(rid)))
@@ -618,11 +622,19 @@ class Client:
         while True:
             with self._turn():
                 reports: list[TaskInfo] = []
-                for rid, unreported in watch_ids.items():
+                # Only the watches with news: a gather over many submit() handles has one each.
+                filled = self._filled
+                if len(filled) <= len(watch_ids):
+                    news = [rid for rid in filled if rid in watch_ids]
+                else:
+                    news = [rid for rid in watch_ids if rid in filled]
+                for rid in news:
+                    filled.discard(rid)
                     box = self._watches.get(rid)
                     if not box:
                         continue
                     self._watches[rid] = []
+                    unreported = watch_ids[rid]
                     for item in box:
                         if isinstance(item, ErrorReply):
                             raise ActorschedError(f"coordinator at {self.endpoint} refused to watch "
@@ -777,5 +789,6 @@ class Client:
             self._arrived[rid] = message  # a reply; a submit that also watches gets TasksDone too
         elif box is not None and isinstance(message, protocol.TasksDone | ErrorReply):
             box.extend(message.tasks) if isinstance(message, protocol.TasksDone) else box.append(message)
+            self._filled.add(rid)
         else:
             log.debug("dropping %s for request_id=%d: no one waits for it any more", type(message).__name__, rid)
