@@ -145,10 +145,12 @@ class DispatcherCore:
         return sum(max(c.free, 0) for c in self.workers.values() if c.accepting)
 
     def _pick(self, candidates: list[tuple[float, PeerKey]], task: ReadyTask) -> int:
-        """Index of the best candidate for ``task``, or -1 if none may take it.
+        """Index of the best candidate for ``task``, or -1 if none may take it now.
 
-        A retry prefers a worker where the task has not failed yet: a broken worker
-        fails fast, stays free and would otherwise draw every retry to itself.
+        A retry goes to a worker where the task has not failed yet, waiting for one to
+        have a free slot if need be: a broken worker fails fast, stays free and would
+        otherwise draw every retry to itself.  Only when no live worker able to run the
+        task is left outside ``avoid`` may it go back to one where it failed.
         """
         if not task.tags and not task.avoid:
             return 0
@@ -162,7 +164,14 @@ class DispatcherCore:
                     fallback = index
             elif best < 0 or score < candidates[best][0]:
                 best = index
-        return best if best >= 0 else fallback
+        if best >= 0 or fallback < 0:
+            return best
+        return -1 if self._has_untried_worker(task) else fallback
+
+    def _has_untried_worker(self, task: ReadyTask) -> bool:
+        """Whether an accepting worker able to run ``task`` (free or not) is outside its ``avoid``."""
+        return any(c.accepting and c.worker_id not in task.avoid and c.tags.issuperset(task.tags)
+                   for c in self.workers.values())
 
     def _score(self, c: Capacity) -> float:
         return load_score(c.outstanding, c.slots, c.cpu_percent, c.memory_percent, self.config)

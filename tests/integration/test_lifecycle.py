@@ -79,15 +79,18 @@ def test_a_worker_whose_attempts_fail_while_they_succeed_elsewhere_is_cut_off_by
         tmp_path: Path, make_cluster: Callable[..., LocalCluster]) -> None:
     config = tmp_path / "breaker.toml"
     config.write_text("[breaker]\nmin_attempts = 4\nopen_s = 600.0\n"
-                      "[tasks]\nretry_backoff_base_s = 0.01\nretry_backoff_cap_s = 0.02\n")
+                      "[tasks]\nretry_backoff_base_s = 0.05\nretry_backoff_cap_s = 0.1\n")
     cluster = make_cluster(workers=0, coordinator_args=["--config", str(config)])
     cluster.add_worker(slots=2, env={"ACTORSCHED_TEST_BROKEN": "1"})  # worker-1: every task fails there
-    cluster.add_worker(slots=2)  # worker-2: healthy
     with cluster.client() as client:
-        cluster.wait_for_workers(client, 2)
+        cluster.wait_for_workers(client, 1)
         first = client.submit_many({"name": "actorsched.tasks:fail_if_env", "args": ["ACTORSCHED_TEST_BROKEN", i],
-                                    "max_attempts": 6} for i in range(30))
-        assert client.gather(first, timeout=120) == list(range(30))
+                                    "max_attempts": 200} for i in range(8))
+        # Each task fails at least once on worker-1 (then the only worker) before the healthy one comes.
+        wait_until(lambda: all(h.info().attempt >= 2 for h in first), 60, "every task to fail once on worker-1")
+        cluster.add_worker(slots=2)  # worker-2: healthy
+        assert client.gather(first, timeout=120) == list(range(8))
+        assert {h.info().worker_id for h in first} == {"worker-2"}
         wait_until(lambda: {w.worker_id: w.breaker for w in client.workers()}.get("worker-1") == "open", 30,
                    "worker-1's breaker to open")
         assert {w.worker_id: w.breaker for w in client.workers()}["worker-2"] == "closed"

@@ -217,7 +217,7 @@ def test_a_tagged_task_taking_a_middle_worker_keeps_every_slot_count_right(dispa
     assert set(dispatcher.entries) == {"gpu-2", "t4", "t5"}
 
 
-def test_a_retry_goes_to_a_worker_where_it_has_not_failed_unless_no_other_is_free() -> None:
+def test_a_retry_goes_to_a_worker_where_it_has_not_failed_unless_no_other_can_take_it() -> None:
     dispatcher = DispatcherCore(PlacementConfig())
     dispatcher.worker_up(b"k1", "w1", 4, (), 0)
     dispatcher.worker_up(b"k2", "w2", 1, (), 0)
@@ -229,3 +229,22 @@ def test_a_retry_goes_to_a_worker_where_it_has_not_failed_unless_no_other_is_fre
     dispatcher.tasks_ready([again])
     (placement,) = dispatcher.dispatch()
     assert placement.worker == b"k1"  # failed everywhere: any free worker will do
+
+
+def test_a_retry_waits_for_a_busy_worker_where_it_has_not_failed_rather_than_go_back() -> None:
+    dispatcher = DispatcherCore(PlacementConfig())
+    dispatcher.worker_up(b"k1", "w1", 4, (), 0)  # where the task failed: free, as a broken worker is
+    dispatcher.worker_up(b"k2", "w2", 1, (), 0)
+    dispatcher.tasks_ready([ready("busy")])
+    assert by_worker(dispatcher.dispatch()) == {b"k1": ["busy"]}
+    dispatcher.tasks_ready([ready("fill")])
+    dispatcher.worker_load(b"k1", 100.0, 100.0)  # make w2 the choice for plain tasks
+    assert by_worker(dispatcher.dispatch()) == {b"k2": ["fill"]}
+    retry = ReadyTask("t", 0, 9, 2, 1, "m:f", [], {}, None, (), 0.0, avoid=("w1",))
+    dispatcher.tasks_ready([retry])
+    assert dispatcher.dispatch() == []  # w2 is full: wait for it, not back to w1
+    dispatcher.slots_freed(b"k2", 1)
+    assert by_worker(dispatcher.dispatch()) == {b"k2": ["t"]}
+    dispatcher.worker_accepting(b"k2", False, False)  # w2 stops taking tasks: w1 is all there is
+    dispatcher.tasks_ready([ReadyTask("u", 0, 10, 2, 1, "m:f", [], {}, None, (), 0.0, avoid=("w1",))])
+    assert by_worker(dispatcher.dispatch()) == {b"k1": ["u"]}
