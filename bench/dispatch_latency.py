@@ -10,9 +10,10 @@ The client submits the tasks in chunks; a task's *accepted* time is when the
 ``submit_many`` call of its chunk returned (the coordinator's acknowledgement: the task
 is durable).  Its *arrival* time is when a simulator received the ``Assign`` naming it.
 Both are CLOCK_MONOTONIC, which is system-wide on Linux, so they compare across
-processes.  The coordinator makes a task ready and acknowledges it in the same step, so
-an assignment can reach a worker before the client hears the acknowledgement; such
-negative latencies count as 0 and are counted.  Everything (coordinator, simulators,
+processes.  The coordinator places a task as soon as it accepts it, while the journal
+commit that the acknowledgement waits for is still running, so an assignment usually
+reaches a worker before the client hears the acknowledgement; such negative latencies
+count as 0 and are counted, and *submit sent -> assigned* is the figure to read.  Everything (coordinator, simulators,
 client) shares this machine's CPUs.  Prints figures; it is not a pass/fail test.
 
 Start-up is timed in two phases: every simulator first connects all its sockets and
