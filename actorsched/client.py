@@ -785,8 +785,10 @@ class Client:
             return
         rid: int = getattr(message, "request_id", -1)
         box = self._watches.get(rid)
-        if rid in self._open and not isinstance(message, protocol.TasksDone):
-            self._arrived[rid] = message  # a reply; a submit that also watches gets TasksDone too
+        if rid in self._open and rid not in self._arrived and not isinstance(message, protocol.TasksDone):
+            # The reply.  A submit that also watches gets TasksDone (or an ErrorReply for
+            # one too large to send) after it, under the same id: those go to the watch.
+            self._arrived[rid] = message
         elif box is not None and isinstance(message, protocol.TasksDone | ErrorReply):
             box.extend(message.tasks) if isinstance(message, protocol.TasksDone) else box.append(message)
             self._filled.add(rid)

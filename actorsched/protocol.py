@@ -41,7 +41,7 @@ import msgpack
 from actorsched.errors import ProtocolError
 from actorsched.recordcodec import Decoder, record_decoder, record_encoder
 
-VERSION = b"AS1"
+VERSION = b"AS2"  # AS2: Submit gained `watch`
 TASK_NAME_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 """A task name, ``package.module:function``; use with ``fullmatch``."""
 MAX_FRAMES = 3

@@ -175,7 +175,7 @@ def test_error_reply_outside_submit_raises_actorsched_error(fake: FakeCoordinato
 def test_undecodable_frames_are_dropped_with_a_warning(fake: FakeCoordinator, client: Client,  # noqa: F811
                                                       caplog: pytest.LogCaptureFixture) -> None:
     def garbage_first(f: FakeCoordinator, message: Message) -> list[Message] | None:
-        f.send_raw([b"AS1", b"no-such-kind", b"\x90"])
+        f.send_raw([protocol.VERSION, b"no-such-kind", b"\x90"])
         f.send_raw([b"XX9", b"stats-reply", b"\x90"])
         return FakeCoordinator.default_handler(f, message)
     fake.handler = garbage_first

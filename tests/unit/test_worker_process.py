@@ -13,6 +13,7 @@ import pytest
 import zmq
 
 from actorsched.protocol import (
+    VERSION,
     WORKER_MESSAGES,
     Assign,
     Assignment,
@@ -154,7 +155,7 @@ def test_worker_registers_runs_assigned_tasks_heartbeats_and_exits_on_shutdown(
     assert isinstance(heartbeat, Heartbeat) and heartbeat.running == []
     assert 0 <= heartbeat.cpu_percent <= 100 and 0 < heartbeat.memory_percent <= 100
 
-    coordinator.router.send_multipart([coordinator.peer, b"AS1", b"assign", b"\xc1garbage"])  # dropped, no crash
+    coordinator.router.send_multipart([coordinator.peer, VERSION, b"assign", b"\xc1garbage"])  # dropped, no crash
     coordinator.send(Shutdown("test over"))
     draining = coordinator.expect(Draining)
     assert isinstance(draining, Draining) and "test over" in draining.reason
