@@ -6,8 +6,9 @@ allowed *worker* keys (worker endpoint) or allowed *client* keys (client endpoin
 The check is ZeroMQ's ZAP handshake, before any message is read, and fails closed: an
 empty or missing folder admits no one.  A peer's identity is its key, whatever its
 messages claim: a worker whose key is ``NAME.key`` may register only as worker id
-``NAME`` or ``NAME-<suffix>`` (so a fleet may share one key, and no key can pose as
-another's workers); :func:`worker_id_allowed` is the rule.
+``NAME`` or ``NAME-<suffix>``, and only if no longer key name owns that id (so a fleet
+may share one key, and no key can pose as another's workers); :func:`worker_id_owner`
+is the rule.
 
 Keys are the files :func:`zmq.auth.create_certificates` writes: ``NAME.key`` (public,
 to hand out) and ``NAME.key_secret`` (public and secret, to keep).  ``actorsched
@@ -17,6 +18,7 @@ keygen DIR NAME`` makes a pair.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +56,13 @@ def load_public(path: str, what: str) -> bytes:
     return public
 
 
-def worker_id_allowed(worker_id: str, key_name: str) -> bool:
-    """May a worker holding the key ``key_name`` register as ``worker_id``?  (``NAME`` or ``NAME-...``)"""
-    return worker_id == key_name or worker_id.startswith(key_name + "-")
+def worker_id_owner(worker_id: str, key_names: Iterable[str]) -> str | None:
+    """The key name that owns ``worker_id``: the longest NAME with ``worker_id`` NAME or NAME-..., or None.
+
+    Longest, so that key ``gpu`` cannot claim ``gpu-a100-1``, which belongs to key ``gpu-a100``.
+    """
+    owners = [name for name in key_names if worker_id == name or worker_id.startswith(name + "-")]
+    return max(owners, key=len, default=None)
 
 
 def secure_client_socket(sock: zmq.Socket[Any], server_key_file: str, key_file: str) -> None:

@@ -44,7 +44,7 @@ from actorsched.coordinator import events as ev
 from actorsched.coordinator.supervision import Supervisor
 from actorsched.core.commands import SendToClient, SendToWorker
 from actorsched.errors import ProtocolError
-from actorsched.security import CurveServer, worker_id_allowed
+from actorsched.security import CurveServer, worker_id_owner
 from actorsched.zmqio import has_input, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
@@ -286,13 +286,14 @@ class Transport:
     def _identity_matches(self, frame: zmq.Frame, peer: bytes, register: p.Register) -> bool:
         """With CURVE, a worker's id must belong to its key (``NAME`` or ``NAME-...``); else it is refused."""
         assert self.curve is not None
-        key = str(frame.get("User-Id"))
-        name = self.curve.worker_key_names.get(key)
-        if name is not None and worker_id_allowed(register.worker_id, name):
+        names = self.curve.worker_key_names
+        name = names.get(str(frame.get("User-Id")))
+        if name is not None and worker_id_owner(register.worker_id, names.values()) == name:
             return True
         self.counters["identity_refused"] += 1
         reason = (f"worker id {register.worker_id!r} does not belong to this worker's key "
-                  f"{name or 'unknown'!r}: a worker holding NAME.key may register only as NAME or NAME-<suffix>; "
+                  f"{name or 'unknown'!r}: a worker holding NAME.key may register only as NAME or NAME-<suffix> "
+                  f"(unless a longer key name owns that id); "
                   f"start it with --worker-id {name or 'NAME'} (or {name or 'NAME'}-<suffix>), or give it the key "
                   f"made for {register.worker_id!r}")
         self._warn("identity", "refused a worker: %s", reason)
