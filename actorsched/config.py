@@ -74,6 +74,7 @@ class PlacementConfig:
     memory_weight: float = 0.25
     max_assign_batch: int = 256
     aging_s_per_priority: float = 60.0
+    retry_elsewhere_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +159,12 @@ class WorkerConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def resolved_worker_id(self) -> str:
-        return self.worker.worker_id or f"{os.uname().nodename}-{os.getpid()}"
+        """``worker_id``, else HOSTNAME-PID; with a CURVE key NAME.key_secret, NAME-HOSTNAME-PID (the key allows it)."""
+        if self.worker.worker_id:
+            return self.worker.worker_id
+        default = f"{os.uname().nodename}-{os.getpid()}"
+        key = self.connection.secret_key_file
+        return f"{Path(key).name.removesuffix('.key_secret')}-{default}" if key else default
 
     def resolved_slots(self) -> int:
         return self.worker.slots or (os.cpu_count() or 1)
@@ -174,7 +180,7 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {
     "default_timeout_s", "running_weight", "cpu_weight", "memory_weight", "slots", "drain_timeout_s",
-    "aging_s_per_priority", "restart_grace_s",
+    "aging_s_per_priority", "restart_grace_s", "retry_elsewhere_s",
 }
 _CHOICES = {"level": LOG_LEVELS, "start_method": ("fork", "forkserver", "spawn")}
 _ENDPOINTS = {"client_endpoint", "worker_endpoint", "coordinator"}

@@ -8,6 +8,8 @@ can see a result for a placement it has not heard of.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -32,9 +34,10 @@ log = logging.getLogger(__name__)
 
 
 class DispatcherActor(SupervisedActor, pykka.ThreadingActor):
-    def __init__(self, config: PlacementConfig) -> None:
+    def __init__(self, config: PlacementConfig, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.core = DispatcherCore(config)
+        self.clock = clock
         self.queue: pykka.ActorRef[Any] | None = None
         self.registry: pykka.ActorRef[Any] | None = None
         self.transport: Any = None
@@ -64,7 +67,7 @@ class DispatcherActor(SupervisedActor, pykka.ThreadingActor):
                     core.worker_accepting(worker, accepting, probe)
                 case _:
                     log.error("Dispatcher got an unknown event %r", event)
-        placements = core.dispatch()
+        placements = core.dispatch(self.clock())
         if not placements:
             return None
         placed = [ev.TasksPlaced(p.worker, core.workers[p.worker].worker_id, p.tasks) for p in placements]

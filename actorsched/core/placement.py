@@ -16,8 +16,10 @@ more tasks than its free slots.
 
 Placement: each task goes to the accepting worker with free slots, the right tags and
 the lowest load score (see :func:`actorsched.core.registry.load_score`); the score is
-recomputed after every placement so a batch spreads across workers.  A retry prefers
-workers where the task has not failed yet.
+recomputed after every placement so a batch spreads across workers.  A retry waits
+up to ``retry_elsewhere_s`` for a worker where the task has not failed or crashed, then
+takes any (see :meth:`DispatcherCore._pick`).  Tasks that cannot be placed now (tags
+no free worker has, retries waiting) are looked past, up to ``_MAX_SKIPPED`` per round.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from actorsched.config import PlacementConfig
 from actorsched.core.commands import PeerKey, Placement, ReadyTask
 from actorsched.core.registry import load_score
 
-_MAX_SKIPPED = 1024  # tagged tasks no worker can take, looked past per dispatch round
+_MAX_SKIPPED = 1024  # tasks that cannot be placed now (tags, retries waiting), looked past per round
 
 
 @dataclass(slots=True)
@@ -94,8 +96,12 @@ class DispatcherCore:
 
     # ------------------------------------------------------------------ decisions
 
-    def dispatch(self) -> list[Placement]:
-        """Match ready tasks to free slots; returns one or more placements per worker."""
+    def dispatch(self, now: float = 0.0) -> list[Placement]:
+        """Match ready tasks to free slots; returns one or more placements per worker.
+
+        ``now`` (the clock of the tasks' ``ready_at``) bounds how long a retry waits for
+        a worker where it has not failed (``retry_elsewhere_s``).
+        """
         if not self.entries:
             self.heap.clear()
             return []
@@ -112,7 +118,7 @@ class DispatcherCore:
             task = self.entries.get(item[3])
             if task is None or task.attempt != item[2]:
                 continue  # withdrawn or superseded
-            index = self._pick(candidates, task)
+            index = self._pick(candidates, task, now)
             if index < 0:
                 skipped.append(item)
                 continue
@@ -144,13 +150,14 @@ class DispatcherCore:
     def free_slots(self) -> int:
         return sum(max(c.free, 0) for c in self.workers.values() if c.accepting)
 
-    def _pick(self, candidates: list[tuple[float, PeerKey]], task: ReadyTask) -> int:
+    def _pick(self, candidates: list[tuple[float, PeerKey]], task: ReadyTask, now: float) -> int:
         """Index of the best candidate for ``task``, or -1 if none may take it now.
 
-        A retry goes to a worker where the task has not failed yet, waiting for one to
-        have a free slot if need be: a broken worker fails fast, stays free and would
-        otherwise draw every retry to itself.  Only when no live worker able to run the
-        task is left outside ``avoid`` may it go back to one where it failed.
+        A retry goes to a worker where the task has not failed yet, waiting up to
+        ``retry_elsewhere_s`` for one to have a free slot: a broken worker fails fast,
+        stays free and would otherwise draw every retry to itself.  It goes back to a
+        worker where it failed once that wait is over, or at once if no accepting worker
+        able to run it is left outside ``avoid``.
         """
         if not task.tags and not task.avoid:
             return 0
@@ -166,7 +173,9 @@ class DispatcherCore:
                 best = index
         if best >= 0 or fallback < 0:
             return best
-        return -1 if self._has_untried_worker(task) else fallback
+        if now - task.ready_at < self.config.retry_elsewhere_s and self._has_untried_worker(task):
+            return -1  # wait for a worker where it has not failed
+        return fallback
 
     def _has_untried_worker(self, task: ReadyTask) -> bool:
         """Whether an accepting worker able to run ``task`` (free or not) is outside its ``avoid``."""

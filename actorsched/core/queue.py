@@ -67,6 +67,8 @@ WORKER_DEATHS = frozenset({"ChildProcessDied"})
 
 S = TaskState
 _CANCELLED_BY_CLIENT = ErrorInfo("Cancelled", "cancelled by a client")
+# Attempts that point at their worker: a retry avoids it for a while (a lost assignment does not).
+_AVOIDED_OUTCOMES = frozenset({"failed", "worker lost"})
 
 
 @dataclass(slots=True)
@@ -486,7 +488,7 @@ class TaskQueueCore:
             task_id, spec.priority, task.seq, task.attempt, task.epoch, spec.name, args, kwargs,
             spec.timeout_s if spec.timeout_s is not None else (self.config.default_timeout_s or None),
             tuple(spec.tags), now,
-            tuple({h.worker_id for h in task.history if h.outcome != "succeeded"}) if task.history else (),
+            tuple({h.worker_id for h in task.history if h.outcome in _AVOIDED_OUTCOMES}) if task.history else (),
         ))
 
     def _after_failure(self, task_id: str, task: TaskRecord, error: ErrorInfo, now: float,

@@ -81,6 +81,7 @@ cpu_weight = 0.0
 memory_weight = 0.0
 max_assign_batch = 8
 aging_s_per_priority = 10.0
+retry_elsewhere_s = 0.5
 [logging]
 level = "DEBUG"
 """)
@@ -90,7 +91,7 @@ level = "DEBUG"
     assert config.journal == c.JournalConfig("/var/lib/as", False, False)
     assert config.liveness == c.LivenessConfig(0.5, 2.0, 6.0, 1.0, 2.0)
     assert config.tasks == c.TasksConfig(30.0, 2, 0.5, 10.0, 100, 1)
-    assert config.placement == c.PlacementConfig(2.0, 0.0, 0.0, 8, 10.0)
+    assert config.placement == c.PlacementConfig(2.0, 0.0, 0.0, 8, 10.0, 0.5)
     assert config.logging.level == "DEBUG"
     assert type(config.liveness.suspect_after_s) is float  # an integer in TOML becomes a float
 
@@ -319,3 +320,13 @@ def test_curve_settings_go_together(tmp_path: Path) -> None:
     assert "all three or none" in message
     message, _ = load_error(tmp_path, '[connection]\nsecret_key_file = "w.key_secret"\n', c.load_worker_config)
     assert "set both or neither" in message
+
+
+def test_the_default_worker_id_is_host_pid_or_with_a_curve_key_its_name_first() -> None:
+    plain = c.WorkerConfig()
+    assert plain.resolved_worker_id().endswith(f"-{__import__('os').getpid()}")
+    keyed = dataclasses.replace(plain, connection=dataclasses.replace(
+        plain.connection, server_public_key_file="keys/coordinator.key", secret_key_file="keys/gpu.key_secret"))
+    assert keyed.resolved_worker_id() == f"gpu-{plain.resolved_worker_id()}"  # the key "gpu" allows it
+    named = dataclasses.replace(keyed, worker=dataclasses.replace(keyed.worker, worker_id="gpu-7"))
+    assert named.resolved_worker_id() == "gpu-7"

@@ -248,3 +248,15 @@ def test_a_retry_waits_for_a_busy_worker_where_it_has_not_failed_rather_than_go_
     dispatcher.worker_accepting(b"k2", False, False)  # w2 stops taking tasks: w1 is all there is
     dispatcher.tasks_ready([ReadyTask("u", 0, 10, 2, 1, "m:f", [], {}, None, (), 0.0, avoid=("w1",))])
     assert by_worker(dispatcher.dispatch()) == {b"k1": ["u"]}
+
+
+def test_a_waiting_retry_goes_back_to_a_worker_where_it_failed_once_retry_elsewhere_s_is_over() -> None:
+    dispatcher = DispatcherCore(PlacementConfig(retry_elsewhere_s=2.0))
+    dispatcher.worker_up(b"k1", "w1", 1, (), 0)
+    dispatcher.worker_up(b"k2", "w2", 1, (), 0)
+    dispatcher.worker_load(b"k1", 100.0, 100.0)
+    dispatcher.tasks_ready([ready("fill")])
+    assert by_worker(dispatcher.dispatch(10.0)) == {b"k2": ["fill"]}  # w2 is now busy
+    dispatcher.tasks_ready([ReadyTask("t", 0, 9, 2, 1, "m:f", [], {}, None, (), 10.0, avoid=("w1",))])
+    assert dispatcher.dispatch(11.9) == []  # still waiting for w2
+    assert by_worker(dispatcher.dispatch(12.0)) == {b"k1": ["t"]}  # waited long enough: any free worker

@@ -772,3 +772,19 @@ def test_one_watch_of_several_tasks_reports_each_as_it_finishes(q: QueueHarness)
     q.run("b", W2)
     assert [i.task_id for i in replies(q.succeed("b", worker=W2), TasksDone)[0].tasks] == ["b"]
     assert [i.task_id for i in replies(q.succeed("a"), TasksDone)[0].tasks] == ["a"]
+
+
+def test_a_retry_avoids_workers_where_it_failed_or_crashed_but_not_where_its_assignment_was_lost(
+        q: QueueHarness) -> None:
+    w1, w2 = W1.decode(), W2.decode()  # the harness's worker ids
+    q.add(spec("a"), spec("b"))
+    q.run("a", W1)
+    q.fail("a", worker=W1)
+    (retry,) = made_ready(q.tick(60.0))
+    assert retry.avoid == (w1,)
+    q.run("a", W2)
+    (lost,) = made_ready(q.worker_lost(W2, w2, ["a"], "the worker does not hold it", 61.0, worker_died=False))
+    assert lost.avoid == (w1,)  # w2 never got it: nothing against w2
+    q.run("b", W2)
+    (crashed,) = made_ready(q.worker_lost(W2, w2, ["b"], "connection closed", 62.0))  # the worker died
+    assert crashed.avoid == (w2,)
