@@ -16,9 +16,12 @@ child): a message of up to 64 KiB then costs one system call each way.  At most 
 message is ever in flight per pipe (a job, then its reply), so a read never takes
 bytes of the next message.
 
-The parent never blocks on a child: the loop polls :meth:`Executor.fds` (each child's
-pipe and process sentinel) and calls :meth:`Executor.collect` for the ready ones, then
-:meth:`Executor.expire` for deadlines.  A child that times out, is cancelled while
+The parent does not wait for a child to finish: the loop polls :meth:`Executor.fds`
+(each child's pipe and process sentinel) and calls :meth:`Executor.collect` for the
+ready ones, then :meth:`Executor.expire` for deadlines.  Once a reply has begun, the
+parent reads it to the end (at most ``max_result_bytes``: a longer one is refused from
+its length alone, unread, and its child replaced); a child stopped half-way through
+writing would hold the parent there.  A child that times out, is cancelled while
 running, or dies is killed (SIGKILL), joined and replaced at once, so a slot is never
 lost.  Every finished attempt becomes exactly one :class:`~actorsched.protocol.TaskOutcome`
 carrying the attempt's fencing token ``(epoch, attempt)``.
@@ -190,17 +193,34 @@ def _write_message(fd: int, payload: bytes) -> None:
             written += os.write(fd, view[written:])
 
 
-def _read_message(fd: int) -> bytes:
-    """Read one whole message from the blocking pipe ``fd``; EOFError if it closes first."""
+class _ReplyTooLarge(Exception):
+    """Parent side only: the child announced a reply longer than a result may be."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
+
+def _read_message(fd: int, limit: int | None = None) -> bytes:
+    """Read one whole message from the blocking pipe ``fd``; EOFError if it closes first.
+
+    With ``limit``, a message announced longer than that is not read: _ReplyTooLarge.
+    """
     data = os.read(fd, _READ_BYTES)
-    if len(data) >= _HEADER.size and len(data) == _HEADER.size + _HEADER.unpack_from(data)[0]:
-        return data[_HEADER.size:]  # the hot path: the whole message in one read
+    if len(data) >= _HEADER.size:
+        length = _HEADER.unpack_from(data)[0]
+        if limit is not None and length > limit:
+            raise _ReplyTooLarge(length)
+        if len(data) == _HEADER.size + length:
+            return data[_HEADER.size:]  # the hot path: the whole message in one read
     buffer = bytearray(data)
     while True:
         if not data:
             raise EOFError(f"pipe closed after {len(buffer)} byte(s) of a message")
         if len(buffer) >= _HEADER.size:
             end = _HEADER.size + _HEADER.unpack_from(buffer)[0]
+            if limit is not None and end - _HEADER.size > limit:
+                raise _ReplyTooLarge(end - _HEADER.size)
             if len(buffer) >= end:
                 break
             data = os.read(fd, end - len(buffer))
@@ -428,7 +448,14 @@ class Executor:
                 if slot.process.is_alive():
                     return
                 raise EOFError
-            reply = _read_message(slot.read_fd)
+            reply = _read_message(slot.read_fd, self.max_result_bytes)
+        except _ReplyTooLarge as exc:  # not read: the child, blocked writing it, is replaced
+            self._replace(slot)
+            outcomes.append(failed(job, "ResultTooLarge",
+                                   f"task {job.name!r} returned {exc.length} bytes, more than the "
+                                   f"{self.max_result_bytes} a result may carry; return less data or raise "
+                                   f"max_message_bytes on both sides", now - slot.started_at))
+            return
         except (EOFError, OSError):
             exitcode = self._replace(slot)
             outcomes.append(failed(job, "ChildProcessDied", _death_message(job, exitcode), now - slot.started_at))
@@ -442,11 +469,6 @@ class Executor:
             slot.deadline = math.inf
             del self._timed[job.task_id]
         self._idle.append(slot)
-        if len(reply) > self.max_result_bytes:
-            return failed(job, "ResultTooLarge",
-                          f"task {job.name!r} returned {len(reply)} bytes, more than the "
-                          f"{self.max_result_bytes} a result may carry; return less data or raise "
-                          f"max_message_bytes on both sides", now - slot.started_at)
         try:
             ok, value, error_type, message, trace, duration_s = msgpack.unpackb(reply, raw=False,
                                                                                 strict_map_key=True)
