@@ -115,7 +115,7 @@ def record_decoder(cls: type) -> Decoder:
     for var, name in zip(local, names):
         lines += _check_lines(var, hints[name], f"{cls.__name__}.{name}", env, "    ")
     slots = getattr(cls, "__slots__", ())
-    if all(name in slots for name in names) and "__post_init__" not in vars(cls):
+    if all(name in slots for name in names) and not hasattr(cls, "__post_init__"):
         # Every field is checked and given: fill the slots directly.  A frozen dataclass's
         # __init__ goes through object.__setattr__ per field, about twice as slow.
         env["_new"] = object.__new__

@@ -237,8 +237,13 @@ class JournalWriter:
                     if stopping:
                         return
                     continue
-                for _, _, then in batch:
-                    then()
-                    self._done += 1
+                try:
+                    for _, _, then in batch:
+                        then()
+                        self._done += 1
+                except Exception as exc:  # our bug: stop loudly rather than never acknowledge again
+                    self._failed = True
+                    log.exception("a journal follow-up failed")
+                    self.on_failure(exc)
             if stopping:
                 return

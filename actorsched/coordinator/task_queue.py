@@ -137,8 +137,9 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         """Tell the Dispatcher and the Registry at once; send to peers once the changes are durable.
 
         Placement does not wait for the disk: a task runs while its submit is being
-        committed.  What a peer hears (accepted, a result, a state) waits for the commit
-        of everything decided before it, so no one hears of a change a crash could undo.
+        committed.  What the TaskQueue tells a peer (accepted, a result, a state, a
+        cancel) waits for the commit of everything decided before it, so no client hears
+        of a change a crash could undo.
         Should the coordinator die before the commit, the task had not been acknowledged
         and its attempt is unknown to the next epoch: its result is rejected as stale.
         """

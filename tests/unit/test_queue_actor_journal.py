@@ -20,7 +20,7 @@ from actorsched.coordinator import events as ev
 from actorsched.coordinator.journal import Journal, JournalRow, JournalWriter
 from actorsched.coordinator.task_queue import TaskQueueActor
 from actorsched.core.commands import MakeReady, SendToClient
-from actorsched.protocol import SubmitReply, TaskSpec
+from actorsched.protocol import QueryReply, SubmitReply, TaskSpec
 
 WAIT_S = 10.0
 
@@ -91,3 +91,46 @@ def test_the_writer_is_idle_only_when_every_follow_up_has_run(journal: GatedJour
     finally:
         journal.gate.set()
         writer.stop()
+
+
+def test_a_reply_with_nothing_to_commit_waits_behind_a_pending_commit(journal: GatedJournal) -> None:
+    dispatcher, transport, registry = Inbox(), Inbox(), Inbox()
+    actor = TaskQueueActor.start(TasksConfig(), journal, 1)
+    try:
+        actor.proxy().connect(dispatcher, transport, registry).get(timeout=WAIT_S)
+        actor.tell([ev.TasksSubmitted(b"client", 7, [TaskSpec("t-1", "actorsched.tasks:noop")])])
+        assert journal.writing.wait(WAIT_S)
+        actor.tell([ev.QueryRequested(b"client", 8, ["t-1"])])
+        actor.proxy().core.get(timeout=WAIT_S)  # the query has been handled (the actor answers in order)
+        assert transport.told.empty(), "the query's answer overtook the commit of the task it reports"
+        journal.gate.set()
+        answers = [transport.told.get(timeout=WAIT_S)[0].message for _ in range(2)]
+        assert [type(m) for m in answers] == [SubmitReply, QueryReply]
+        assert answers[1].tasks[0].state == "QUEUED"
+    finally:
+        journal.gate.set()
+        actor.stop(timeout=WAIT_S)
+
+
+class FailingJournal(Journal):
+    def write_batches(self, batches: list[tuple[list[JournalRow], list[str]]]) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def test_after_a_failed_journal_write_nothing_is_acknowledged_any_more(tmp_path: Path) -> None:
+    journal = FailingJournal(tmp_path)
+    journal.open()
+    failures: queue.Queue[BaseException] = queue.Queue()
+    transport = Inbox()
+    actor = TaskQueueActor.start(TasksConfig(), journal, 1)
+    try:
+        actor.proxy().connect(Inbox(), transport, Inbox()).get(timeout=WAIT_S)
+        actor.proxy().writer.get(timeout=WAIT_S).on_failure = failures.put
+        actor.tell([ev.TasksSubmitted(b"client", 7, [TaskSpec("t-1", "actorsched.tasks:noop")])])
+        assert isinstance(failures.get(timeout=WAIT_S), OSError)
+        actor.tell([ev.QueryRequested(b"client", 8, ["t-1"])])
+        actor.proxy().core.get(timeout=WAIT_S)
+        assert transport.told.empty(), "something was acknowledged after the journal failed"
+    finally:
+        actor.stop(timeout=WAIT_S)
+        journal.close()
