@@ -22,7 +22,9 @@ coordinator (``GetStats``) to tell a slow cluster from a dead coordinator, and r
 its watches, so that a coordinator restarted from its journal still reports them.
 :meth:`Client.submit` asks for the watch in the submit itself (``Submit.watch``), so a
 ``submit(...).result()`` costs one exchange, not two; if the handle is dropped unwaited,
-the next request of the client ends that watch.
+the next request of the client ends that watch.  A socket monitor counts connection
+drops: a watch opened before one (the coordinator may have restarted) is not trusted,
+and waiting starts a new one.
 
 Submits are validated completely before anything is sent (:class:`InvalidTask`), sent
 in chunks of at most :data:`SUBMIT_CHUNK` tasks, and pipelined: up to :data:`WINDOW`
@@ -47,6 +49,7 @@ from typing import Any, TypeVar
 
 import msgpack
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from actorsched import protocol
 from actorsched.config import check_endpoint, default_client_endpoint
@@ -233,11 +236,12 @@ class TaskHandle:
 
     __slots__ = ("task_id", "client", "_final", "_watch", "__weakref__")
 
-    def __init__(self, task_id: str, client: Client, watch: int | None = None) -> None:
+    def __init__(self, task_id: str, client: Client, watch: tuple[int, int] | None = None) -> None:
         self.task_id = task_id
         self.client = client
         self._final: TaskInfo | None = None
-        self._watch = watch  # id of the watch the submit opened for this task, if any
+        # (id, connection drops seen) of the watch the submit opened for this task, if any
+        self._watch = watch
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's value; TaskFailed if it FAILED or was CANCELLED, Timeout past ``timeout`` s."""
@@ -320,6 +324,9 @@ class Client:
             # CURVE, when the coordinator listens beyond loopback: arguments, else the environment.
             secure_client_socket(self._socket, server_key_file or os.environ.get(SERVER_KEY_ENV, ""),
                                  key_file or os.environ.get(CLIENT_KEY_ENV, ""))
+            # Disconnections: a watch opened before one may be gone (a restarted coordinator).
+            self._monitor: zmq.Socket[bytes] = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self._drops = 0
             self._socket.connect(self.endpoint)
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)
@@ -340,6 +347,10 @@ class Client:
                 self._release_sockets()
 
     def _release_sockets(self) -> None:
+        monitor = getattr(self, "_monitor", None)
+        if monitor is not None:
+            self._socket.disable_monitor()
+            monitor.close(linger=0)
         self._socket.close(linger=0)
         self._wake_r.close()
         self._wake_w.close()
@@ -373,7 +384,9 @@ class Client:
         ((rid, _, _),) = requests
         with self._turn():
             self._end_abandoned_watches()
+            self._count_drops()
             self._watches[rid] = []
+            drops = self._drops
         try:
             self._submit_requests(requests, 1)
         except BaseException:
@@ -381,7 +394,7 @@ class Client:
                 self._watches.pop(rid, None)
                 self._filled.discard(rid)
             raise
-        handle = TaskHandle(checked.task_id, self, rid)
+        handle = TaskHandle(checked.task_id, self, (rid, drops))
         weakref.finalize(handle, self._abandoned.append, rid)
         return handle
 
@@ -573,11 +586,21 @@ class Client:
         watch_ids: dict[int, set[str]] = {}
         with self._turn():
             self._end_abandoned_watches()
+            self._count_drops()
             if handles:
                 for handle in handles:
-                    rid, handle._watch = handle._watch, None
-                    if rid is not None and rid in self._watches and handle._final is None:
+                    watch, handle._watch = handle._watch, None
+                    if watch is None:
+                        continue
+                    rid, drops = watch
+                    box = self._watches.get(rid)
+                    if box is None:
+                        continue
+                    if handle._final is None and (box or drops == self._drops):
                         watch_ids[rid] = {handle.task_id}
+                    else:  # the connection dropped since: the coordinator may not know this watch
+                        del self._watches[rid]
+                        self._filled.discard(rid)
                 if watch_ids:
                     prewatched = {t for ids in watch_ids.values() for t in ids}
                     task_ids = [t for t in task_ids if t not in prewatched]
@@ -588,6 +611,12 @@ class Client:
                 watch_ids[rid] = set(chunk)
                 self._send(protocol.encode(protocol.Watch(rid, chunk)))
         return watch_ids
+
+    def _count_drops(self) -> None:
+        """Count the connection drops the socket monitor reported (under a turn)."""
+        while has_input(self._monitor):
+            if parse_monitor_message(self._monitor.recv_multipart())["event"] == zmq.EVENT_DISCONNECTED:
+                self._drops += 1
 
     def _end_abandoned_watches(self) -> None:
         """End the watches of handles dropped before their task was reported (under a turn)."""

@@ -210,6 +210,19 @@ def test_finished_task_reads_the_same_after_a_coordinator_restart(make_cluster: 
     assert after == before
 
 
+def test_waiting_on_a_submit_handle_after_a_coordinator_restart_does_not_wait_out_the_client_timeout(
+        make_cluster: Callable[..., LocalCluster]) -> None:
+    cluster = make_cluster(workers=1, slots=1)
+    # A long client timeout: were the dead coordinator's watch trusted, the client would hear
+    # nothing until it probed after 60 s, and result(timeout=20) would time out.
+    with Client(cluster.client_endpoint, timeout_s=60) as client:
+        cluster.wait_for_workers(client, 1)
+        handle = client.submit(SLEEP, 0.2, task_id="watched-by-its-submit")
+        cluster.kill_coordinator(signal.SIGKILL)
+        cluster.start_coordinator()
+        assert handle.result(timeout=20) == 0.2
+
+
 # --------------------------------------------------------------------------- SIGSTOP of the coordinator
 
 
