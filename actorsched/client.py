@@ -373,7 +373,8 @@ class Client:
         """Submit one task ``name(*args, **kwargs)``; returns once the coordinator made it durable.
 
         The submit also watches the task, so ``result()`` on the handle waits without a
-        request of its own.
+        request of its own; the result comes back even if no one asks for it.  To fire
+        many tasks and forget them, use :meth:`submit_many`, which does not watch.
         """
         spec = {"task_id": task_id, "name": name, "args": list(args), "kwargs": kwargs, "priority": priority,
                 "deps": deps, "timeout_s": timeout_s, "max_attempts": max_attempts, "retry_on": retry_on,
