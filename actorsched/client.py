@@ -19,7 +19,8 @@ send ``TasksDone`` as each task reaches a final state (at once for tasks that al
 have).  A watch ends by itself when every task was reported; a waiter that gives up
 early sends ``Unwatch``.  If nothing arrives for ``timeout_s`` the client pings the
 coordinator (``GetStats``) to tell a slow cluster from a dead coordinator, and renews
-its watches, so that a coordinator restarted from its journal still reports them.
+its watches, so that a coordinator restarted from its journal still reports them; it
+does so at once when the socket monitor reports the connection dropped.
 :meth:`Client.submit` asks for the watch in the submit itself (``Submit.watch``), so a
 ``submit(...).result()`` costs one exchange, not two; if the handle is dropped unwaited,
 the next request of the client ends that watch.  A socket monitor counts connection
@@ -333,6 +334,7 @@ class Client:
             self._poller = zmq.Poller()
             self._poller.register(self._socket, zmq.POLLIN)
             self._poller.register(self._wake_r, zmq.POLLIN)
+            self._poller.register(self._monitor, zmq.POLLIN)
         except BaseException:
             self._release_sockets()
             raise
@@ -556,10 +558,11 @@ class Client:
         total = len(waiting)
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         watch_ids: dict[int, set[str]] = self._start_watches(list(waiting), handles)
+        drops = self._drops
         last_news = time.monotonic()
         try:
             while waiting:
-                reports, probe = self._collect_reports(watch_ids, deadline, last_news)
+                reports, probe = self._collect_reports(watch_ids, deadline, last_news, drops)
                 now = time.monotonic()
                 if reports:
                     last_news = now
@@ -569,10 +572,11 @@ class Client:
                             yield handle
                 elif probe:
                     self.stats()  # raises ConnectionFailed if the coordinator is gone
-                    log.debug("no reports for %.1f s; renewing %d watch(es) for %d task(s)",
-                              now - last_news, len(watch_ids), len(waiting))
+                    log.debug("no reports for %.1f s or the connection dropped; renewing %d watch(es) for %d "
+                              "task(s)", now - last_news, len(watch_ids), len(waiting))
                     self._end_watches(watch_ids)
                     watch_ids = self._start_watches(list(waiting))
+                    drops = self._drops
                     last_news = time.monotonic()
                 elif deadline is not None and now >= deadline:
                     shown = ", ".join(repr(t) for t in itertools.islice(waiting, 3))
@@ -643,10 +647,12 @@ class Client:
         watch_ids.clear()
 
     def _collect_reports(self, watch_ids: dict[int, set[str]], deadline: float | None,
-                         last_news: float) -> tuple[list[TaskInfo], bool]:
+                         last_news: float, drops: int) -> tuple[list[TaskInfo], bool]:
         """Reports buffered for these watches, polling until some arrive, the deadline or the idle limit.
 
-        Returns ``(reports, probe)``: ``probe`` is True when nothing came for ``timeout_s``.
+        Returns ``(reports, probe)``: ``probe`` is True when nothing came for ``timeout_s``
+        or the connection dropped since the watches started (``drops`` then): a restarted
+        coordinator does not know them.
         """
         refusals = self._refusals
         while True:
@@ -676,7 +682,7 @@ class Client:
                 self._check_refused(refusals)
                 now = time.monotonic()
                 idle_left = last_news + self.timeout_s - now
-                if idle_left <= 0:
+                if idle_left <= 0 or self._drops != drops:
                     return [], True
                 wait = idle_left if deadline is None else min(idle_left, deadline - now)
                 if wait <= 0:
@@ -793,6 +799,8 @@ class Client:
         if self._wake_r.fileno() in events or self._wake_r in events:
             with contextlib.suppress(BlockingIOError):
                 self._wake_r.recv(4096)
+        if self._monitor in events:
+            self._count_drops()
         if self._socket not in events:
             return False
         for _ in range(_DRAIN_LIMIT):

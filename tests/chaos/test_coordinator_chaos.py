@@ -223,6 +223,32 @@ def test_waiting_on_a_submit_handle_after_a_coordinator_restart_does_not_wait_ou
         assert handle.result(timeout=20) == 0.2
 
 
+def test_a_wait_under_way_when_the_coordinator_restarts_renews_its_watch_at_once(
+        make_cluster: Callable[..., LocalCluster]) -> None:
+    cluster = make_cluster(workers=1, slots=1)
+    outcome: dict[str, Any] = {}
+    with Client(cluster.client_endpoint, timeout_s=60) as client:
+        cluster.wait_for_workers(client, 1)
+        handle = client.submit(SLEEP, 1.0, task_id="waited-on-across-a-restart")
+        wait_until(lambda: handle.info().state == "RUNNING", 30, "the task to run")
+
+        def wait() -> None:
+            try:
+                outcome["value"] = handle.result(timeout=25)
+            except Exception as exc:  # reported to the test thread below
+                outcome["error"] = exc
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        try:
+            # The waiter's watch dies with the coordinator.  Heard nothing for timeout_s
+            # (60 s) it would renew it too late; a dropped connection renews it at once.
+            cluster.kill_coordinator(signal.SIGKILL)
+            cluster.start_coordinator()
+        finally:
+            waiter.join(40)
+        assert outcome == {"value": 1.0}
+
+
 # --------------------------------------------------------------------------- SIGSTOP of the coordinator
 
 
