@@ -297,10 +297,7 @@ class Transport:
                   f"start it with --worker-id {name or 'NAME'} (or {name or 'NAME'}-<suffix>), or give it the key "
                   f"made for {register.worker_id!r}")
         self._warn("identity", "refused a worker: %s", reason)
-        try:
-            self.workers.send_multipart([peer, *p.encode(p.Refused(reason))], flags=zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
+        self._refuse(self.workers, peer, reason)
         return False
 
     def _read_clients(self, queue_events: list[Any], registry_events: list[Any]) -> None:
@@ -357,10 +354,15 @@ class Transport:
         version = frames[1] if len(frames) > 1 else b""
         version = version.bytes if hasattr(version, "bytes") else version
         if version != p.VERSION:
-            try:
-                sock.send_multipart([peer, *p.encode(p.Refused(str(exc)))], flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+            self._refuse(sock, peer, str(exc))
+
+    @staticmethod
+    def _refuse(sock: zmq.Socket[Any], peer: bytes, reason: str) -> None:
+        """Tell ``peer`` we will not talk to it; a peer already gone needs no answer."""
+        try:
+            send_frames(sock, [peer, *p.encode(p.Refused(reason))])
+        except zmq.ZMQError:
+            pass
 
     def _warn(self, kind: str, fmt: str, *args: Any) -> None:
         """WARNING at most once per few seconds per kind; the counters keep the totals."""
