@@ -394,8 +394,7 @@ class Client:
             self._submit_requests(requests, 1)
         except BaseException:
             with self._turn(check_open=False):
-                self._watches.pop(rid, None)
-                self._filled.discard(rid)
+                self._forget_watch(rid, unwatch=False)
             raise
         handle = TaskHandle(checked.task_id, self, (rid, drops))
         weakref.finalize(handle, self._abandoned.append, rid)
@@ -604,8 +603,7 @@ class Client:
                     if handle._final is None and (box or drops == self._drops):
                         watch_ids[rid] = {handle.task_id}
                     else:  # the connection dropped since: the coordinator may not know this watch
-                        del self._watches[rid]
-                        self._filled.discard(rid)
+                        self._forget_watch(rid, unwatch=False)
                 if watch_ids:
                     prewatched = {t for ids in watch_ids.values() for t in ids}
                     task_ids = [t for t in task_ids if t not in prewatched]
@@ -627,24 +625,25 @@ class Client:
         """End the watches of handles dropped before their task was reported (under a turn)."""
         while self._abandoned:
             rid = self._abandoned.popleft()
-            box = self._watches.pop(rid, None)
-            self._filled.discard(rid)
-            if box is not None and not box and not self._closed:
-                with contextlib.suppress(ConnectionFailed):
-                    self._send(protocol.encode(protocol.Unwatch(rid)))
+            if rid in self._watches:
+                self._forget_watch(rid, unwatch=not self._watches[rid])  # unreported: tell the coordinator
 
     def _end_watches(self, watch_ids: dict[int, set[str]]) -> None:
         """Forget the watches; tell the coordinator about those with tasks still unreported."""
         with self._turn(check_open=False):
             for rid, unreported in watch_ids.items():
-                self._watches.pop(rid, None)
-                self._filled.discard(rid)
-                if unreported and not self._closed:
-                    try:
-                        self._send(protocol.encode(protocol.Unwatch(rid)))
-                    except ConnectionFailed as exc:
-                        log.debug("could not unwatch request_id=%d: %s", rid, exc)
+                self._forget_watch(rid, unwatch=bool(unreported))
         watch_ids.clear()
+
+    def _forget_watch(self, rid: int, unwatch: bool) -> None:
+        """Drop watch ``rid`` and its reports; with ``unwatch``, ask the coordinator to end it (under a turn)."""
+        self._watches.pop(rid, None)
+        self._filled.discard(rid)
+        if unwatch and not self._closed:
+            try:
+                self._send(protocol.encode(protocol.Unwatch(rid)))
+            except ConnectionFailed as exc:
+                log.debug("could not unwatch request_id=%d: %s", rid, exc)
 
     def _collect_reports(self, watch_ids: dict[int, set[str]], deadline: float | None,
                          last_news: float, drops: int) -> tuple[list[TaskInfo], bool]:
