@@ -70,7 +70,7 @@ from actorsched.errors import (
 )
 from actorsched.protocol import ErrorReply, Message, TaskInfo, TaskSpec, WorkerInfo
 from actorsched.security import secure_client_socket
-from actorsched.zmqio import has_input, recv_frames, send_frames
+from actorsched.zmqio import has_input, recv_bytes, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -805,7 +805,7 @@ class Client:
         for _ in range(_DRAIN_LIMIT):
             if not has_input(self._socket):
                 break
-            self._dispatch([frame.bytes for frame in recv_frames(self._socket)])
+            self._dispatch(recv_bytes(self._socket))
         return True
 
     def _dispatch(self, frames: list[bytes]) -> None:

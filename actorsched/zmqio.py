@@ -42,6 +42,11 @@ def recv_frames(sock: zmq.Socket[Any]) -> list[zmq.Frame]:
     return frames
 
 
+def recv_bytes(sock: zmq.Socket[Any]) -> list[bytes]:
+    """One multipart message as bytes without blocking; ``zmq.Again`` if none waits."""
+    return [frame.bytes for frame in recv_frames(sock)]
+
+
 def has_input(sock: zmq.Socket[Any]) -> bool:
     """Whether a message is waiting (cheaper than the ``zmq.Again`` of a dry receive)."""
     return bool(cast(int, sock.get(_EVENTS)) & _POLLIN)

@@ -45,7 +45,7 @@ from actorsched.coordinator.supervision import Supervisor
 from actorsched.core.commands import SendToClient, SendToWorker
 from actorsched.errors import ProtocolError
 from actorsched.security import CurveServer, worker_id_owner
-from actorsched.zmqio import has_input, recv_frames, send_frames
+from actorsched.zmqio import has_input, recv_bytes, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ class Transport:
         for _ in range(_MAX_READ_PER_TURN):
             if not has_input(sock):
                 return
-            frames = [frame.bytes for frame in recv_frames(sock)]
+            frames = recv_bytes(sock)
             peer = frames[0]
             try:
                 message = self.client_codec.decode(frames[1:])

@@ -55,7 +55,7 @@ from actorsched.protocol import (
 from actorsched.security import secure_client_socket
 from actorsched.worker.executor import Executor, Job, check_task_name
 from actorsched.worker.load import LoadSampler
-from actorsched.zmqio import has_input, recv_frames, send_frames
+from actorsched.zmqio import has_input, recv_bytes, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -295,11 +295,11 @@ class WorkerConnection:
         assert sock is not None
         for _ in range(MAX_MESSAGES_PER_TURN):
             try:
-                frames = recv_frames(sock)
+                frames = recv_bytes(sock)
             except zmq.Again:
                 return
             try:
-                message = self._codec.decode([frame.bytes for frame in frames])
+                message = self._codec.decode(frames)
             except ProtocolError as exc:
                 self.protocol_errors += 1
                 log.warning("dropping bad frame from coordinator=%s reason=%s count=%s", self.endpoint, exc,
