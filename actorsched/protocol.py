@@ -23,8 +23,8 @@ Fencing: every assignment carries ``(epoch, attempt)``; a worker echoes both in
 
 Message kinds
 -------------
-worker -> coordinator: Register, Heartbeat, Started, Results, Draining, Goodbye
-coordinator -> worker: Welcome, Assign, CancelTasks, Reregister, Shutdown, Refused
+worker -> coordinator: Register, Heartbeat, Started, Results, Released, Draining, Goodbye
+coordinator -> worker: Welcome, Assign, CancelTasks, Release, Reregister, Shutdown, Refused
 client -> coordinator: Submit, Cancel, Query, Watch, Unwatch, ListWorkers, GetStats, Purge
 coordinator -> client: SubmitReply, CancelReply, QueryReply, TasksDone,
 WorkersReply, StatsReply, ErrorReply, PurgeReply, Refused
@@ -41,7 +41,7 @@ import msgpack
 from actorsched.errors import ProtocolError
 from actorsched.recordcodec import Decoder, record_decoder, record_encoder
 
-VERSION = b"AS2"  # AS2: Submit gained `watch`
+VERSION = b"AS3"  # AS2: Submit gained `watch`; AS3: prefetch, Release/Released, Assignment.priority
 TASK_NAME_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 """A task name, ``package.module:function``; use with ``fullmatch``."""
 MAX_FRAMES = 3
@@ -78,6 +78,8 @@ class Assignment:
     epoch: int
     attempt: int
     timeout_s: float | None
+    priority: int = 0  # the worker runs what it holds best priority first
+    short: bool = False  # expected to finish quickly: may share a child with other short tasks
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +174,7 @@ class Register(Message):
     slots: int
     tags: list[str]
     running: list[AttemptRef]
+    prefetch: int = 0  # tasks it may hold queued beyond its slots (short ones only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +195,14 @@ class Started(Message):
 class Results(Message):
     KIND: ClassVar[bytes] = b"results"
     outcomes: list[TaskOutcome]
+
+
+@dataclass(frozen=True, slots=True)
+class Released(Message):
+    """Answer to ``Release``: these attempts were held here unstarted and are dropped."""
+
+    KIND: ClassVar[bytes] = b"released"
+    attempts: list[AttemptRef]
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +236,14 @@ class Assign(Message):
 @dataclass(frozen=True, slots=True)
 class CancelTasks(Message):
     KIND: ClassVar[bytes] = b"cancel-tasks"
+    attempts: list[AttemptRef]
+
+
+@dataclass(frozen=True, slots=True)
+class Release(Message):
+    """Give back the listed attempts if they have not started (answered by ``Released``)."""
+
+    KIND: ClassVar[bytes] = b"release"
     attempts: list[AttemptRef]
 
 
@@ -368,11 +387,13 @@ class ErrorReply(Message):
     message: str
 
 
-WORKER_MESSAGES: tuple[type[Message], ...] = (Register, Heartbeat, Started, Results, Draining, Goodbye)
+WORKER_MESSAGES: tuple[type[Message], ...] = (Register, Heartbeat, Started, Results, Released, Draining, Goodbye)
 CLIENT_MESSAGES: tuple[type[Message], ...] = (
     Submit, Cancel, Query, Watch, Unwatch, ListWorkers, GetStats, Purge,
 )
-TO_WORKER_MESSAGES: tuple[type[Message], ...] = (Welcome, Assign, CancelTasks, Reregister, Shutdown, Refused)
+TO_WORKER_MESSAGES: tuple[type[Message], ...] = (
+    Welcome, Assign, CancelTasks, Release, Reregister, Shutdown, Refused,
+)
 TO_CLIENT_MESSAGES: tuple[type[Message], ...] = (
     SubmitReply, CancelReply, QueryReply, TasksDone, WorkersReply, StatsReply, ErrorReply, PurgeReply, Refused,
 )

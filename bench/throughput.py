@@ -15,6 +15,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import psutil  # noqa: E402
 from _common import figure, median  # noqa: E402
 
 from actorsched.localcluster import LocalCluster  # noqa: E402
@@ -30,11 +31,29 @@ def one_run(client: object, tasks: int, run: int) -> float:
     return tasks / elapsed
 
 
+def cpu_by_kind(cluster: LocalCluster) -> dict[str, float]:
+    """CPU seconds (user + sys) so far of each process kind; children that exited are not counted."""
+    def cpu(proc: psutil.Process) -> float:
+        try:
+            times = proc.cpu_times()
+            return times.user + times.system
+        except psutil.Error:
+            return 0.0
+
+    assert cluster.coordinator is not None
+    workers = [psutil.Process(p.pid) for p in cluster.worker_procs if p.poll() is None]
+    children = [c for w in workers for c in w.children(recursive=True)]
+    return {"coordinator": cpu(psutil.Process(cluster.coordinator.pid)),
+            "workers": sum(cpu(w) for w in workers),
+            "children": sum(cpu(c) for c in children),
+            "client": cpu(psutil.Process())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--slots", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-journal", action="store_true")
     args = parser.parse_args()
@@ -44,13 +63,19 @@ def main() -> None:
         cluster.wait_for_workers(client, args.workers)
         one_run(client, 500, -1)  # warm-up
         rates = []
+        before = cpu_by_kind(cluster)
         for run in range(args.runs):
             rate = one_run(client, args.tasks, run)
             rates.append(rate)
             print(f"  run {run + 1}: {rate:,.0f} tasks/s", flush=True)
+        after = cpu_by_kind(cluster)
+    per_task = {kind: (after[kind] - before[kind]) * 1e6 / (args.tasks * args.runs) for kind in after}
     journal = "off" if args.no_journal else "on"
     print(f"throughput: {args.tasks} no-op tasks, {args.workers} workers x {args.slots} slots, journal {journal}")
     figure("throughput median", median(rates), "tasks/s", f"runs: {', '.join(f'{r:,.0f}' for r in rates)}")
+    for kind, micros in per_task.items():
+        figure(f"CPU per task: {kind}", micros, "us")
+    figure("CPU per task: total", sum(per_task.values()), "us")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ class Coordinator:
             self.dispatcher = DispatcherActor.start(config.placement)
             self.registry = RegistryActor.start(config.liveness, config.placement, self.epoch, config.breaker)
             self.queue = TaskQueueActor.start(config.tasks, self.journal, self.epoch, config.journal)
-            self.dispatcher.proxy().connect(self.queue, self.registry, self.transport).get(timeout=30)
+            self.dispatcher.proxy().connect(self.queue, self.transport).get(timeout=30)
             self.registry.proxy().connect(self.queue, self.dispatcher, self.transport).get(timeout=30)
             self.queue.proxy().connect(self.dispatcher, self.transport, self.registry).get(timeout=30)
             self.failure_detector = FailureDetectorActor.start(config.liveness, self.queue, self.registry)

@@ -1,8 +1,9 @@
 """Dispatcher actor: the pykka shell around :class:`~actorsched.core.placement.DispatcherCore`.
 
 After every batch of events it places what it can.  For each placement it tells the
-TaskQueue and the WorkerRegistry *before* the Transport sends the Assign, so neither
-can see a result for a placement it has not heard of.
+TaskQueue *before* the Transport sends the Assign, so the queue cannot see a result for
+a placement it has not heard of.  When nothing waits and a worker sits idle it asks the
+TaskQueue to take prefetched tasks back from the fullest worker.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from actorsched.config import PlacementConfig
 from actorsched.coordinator import events as ev
 from actorsched.coordinator.supervision import SupervisedActor
 from actorsched.core.commands import (
+    AddWorker,
+    DispatcherOrder,
+    FreeSlots,
     MakeReady,
+    RemoveWorker,
     SendToWorker,
-    SlotsFreed,
+    SetAccepting,
+    UpdateLoad,
     WithdrawTasks,
-    WorkerAccepting,
-    WorkerDown,
-    WorkerLoad,
-    WorkerUp,
 )
 from actorsched.core.placement import DispatcherCore
 from actorsched.protocol import Assign, Assignment
@@ -39,45 +41,45 @@ class DispatcherActor(SupervisedActor, pykka.ThreadingActor):
         self.core = DispatcherCore(config)
         self.clock = clock
         self.queue: pykka.ActorRef[Any] | None = None
-        self.registry: pykka.ActorRef[Any] | None = None
         self.transport: Any = None
 
-    def connect(self, queue: pykka.ActorRef[Any], registry: pykka.ActorRef[Any], transport: Any) -> None:
+    def connect(self, queue: pykka.ActorRef[Any], transport: Any) -> None:
         self.queue = queue
-        self.registry = registry
         self.transport = transport
 
-    def on_receive(self, message: Any) -> Any:
+    def on_receive(self, message: list[DispatcherOrder]) -> None:
         core = self.core
-        for event in message:
-            match event:
+        for order in message:
+            match order:
                 case MakeReady(tasks):
                     core.tasks_ready(tasks)
-                case SlotsFreed(worker, count):
+                case FreeSlots(worker, count):
                     core.slots_freed(worker, count)
                 case WithdrawTasks(task_ids):
                     core.tasks_withdrawn(task_ids)
-                case WorkerLoad(worker, cpu, memory):
+                case UpdateLoad(worker, cpu, memory):
                     core.worker_load(worker, cpu, memory)
-                case WorkerUp(worker, worker_id, slots, tags, running):
-                    core.worker_up(worker, worker_id, slots, tags, running)
-                case WorkerDown(worker):
+                case AddWorker(worker, worker_id, slots, tags, running, prefetch):
+                    core.worker_up(worker, worker_id, slots, tags, running, prefetch)
+                case RemoveWorker(worker):
                     core.worker_down(worker)
-                case WorkerAccepting(worker, accepting, probe):
+                case SetAccepting(worker, accepting, probe):
                     core.worker_accepting(worker, accepting, probe)
                 case _:
-                    log.error("Dispatcher got an unknown event %r", event)
-        placements = core.dispatch(self.clock())
+                    log.error("Dispatcher got an unknown order %r", order)
+        now = self.clock()
+        placements = core.dispatch(now)
+        take_backs = core.take_backs(now) if core.workers else []
+        if take_backs:
+            ev.tell(self.queue, take_backs)
         if not placements:
-            return None
-        placed = [ev.TasksPlaced(p.worker, core.workers[p.worker].worker_id, p.tasks) for p in placements]
-        assert self.queue is not None and self.registry is not None
-        ev.tell(self.queue, placed)
-        ev.tell(self.registry, placed)
+            return
+        workers = core.workers
+        ev.tell(self.queue, [ev.TasksPlaced(p.worker, workers[p.worker].worker_id, p.tasks) for p in placements])
         self.transport.tell([
             SendToWorker(p.worker, Assign([
-                Assignment(t.task_id, t.name, t.args, t.kwargs, t.epoch, t.attempt, t.timeout_s) for t in p.tasks
+                Assignment(t.task_id, t.name, t.args, t.kwargs, t.epoch, t.attempt, t.timeout_s, t.priority, t.short)
+                for t in p.tasks
             ]))
             for p in placements
         ])
-        return None

@@ -64,8 +64,11 @@ class PurgeRequested:
 
 @dataclass(frozen=True, slots=True)
 class WorkersRequested:
+    """Travels Transport -> TaskQueue -> WorkerRegistry: the queue adds what each worker holds, the registry lists."""
+
     client: PeerKey
     request_id: int
+    held: dict[PeerKey, tuple[int, int]] | None = None  # (tasks held, attempts finished) per incarnation
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,21 @@ class OutcomesReported:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptsReleased:
+    """A worker gave back these attempts unstarted (its answer to a Release)."""
+
+    worker: PeerKey
+    attempts: list[AttemptRef]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersSeen:
+    """These workers sent something since the last such event (the Transport sends it a few times a second)."""
+
+    workers: frozenset[PeerKey]
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerDraining:
     worker: PeerKey
 
@@ -121,6 +139,16 @@ class TasksPlaced:
     worker: PeerKey
     worker_id: str
     tasks: list[ReadyTask]
+
+
+ClientEvent = (
+    TasksSubmitted | CancelRequested | QueryRequested | WatchRequested | WatchDropped | PurgeRequested
+    | WorkersRequested | StatsRequested
+)
+WorkerEvent = (
+    WorkerRegistered | HeartbeatSeen | AttemptsStarted | OutcomesReported | AttemptsReleased | WorkersSeen
+    | WorkerDraining | WorkerLeft
+)
 
 
 def tell(ref: Any, events: list[Any]) -> None:

@@ -1,7 +1,11 @@
 """WorkerRegistry actor: the pykka shell around :class:`~actorsched.core.registry.RegistryCore`.
 
 Routes what the core decides: welcomes and re-register requests to the Transport,
-capacity deltas to the Dispatcher, tasks of lost workers to the TaskQueue.
+workers joining, leaving and opening or closing to the Dispatcher, and to the
+TaskQueue which incarnations are live (it requeues what a lost one held).  The
+Dispatcher hears first, so a requeued task is not placed on the worker that lost it;
+a placement that overtakes an ``AdmitWorker`` is requeued by the TaskQueue, so no
+ordering is needed for correctness, only to avoid waste.
 """
 
 from __future__ import annotations
@@ -16,7 +20,16 @@ import pykka
 from actorsched.config import BreakerConfig, LivenessConfig, PlacementConfig
 from actorsched.coordinator import events as ev
 from actorsched.coordinator.supervision import SupervisedActor
-from actorsched.core.commands import Command, JudgeAttempts, ReconcileRunning, RequeueLost, SendToClient, SendToWorker
+from actorsched.core.commands import (
+    AdmitWorker,
+    CheckHeld,
+    Command,
+    ForgetWorker,
+    JudgeAttempts,
+    ReconcileRunning,
+    SendToClient,
+    SendToWorker,
+)
 from actorsched.core.liveness import LocalPauseDetected, ScanWorkers
 from actorsched.core.registry import RegistryCore
 from actorsched.protocol import WorkersReply
@@ -42,19 +55,16 @@ class RegistryActor(SupervisedActor, pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         now = self.clock()
         core = self.core
-        if message == "infos":  # ask() from the status page and tests
-            return core.infos(now)
+        if message == "infos":  # ask() from the status page and tests; the queue never asks us back
+            held: Any = self.queue.ask("held", timeout=5) if self.queue is not None else {}
+            return core.infos(now, held)
         out: list[Command] = []
         for event in message:
             match event:
-                case ev.OutcomesReported(worker, outcomes):
-                    out += core.tasks_finished(worker, outcomes, now)
+                case ev.WorkersSeen(workers):
+                    out += core.seen(workers, now)
                 case ev.HeartbeatSeen(worker, beat):
                     out += core.heartbeat(worker, beat.cpu_percent, beat.memory_percent, now, beat.running)
-                case ev.AttemptsStarted(worker, _):
-                    out += core.seen(worker, now)
-                case ev.TasksPlaced(worker, worker_id, tasks):
-                    out += core.tasks_assigned(worker, worker_id, [t.task_id for t in tasks], now)
                 case ev.WorkerRegistered(worker, register):
                     log.info("worker registered worker_id=%s host=%s pid=%d slots=%d", register.worker_id,
                              register.host, register.pid, register.slots)
@@ -71,8 +81,8 @@ class RegistryActor(SupervisedActor, pykka.ThreadingActor):
                     log.warning("coordinator was paused for %.1f s; every worker gets a fresh heartbeat "
                                 "window instead of being convicted", paused_s)
                     core.local_pause(pause_now)
-                case ev.WorkersRequested(client, request_id):
-                    out.append(SendToClient(client, WorkersReply(request_id, core.infos(now))))
+                case ev.WorkersRequested(client, request_id, held):
+                    out.append(SendToClient(client, WorkersReply(request_id, core.infos(now, held))))
                 case ev.StatsRequested(client, request_id, stats):
                     ev.tell(self.queue, [ev.StatsRequested(client, request_id, {**stats, "workers": core.stats()})])
                 case _:
@@ -81,25 +91,23 @@ class RegistryActor(SupervisedActor, pykka.ThreadingActor):
         return None
 
     def _carry_out(self, out: list[Command]) -> None:
-        lost: list[RequeueLost | ReconcileRunning] = []
+        to_queue: list[Command] = []
         capacity: list[Command] = []
         sends: list[SendToClient | SendToWorker] = []
         for command in out:
             if isinstance(command, (SendToClient, SendToWorker)):
                 sends.append(command)
-            elif isinstance(command, ReconcileRunning):
-                lost.append(command)
-            elif isinstance(command, RequeueLost):
-                level = logging.WARNING if command.worker_died else logging.INFO
-                log.log(level, "requeueing tasks of worker_id=%s tasks=%d reason=%s", command.worker_id,
-                        len(command.task_ids), command.reason)
-                lost.append(command)
+            elif isinstance(command, (AdmitWorker, ForgetWorker, ReconcileRunning, CheckHeld)):
+                if isinstance(command, ForgetWorker):
+                    level = logging.WARNING if command.worker_died else logging.INFO
+                    log.log(level, "worker removed worker_id=%s reason=%s", command.worker_id, command.reason)
+                to_queue.append(command)
             else:
                 capacity.append(command)
-        # Capacity first: the dispatcher must know a worker is gone before its tasks come back.
+        # The Dispatcher first: it must know a worker is gone before its tasks come back.
         if capacity:
             ev.tell(self.dispatcher, capacity)
-        if lost:
-            ev.tell(self.queue, lost)
+        if to_queue:
+            ev.tell(self.queue, to_queue)
         if sends and self.transport is not None:
             self.transport.tell(sends)

@@ -22,19 +22,31 @@ from actorsched.coordinator import events as ev
 from actorsched.coordinator.journal import Journal, JournalRow, JournalWriter
 from actorsched.coordinator.supervision import SupervisedActor
 from actorsched.core.commands import (
+    AdmitWorker,
+    CheckHeld,
     Command,
+    ForgetWorker,
+    FreeSlots,
     JudgeAttempts,
     MakeReady,
     ReconcileRunning,
-    RequeueLost,
     SendToClient,
     SendToWorker,
+    TakeBack,
     WithdrawTasks,
 )
 from actorsched.core.liveness import TimersDue
 from actorsched.core.queue import TaskQueueCore, TaskRecord
 from actorsched.core.states import FINAL_STATES, TaskState
-from actorsched.protocol import AttemptRecord, ErrorInfo, PurgeReply, StatsReply, TaskSpec, pack_record, unpack_record
+from actorsched.protocol import (
+    AttemptRecord,
+    ErrorInfo,
+    PurgeReply,
+    StatsReply,
+    TaskSpec,
+    pack_record,
+    unpack_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +98,8 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         core = self.core
         if message == "stats":  # ask() from the status page and tests
             return core.stats()
+        if message == "held":  # ask() from the registry, for the status page's worker list
+            return core.held_counts()
         out: list[Command] = []
         for event in message:
             match event:
@@ -97,6 +111,14 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
                     core.tasks_started(worker, attempts)
                 case ev.TasksPlaced(worker, worker_id, tasks):
                     out += core.tasks_assigned(worker, worker_id, tasks, now)
+                case ev.AttemptsReleased(worker, attempts):
+                    out += core.attempts_released(worker, attempts, now)
+                case TakeBack(worker, count):
+                    out += core.take_back(worker, count)
+                case AdmitWorker(worker, _):
+                    core.worker_admitted(worker)
+                case CheckHeld(worker, worker_id, holds, placed_before):
+                    out += core.check_held(worker, worker_id, holds, placed_before, now)
                 case TimersDue(tick_now):
                     out += core.tick(tick_now)
                     if tick_now >= self._next_compaction:
@@ -106,8 +128,8 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
                     purged = core.purge(older_than_s, now)
                     self._purge(purged, "requested")
                     out.append(SendToClient(client, PurgeReply(request_id, len(purged))))
-                case RequeueLost(worker, worker_id, task_ids, reason, worker_died):
-                    out += core.worker_lost(worker, worker_id, task_ids, reason, now, worker_died)
+                case ForgetWorker(worker, worker_id, reason, worker_died, keep):
+                    out += core.worker_gone(worker, worker_id, reason, now, worker_died, keep)
                 case ReconcileRunning(worker, worker_id, attempts):
                     out += core.worker_reports_running(worker, worker_id, attempts, now)
                 case ev.QueryRequested(client, request_id, task_ids):
@@ -118,6 +140,8 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
                     core.unwatch(client, request_id)
                 case ev.CancelRequested(client, request_id, task_ids, cascade):
                     out += core.cancel(client, request_id, task_ids, cascade, now)
+                case ev.WorkersRequested(client, request_id):
+                    ev.tell(self.registry, [ev.WorkersRequested(client, request_id, core.held_counts())])
                 case ev.StatsRequested(client, request_id, stats):
                     out.append(SendToClient(client, StatsReply(request_id, {**stats, "queue": core.stats()})))
                 case _:
@@ -149,7 +173,7 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         for command in out:
             if isinstance(command, (SendToClient, SendToWorker)):
                 sends.append(command)
-            elif isinstance(command, (MakeReady, WithdrawTasks)):
+            elif isinstance(command, (MakeReady, WithdrawTasks, FreeSlots)):
                 ready.append(command)
             elif isinstance(command, JudgeAttempts):
                 judged.append(command)

@@ -56,6 +56,7 @@ _BATCH_FIELDS: dict[type, str] = {
     p.CancelTasks: "attempts", p.SubmitReply: "task_ids", p.CancelReply: "cancelled",
 }
 _WARN_EVERY_S = 5.0
+_SEEN_EVERY_S = 0.1
 
 
 class Transport:
@@ -82,6 +83,8 @@ class Transport:
         self._fd_to_worker: dict[int, bytes] = {}
         self._worker_fd: dict[bytes, int] = {}
         self._last_warning: dict[str, float] = {}
+        self._seen: set[bytes] = set()  # workers heard from since the last WorkersSeen
+        self._seen_told = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -186,6 +189,12 @@ class Transport:
                 self._read_workers(queue_events, registry_events)
             if self.clients in ready:
                 self._read_clients(queue_events, registry_events)
+            if self._seen:
+                now = time.monotonic()
+                if now - self._seen_told >= _SEEN_EVERY_S:  # liveness needs no more than a few a second
+                    registry_events.append(ev.WorkersSeen(frozenset(self._seen)))
+                    self._seen.clear()
+                    self._seen_told = now
             # The queue first: it answers clients, so it should win the race for the GIL.
             if queue_events:
                 ev.tell(self.queue, queue_events)
@@ -232,9 +241,7 @@ class Transport:
             outcome = p.TaskOutcome(item.task_id, item.epoch, item.attempt, False, None, p.ErrorInfo(
                 "TaskTooLarge", f"the task with its arguments is {len(frames[2])} bytes, over max_message_bytes="
                 f"{limit}; pass a reference to the data (a path, a key) instead"), 0.0)
-            event = ev.OutcomesReported(peer, [outcome])
-            ev.tell(self.queue, [event])
-            ev.tell(self.registry, [event])
+            ev.tell(self.queue, [ev.OutcomesReported(peer, [outcome])])
         elif isinstance(getattr(message, "request_id", None), int):
             reply = p.ErrorReply(message.request_id, "too-large",  # type: ignore[attr-defined]
                                  f"the answer is {len(frames[2])} bytes, over max_message_bytes={limit}; "
@@ -258,13 +265,14 @@ class Transport:
                 continue
             self.counters["worker_messages"] += 1
             if isinstance(message, p.Results):
-                event: Any = ev.OutcomesReported(peer, message.outcomes)
-                queue_events.append(event)
-                registry_events.append(event)
+                queue_events.append(ev.OutcomesReported(peer, message.outcomes))
+                self._seen.add(peer)
             elif isinstance(message, p.Started):
-                event = ev.AttemptsStarted(peer, message.attempts)
-                queue_events.append(event)
-                registry_events.append(event)
+                queue_events.append(ev.AttemptsStarted(peer, message.attempts))
+                self._seen.add(peer)
+            elif isinstance(message, p.Released):
+                queue_events.append(ev.AttemptsReleased(peer, message.attempts))
+                self._seen.add(peer)
             elif isinstance(message, p.Heartbeat):
                 registry_events.append(ev.HeartbeatSeen(peer, message))
             elif isinstance(message, p.Register):
@@ -327,7 +335,7 @@ class Transport:
                 case p.Unwatch(request_id):
                     queue_events.append(ev.WatchDropped(peer, request_id))
                 case p.ListWorkers(request_id):
-                    registry_events.append(ev.WorkersRequested(peer, request_id))
+                    queue_events.append(ev.WorkersRequested(peer, request_id))
                 case p.GetStats(request_id):
                     registry_events.append(ev.StatsRequested(peer, request_id, {"transport": dict(self.counters)}))
 

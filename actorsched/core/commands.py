@@ -1,7 +1,12 @@
 """Commands the pure cores return, and the records they hand between actors.
 
-Commands are orders (``SendToClient``, ``MakeReady``); the actor that receives them
-from its core carries them out by telling another actor or a socket.
+Commands are orders (``SendToClient``, ``MakeReady``, ``FreeSlots``); the actor that
+receives them from its core carries them out by telling another actor or a socket.
+
+One owner per fact: the TaskQueue owns which attempt of a task is held by which worker
+incarnation (and so which tasks a lost worker held); the Dispatcher owns the count of
+tasks outstanding on each worker, moved by its own placements and by the TaskQueue's
+``FreeSlots``; the WorkerRegistry owns incarnations, liveness, load and breakers.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ class ReadyTask:
     tags: tuple[str, ...]
     ready_at: float
     avoid: tuple[str, ...] = ()  # worker ids where earlier attempts failed: placed elsewhere if possible
+    since: float = 0.0  # when it first queued: its place in line (kept when a worker dies under it)
+    short: bool = False  # its name's measured run time is short: it may wait in a worker's prefetch
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,32 +53,65 @@ class SendToWorker:
 
 @dataclass(frozen=True, slots=True)
 class MakeReady:
+    """To the Dispatcher: place these tasks."""
+
     tasks: list[ReadyTask]
 
 
 @dataclass(frozen=True, slots=True)
 class WithdrawTasks:
+    """To the Dispatcher: these tasks are no longer to be placed (cancelled, failed)."""
+
     task_ids: list[str]
 
 
 @dataclass(frozen=True, slots=True)
-class RequeueLost:
-    """Tasks a lost worker held: the queue decides retry, requeue or quarantine.
+class FreeSlots:
+    """To the Dispatcher: ``count`` tasks placed on ``worker`` no longer occupy it."""
 
-    ``worker_died`` False means the worker lives but never got the tasks (an assign
-    lost on the way): they go back to the queue without counting a worker death.
+    worker: PeerKey
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TakeBack:
+    """To the TaskQueue: ask ``worker`` to give back up to ``count`` held, unstarted tasks (another sits idle)."""
+
+    worker: PeerKey
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitWorker:
+    """To the TaskQueue: this incarnation is live, so placements on it are real.
+
+    A placement on an incarnation the TaskQueue does not know as live (it left, or the
+    placement overtook this order) goes straight back to the queue, slots freed.
     """
 
     worker: PeerKey
     worker_id: str
-    task_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetWorker:
+    """To the TaskQueue: this incarnation is gone; requeue or quarantine every task it held.
+
+    ``worker_died`` False means the worker left in order or never got the tasks: they go
+    back to the queue without counting a worker death.  ``keep`` names tasks a new
+    registration of the same worker reports running: they wait for its ReconcileRunning.
+    """
+
+    worker: PeerKey
+    worker_id: str
     reason: str
     worker_died: bool = True
+    keep: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
 class ReconcileRunning:
-    """A worker registered holding these attempts: the queue keeps the current ones."""
+    """To the TaskQueue: a worker registered holding these attempts; keep the current ones."""
 
     worker: PeerKey
     worker_id: str
@@ -79,29 +119,43 @@ class ReconcileRunning:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerUp:
+class CheckHeld:
+    """To the TaskQueue: ``worker`` holds exactly ``holds``; a task placed on it before ``placed_before``
+    that it does not hold never reached it (or its result was lost) and goes back to the queue."""
+
+    worker: PeerKey
+    worker_id: str
+    holds: list[str]
+    placed_before: float
+
+
+@dataclass(frozen=True, slots=True)
+class AddWorker:
+    """To the Dispatcher: a worker to place on; ``running`` tasks it already holds."""
+
     worker: PeerKey
     worker_id: str
     slots: int
     tags: tuple[str, ...]
     running: int
+    prefetch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerDown:
+class RemoveWorker:
     worker: PeerKey
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerLoad:
+class UpdateLoad:
     worker: PeerKey
     cpu_percent: float
     memory_percent: float
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerAccepting:
-    """Open or close a worker for new tasks (suspect, draining, circuit breaker)."""
+class SetAccepting:
+    """To the Dispatcher: open or close a worker for new tasks (suspect, draining, circuit breaker)."""
 
     worker: PeerKey
     accepting: bool
@@ -110,15 +164,9 @@ class WorkerAccepting:
 
 @dataclass(frozen=True, slots=True)
 class JudgeAttempts:
-    """Attempts whose blame is now known, for the circuit breakers: ``(worker_id, ok)``."""
+    """To the WorkerRegistry: attempts whose blame is now known, for the circuit breakers: ``(worker_id, ok)``."""
 
     judgments: list[tuple[str, bool]]
-
-
-@dataclass(frozen=True, slots=True)
-class SlotsFreed:
-    worker: PeerKey
-    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +178,8 @@ class Placement:
 
 
 Command = (
-    SendToClient | SendToWorker | MakeReady | WithdrawTasks | RequeueLost | ReconcileRunning | WorkerUp | WorkerDown
-    | WorkerLoad | WorkerAccepting | JudgeAttempts | SlotsFreed | Placement
+    SendToClient | SendToWorker | MakeReady | WithdrawTasks | FreeSlots | TakeBack | AdmitWorker | ForgetWorker
+    | ReconcileRunning | CheckHeld | AddWorker | RemoveWorker | UpdateLoad | SetAccepting | JudgeAttempts | Placement
 )
+DispatcherOrder = MakeReady | WithdrawTasks | FreeSlots | AddWorker | RemoveWorker | UpdateLoad | SetAccepting
+"""What the Dispatcher's inbox holds: orders from the TaskQueue and the WorkerRegistry."""

@@ -1,25 +1,36 @@
-"""The dispatcher's pure core: the ready heap, a view of free capacity, the placement policy.
+"""The dispatcher's pure core: the ready heaps, the count of tasks outstanding per worker, the placement policy.
 
 Theory of operation
 -------------------
-Ready tasks wait in one heap ordered by ``(priority key, submit order)``: a smaller
+Ready tasks wait in two heaps ordered by ``(priority key, submit order)``: a smaller
 priority runs first, FIFO within a priority.  With ``aging_s_per_priority > 0`` a task
 gains one priority level per that many seconds of waiting; because every waiting
 task ages at the same rate, the aged order is fixed at insertion time
-(``priority + ready_at / aging``), so the heap never needs re-sorting.
+(``priority + since / aging``), so the heap never needs re-sorting.  ``since`` is when
+the task first queued: a task whose worker died under it keeps its place in line.
 
-Capacity is a view built from the registry's deltas (``WorkerUp``, ``SlotsFreed``,
-load reports): ``free = slots - outstanding``, where ``outstanding`` grows when this
-core places a task and shrinks when the registry reports slots freed.  Deltas commute,
-so the view stays right whatever order the messages arrive in.  A worker never gets
-more tasks than its free slots.
+Short and long tasks: the TaskQueue marks a task *short* when its name's measured run
+time is below ``short_task_s``.  A worker takes up to ``slots`` tasks of any kind plus
+up to ``prefetch`` more short ones, which wait in its own queue so a free child never
+waits a round trip to the coordinator.  Long tasks (and tasks of a name never seen to
+finish) are placed only where a slot is free, so they never queue behind each other on
+a busy worker.  Short tasks live in their own heap so that a round never has to look
+past thousands of long ones to find them; the two heads are compared to keep the order.
 
-Placement: each task goes to the accepting worker with free slots, the right tags and
-the lowest load score (see :func:`actorsched.core.registry.load_score`); the score is
+Outstanding counts are this core's own fact: a placement adds to a worker's count, the
+TaskQueue's ``FreeSlots`` subtracts (an outcome, a released or requeued task).  Deltas
+commute, so the count is right whatever order the messages arrive in.
+
+Placement: each task goes to the accepting worker with room, the right tags and the
+lowest load score (see :func:`actorsched.core.registry.load_score`); the score is
 recomputed after every placement so a batch spreads across workers.  A retry waits
 up to ``retry_elsewhere_s`` for a worker where the task has not failed or crashed, then
 takes any (see :meth:`DispatcherCore._pick`).  Tasks that cannot be placed now (tags
 no free worker has, retries waiting) are looked past, up to ``_MAX_SKIPPED`` per round.
+
+Take-back: when nothing is left to place and a worker sits idle while another holds
+prefetched tasks beyond its slots, :meth:`DispatcherCore.take_backs` asks the TaskQueue
+to take half of that excess back (the worker gives back only what it has not started).
 """
 
 from __future__ import annotations
@@ -28,10 +39,13 @@ import heapq
 from dataclasses import dataclass
 
 from actorsched.config import PlacementConfig
-from actorsched.core.commands import PeerKey, Placement, ReadyTask
+from actorsched.core.commands import PeerKey, Placement, ReadyTask, TakeBack
 from actorsched.core.registry import load_score
 
 _MAX_SKIPPED = 1024  # tasks that cannot be placed now (tags, retries waiting), looked past per round
+TAKE_BACK_INTERVAL_S = 0.05  # at most one take-back request per worker per this long
+
+_HeapItem = tuple[float, int, int, str]  # (priority key, seq, attempt, task id)
 
 
 @dataclass(slots=True)
@@ -44,35 +58,52 @@ class Capacity:
     memory_percent: float = 0.0
     accepting: bool = True
     probe: bool = False  # half-open circuit breaker: one task at a time
+    prefetch: int = 0
+    last_take_back: float = float("-inf")
+
+    @property
+    def limit(self) -> int:
+        """Tasks it may hold running: a probe holds one."""
+        return 1 if self.probe else self.slots
 
     @property
     def free(self) -> int:
-        return (1 if self.probe else self.slots) - self.outstanding
+        """Free slots (not counting prefetch room)."""
+        return self.limit - self.outstanding
+
+    @property
+    def room(self) -> int:
+        """Tasks it may still take, short ones included."""
+        return (1 if self.probe else self.slots + self.prefetch) - self.outstanding
 
 
 class DispatcherCore:
     def __init__(self, config: PlacementConfig) -> None:
         self.config = config
-        self.heap: list[tuple[float, int, int, str]] = []  # (priority key, seq, attempt, task id)
+        self.heap: list[_HeapItem] = []  # tasks that need a free slot
+        self.short_heap: list[_HeapItem] = []  # short tasks: a free slot or prefetch room
         self.entries: dict[str, ReadyTask] = {}
         self.workers: dict[PeerKey, Capacity] = {}
         self.placed = 0
+        self.take_back_requests = 0
 
     # ------------------------------------------------------------------ events
 
     def tasks_ready(self, tasks: list[ReadyTask]) -> None:
         aging = self.config.aging_s_per_priority
+        entries, heap, short_heap, push = self.entries, self.heap, self.short_heap, heapq.heappush
         for task in tasks:
-            self.entries[task.task_id] = task
-            key = task.priority + task.ready_at / aging if aging > 0 else float(task.priority)
-            heapq.heappush(self.heap, (key, task.seq, task.attempt, task.task_id))
+            entries[task.task_id] = task
+            key = task.priority + task.since / aging if aging > 0 else float(task.priority)
+            push(short_heap if task.short else heap, (key, task.seq, task.attempt, task.task_id))
 
     def tasks_withdrawn(self, task_ids: list[str]) -> None:
         for task_id in task_ids:
             self.entries.pop(task_id, None)  # its heap item is skipped when popped
 
-    def worker_up(self, key: PeerKey, worker_id: str, slots: int, tags: tuple[str, ...], running: int) -> None:
-        self.workers[key] = Capacity(worker_id, slots, frozenset(tags), outstanding=running)
+    def worker_up(self, key: PeerKey, worker_id: str, slots: int, tags: tuple[str, ...], running: int,
+                  prefetch: int = 0) -> None:
+        self.workers[key] = Capacity(worker_id, slots, frozenset(tags), outstanding=running, prefetch=prefetch)
 
     def worker_down(self, key: PeerKey) -> None:
         self.workers.pop(key, None)
@@ -97,73 +128,107 @@ class DispatcherCore:
     # ------------------------------------------------------------------ decisions
 
     def dispatch(self, now: float = 0.0) -> list[Placement]:
-        """Match ready tasks to free slots; returns one or more placements per worker.
+        """Match ready tasks to workers with room; returns one or more placements per worker.
 
         ``now`` (the clock of the tasks' ``ready_at``) bounds how long a retry waits for
         a worker where it has not failed (``retry_elsewhere_s``).
         """
         if not self.entries:
             self.heap.clear()
+            self.short_heap.clear()
             return []
-        candidates = [
-            (self._score(c), key) for key, c in self.workers.items() if c.accepting and c.free > 0
-        ]
+        candidates = [(self._score(c), key) for key, c in self.workers.items() if c.accepting and c.room > 0]
         if not candidates:
             return []
         heapq.heapify(candidates)
+        with_free_slot = sum(1 for _, key in candidates if self.workers[key].free > 0)
         placed: dict[PeerKey, list[ReadyTask]] = {}
-        skipped: list[tuple[float, int, int, str]] = []
-        while self.heap and candidates and len(skipped) < _MAX_SKIPPED:
-            item = heapq.heappop(self.heap)
-            task = self.entries.get(item[3])
+        skipped: list[tuple[list[_HeapItem], _HeapItem]] = []
+        heap, short_heap, entries, workers = self.heap, self.short_heap, self.entries, self.workers
+        while candidates and len(skipped) < _MAX_SKIPPED:
+            if short_heap and (not heap or not with_free_slot or short_heap[0] < heap[0]):
+                source = short_heap
+            elif heap and with_free_slot:
+                source = heap
+            else:
+                break
+            item = heapq.heappop(source)
+            task = entries.get(item[3])
             if task is None or task.attempt != item[2]:
                 continue  # withdrawn or superseded
-            index = self._pick(candidates, task, now)
+            index = self._pick(candidates, task, now, with_free_slot)
             if index < 0:
-                skipped.append(item)
+                skipped.append((source, item))
                 continue
-            _, key = candidates[index]
-            capacity = self.workers[key]
-            del self.entries[task.task_id]
+            key = candidates[index][1]
+            capacity = workers[key]
+            del entries[task.task_id]
             placed.setdefault(key, []).append(task)
+            if capacity.free == 1:
+                with_free_slot -= 1
             capacity.outstanding += 1
             if index == 0:
-                if capacity.free > 0:
+                if capacity.room > 0:
                     heapq.heapreplace(candidates, (self._score(capacity), key))
                 else:
                     heapq.heappop(candidates)
-            else:  # a tagged task took a worker from the middle of the heap
-                if capacity.free > 0:
+            else:  # a tagged task (or one needing a slot) took a worker from the middle of the heap
+                if capacity.room > 0:
                     candidates[index] = (self._score(capacity), key)
                 else:
                     candidates[index] = candidates[-1]
                     candidates.pop()
                 heapq.heapify(candidates)
-        for item in skipped:
-            heapq.heappush(self.heap, item)
+        for source, item in skipped:
+            heapq.heappush(source, item)
         batch = self.config.max_assign_batch
         self.placed += sum(len(tasks) for tasks in placed.values())
         return [
             Placement(key, tasks[i:i + batch]) for key, tasks in placed.items() for i in range(0, len(tasks), batch)
         ]
 
+    def take_backs(self, now: float) -> list[TakeBack]:
+        """When nothing waits and a worker sits idle, take half the prefetch of the fullest holder back."""
+        if self.entries:
+            return []
+        idle = [c for c in self.workers.values() if c.accepting and c.outstanding == 0]
+        if not idle:
+            return []
+        holders = sorted(((c.outstanding - c.slots, key) for key, c in self.workers.items()
+                          if c.outstanding - c.slots >= 2 and now - c.last_take_back >= TAKE_BACK_INTERVAL_S),
+                         reverse=True)[:len(idle)]
+        out = []
+        for excess, key in holders:
+            self.workers[key].last_take_back = now
+            out.append(TakeBack(key, (excess + 1) // 2))
+        self.take_back_requests += len(out)
+        return out
+
     def free_slots(self) -> int:
         return sum(max(c.free, 0) for c in self.workers.values() if c.accepting)
 
-    def _pick(self, candidates: list[tuple[float, PeerKey]], task: ReadyTask, now: float) -> int:
+    def _pick(self, candidates: list[tuple[float, PeerKey]], task: ReadyTask, now: float,
+              with_free_slot: int) -> int:
         """Index of the best candidate for ``task``, or -1 if none may take it now.
 
+        A task that is not short needs a free slot; a short one may also use prefetch room.
         A retry goes to a worker where the task has not failed yet, waiting up to
-        ``retry_elsewhere_s`` for one to have a free slot: a broken worker fails fast,
+        ``retry_elsewhere_s`` for one to have room: a broken worker fails fast,
         stays free and would otherwise draw every retry to itself.  It goes back to a
         worker where it failed once that wait is over, or at once if no accepting worker
         able to run it is left outside ``avoid``.
         """
-        if not task.tags and not task.avoid:
+        need_slot = not task.short
+        if need_slot and not with_free_slot:
+            return -1
+        workers = self.workers
+        if not task.tags and not task.avoid and (not need_slot or workers[candidates[0][1]].free > 0):
             return 0
         best = fallback = -1
         for index, (score, key) in enumerate(candidates):
-            capacity = self.workers[key]
+            capacity = workers[key]
+            if need_slot and capacity.free <= 0:
+                continue
             if task.tags and not capacity.tags.issuperset(task.tags):
                 continue
             if capacity.worker_id in task.avoid:

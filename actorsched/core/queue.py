@@ -8,6 +8,12 @@ handed to the Dispatcher as a :class:`ReadyTask` stamped with the attempt number
 coordinator epoch that fence it.  The Dispatcher reports placements back
 (:meth:`TaskQueueCore.tasks_assigned`); workers report starts and outcomes.
 
+It alone knows which worker incarnation holds which attempt (:attr:`TaskQueueCore.held`),
+so it requeues what a lost worker held, takes back unstarted tasks, and tells the
+Dispatcher ``FreeSlots`` whenever a task stops occupying a worker.  It also measures
+each task name's run time (a moving average), which marks a ready task *short* (it may
+wait in a worker's prefetch) or not.
+
 Invariants:
 
 * a task is in exactly one state; final states never change, so at most one result
@@ -32,6 +38,7 @@ from typing import Any
 from actorsched.config import TasksConfig
 from actorsched.core.commands import (
     Command,
+    FreeSlots,
     JudgeAttempts,
     MakeReady,
     PeerKey,
@@ -49,6 +56,7 @@ from actorsched.protocol import (
     ErrorInfo,
     ErrorReply,
     QueryReply,
+    Release,
     SubmitReply,
     TaskInfo,
     TaskOutcome,
@@ -69,6 +77,10 @@ S = TaskState
 _CANCELLED_BY_CLIENT = ErrorInfo("Cancelled", "cancelled by a client")
 # Attempts that point at their worker: a retry avoids it for a while (a lost assignment does not).
 _AVOIDED_OUTCOMES = frozenset({"failed", "worker lost"})
+SHORT_TASK_S = 0.05  # a task name whose average run time is below this may wait in a worker's prefetch
+_MAX_NAMES_TIMED = 10_000  # run-time averages kept; past that the table starts afresh
+_DURATION_WEIGHT = 0.2  # weight of the newest run in a name's moving average
+_JUDGE_BATCH = 4096  # successes for the breakers are sent in batches (failures at once)
 
 
 @dataclass(slots=True)
@@ -93,6 +105,7 @@ class TaskRecord:
     finished_at: float = 0.0  # monotonic; for retention
     assigned_at: float = 0.0  # monotonic, of the current attempt
     has_refs: bool = False
+    since: float = -1.0  # when it first queued (monotonic): its place in line; -1 before
 
 
 @dataclass(slots=True)
@@ -117,7 +130,7 @@ class TaskQueueCore:
         self.counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self.counters: dict[str, int] = {
             "submitted": 0, "stale_outcomes": 0, "retries": 0, "requeued_lost": 0, "rejected_batches": 0,
-            "purged": 0,
+            "purged": 0, "lost_assignments": 0, "take_back_asked": 0, "taken_back": 0,
         }
         self._seq = 0
         self._retry_heap: list[tuple[float, str]] = []  # (due, task id); stale items skipped
@@ -130,6 +143,12 @@ class TaskQueueCore:
         self._ready: list[ReadyTask] = []
         self._done: dict[tuple[PeerKey, int], list[TaskInfo]] = {}
         self._judged: list[tuple[str, bool]] = []
+        self._judged_failure = False
+        self.held: dict[PeerKey, dict[str, None]] = {}  # live incarnation -> task ids it holds, in placement order
+        self.done_by: dict[PeerKey, int] = {}  # live incarnation -> attempts it finished
+        self._freed: dict[PeerKey, int] = {}
+        self.durations: dict[str, float] = {}  # task name -> moving average of its run time, seconds
+        self.short_task_s = SHORT_TASK_S
 
     # ------------------------------------------------------------------ client events
 
@@ -227,6 +246,7 @@ class TaskQueueCore:
     def tasks_assigned(self, worker: PeerKey, worker_id: str, tasks: list[ReadyTask], now: float) -> list[Command]:
         """The Dispatcher placed these tasks on ``worker`` (the assign message is on its way)."""
         abandon: list[AttemptRef] = []
+        held = self.held.get(worker)
         for ready in tasks:
             task = self.tasks.get(ready.task_id)
             if task is None or task.state is not S.QUEUED or task.attempt != ready.attempt:
@@ -237,8 +257,71 @@ class TaskQueueCore:
             task.worker = worker
             task.worker_id = worker_id
             task.assigned_at = now
+            if held is not None:
+                held[ready.task_id] = None
+            else:  # the worker left (or is not admitted yet): the task goes back, fenced by a new attempt
+                abandon.append(AttemptRef(ready.task_id, ready.epoch, ready.attempt))
+                self._lost(ready.task_id, task, f"worker {worker_id} left before the assignment reached it", now)
         if abandon:
+            self._free(worker, len(abandon))
             self._out.append(SendToWorker(worker, CancelTasks(abandon)))
+        return self._flush()
+
+    def worker_admitted(self, worker: PeerKey) -> None:
+        """A worker incarnation joined: placements on it are real from now on."""
+        self.held.setdefault(worker, {})
+        self.done_by.setdefault(worker, 0)
+
+    def take_back(self, worker: PeerKey, count: int) -> list[Command]:
+        """Ask ``worker`` for up to ``count`` of its newest unstarted tasks (it answers with what it gave up)."""
+        held = self.held.get(worker)
+        if not held or count <= 0:
+            return []
+        refs: list[AttemptRef] = []
+        for task_id in reversed(held):
+            task = self.tasks[task_id]
+            if task.state is S.ASSIGNED and not task.cancel_requested:
+                refs.append(AttemptRef(task_id, task.epoch, task.attempt))
+                if len(refs) >= count:
+                    break
+        if refs:
+            self.counters["take_back_asked"] += len(refs)
+            self._out.append(SendToWorker(worker, Release(refs)))
+        return self._flush()
+
+    def attempts_released(self, worker: PeerKey, attempts: list[AttemptRef], now: float) -> list[Command]:
+        """``worker`` gave these attempts back unstarted: they queue again in their old place, same attempt."""
+        held = self.held.get(worker)
+        for ref in attempts:
+            task = self.tasks.get(ref.task_id)
+            if task is None or task.state is not S.ASSIGNED or not self._is_current(task, worker, ref):
+                continue
+            if held is not None:
+                held.pop(ref.task_id, None)
+            self._free(worker, 1)
+            self.counters["taken_back"] += 1
+            if task.cancel_requested:
+                self._finish(ref.task_id, S.CANCELLED, _CANCELLED_BY_CLIENT, now)
+                continue
+            self._move(task, S.QUEUED)
+            self._make_ready(ref.task_id, task, now)
+        return self._flush()
+
+    def check_held(self, worker: PeerKey, worker_id: str, holds: list[str], placed_before: float,
+                   now: float) -> list[Command]:
+        """The worker says it holds exactly ``holds``: what it was given before ``placed_before`` and
+        does not hold never reached it (or its result was lost), and goes back to the queue."""
+        held = self.held.get(worker)
+        if not held or len(holds) >= len(held):
+            return []
+        holding = set(holds)
+        missing = [t for t in held if t not in holding and self.tasks[t].assigned_at < placed_before]
+        for task_id in missing:
+            del held[task_id]
+            self._free(worker, 1)
+            self.counters["lost_assignments"] += 1
+            self._lost(task_id, self.tasks[task_id],
+                       f"worker {worker_id} does not hold it: the assignment or its result was lost", now)
         return self._flush()
 
     def tasks_started(self, worker: PeerKey, attempts: list[AttemptRef]) -> None:
@@ -248,6 +331,7 @@ class TaskQueueCore:
                 self._move(task, S.RUNNING)
 
     def outcomes_reported(self, worker: PeerKey, outcomes: list[TaskOutcome], now: float) -> list[Command]:
+        freed, durations = self._freed, self.durations
         for outcome in outcomes:
             task = self.tasks.get(outcome.task_id)
             if task is not None and self._in_doubt_attempt(task, outcome):
@@ -259,9 +343,21 @@ class TaskQueueCore:
             ):
                 self.counters["stale_outcomes"] += 1
                 continue
+            held = self.held.get(worker)
+            if held is not None:
+                del held[outcome.task_id]
+                self.done_by[worker] += 1
+            freed[worker] = freed.get(worker, 0) + 1
+            name = task.spec.name
+            average = durations.get(name)
+            if average is None and len(durations) >= _MAX_NAMES_TIMED:
+                durations.clear()
+            durations[name] = outcome.duration_s if average is None else (
+                average + _DURATION_WEIGHT * (outcome.duration_s - average))
             if outcome.ok:
                 task.value = outcome.value
                 self._end_attempt(task, "succeeded", None, now, outcome.duration_s)
+                self._judged.append((task.worker_id, True))
                 self._judge_success(task)
                 self._finish(outcome.task_id, S.SUCCEEDED, None, now)
                 continue
@@ -270,49 +366,80 @@ class TaskQueueCore:
             self._after_failure(outcome.task_id, task, error, now)
         return self._flush()
 
+    def worker_gone(self, worker: PeerKey, worker_id: str, reason: str, now: float, worker_died: bool = True,
+                    keep: frozenset[str] = frozenset()) -> list[Command]:
+        """A worker incarnation died or left: requeue or quarantine every task it held.
+
+        ``keep``: tasks a new registration of the same worker reports running stay as
+        they are, for its :meth:`worker_reports_running`.
+        """
+        held = self.held.pop(worker, None) or {}
+        self.done_by.pop(worker, None)
+        self._freed.pop(worker, None)
+        return self.worker_lost(worker, worker_id, [t for t in held if t not in keep], reason, now, worker_died)
+
     def worker_lost(self, worker: PeerKey, worker_id: str, task_ids: Iterable[str], reason: str,
                     now: float, worker_died: bool = True) -> list[Command]:
         """A worker died or left holding these tasks (or, alive, never got them): requeue or quarantine each."""
+        held = self.held.get(worker)
         for task_id in task_ids:
             task = self.tasks.get(task_id)
             if task is None or task.state not in (S.ASSIGNED, S.RUNNING) or task.worker != worker:
                 continue
+            if held is not None and task_id in held:
+                del held[task_id]
+                self._free(worker, 1)
             self.counters["requeued_lost"] += 1
             if not worker_died:
-                error = ErrorInfo("AssignmentLost", f"worker {worker_id}: {reason}")
-                self._end_attempt(task, "assignment lost", error, now, now - task.assigned_at)
-                if task.cancel_requested:
-                    self._finish(task_id, S.CANCELLED, _CANCELLED_BY_CLIENT, now)
-                else:
-                    task.error = error
-                    self._queue(task_id, task, now)
+                self._lost(task_id, task, f"worker {worker_id}: {reason}", now)
                 continue
             error = ErrorInfo("WorkerLost", f"worker {worker_id} was lost while holding the task: {reason}")
             self._end_attempt(task, "worker lost", error, now, now - task.assigned_at)
             self._after_failure(task_id, task, error, now, worker_death=True)
         return self._flush()
 
+    def _lost(self, task_id: str, task: TaskRecord, reason: str, now: float) -> None:
+        """An attempt that never ran (or whose worker left in order): back in its place, no death counted."""
+        error = ErrorInfo("AssignmentLost", reason)
+        self._end_attempt(task, "assignment lost", error, now, now - task.assigned_at)
+        if task.cancel_requested:
+            self._finish(task_id, S.CANCELLED, _CANCELLED_BY_CLIENT, now)
+        else:
+            task.error = error
+            self._queue(task_id, task, now, keep_place=True)
+
     def worker_reports_running(self, worker: PeerKey, worker_id: str, attempts: list[AttemptRef],
                                now: float) -> list[Command]:
         """A (re-)registering worker lists what it runs: keep what is current, abandon the rest."""
         abandon: list[AttemptRef] = []
+        held = self.held.setdefault(worker, {})
+        self.done_by.setdefault(worker, 0)
         for ref in attempts:
             task = self.tasks.get(ref.task_id)
             if task is not None and self._in_doubt_attempt(task, ref):
                 self._adopt(task, worker, worker_id, now)  # after our restart: no need to run it again
+                held[ref.task_id] = None
             elif task is not None and _same_attempt(task, ref) and task.state in (S.ASSIGNED, S.RUNNING) \
                     and task.worker_id == worker_id:
+                old = self.held.get(task.worker)
+                if old is not None and old is not held:
+                    old.pop(ref.task_id, None)
                 task.worker = worker  # the same worker on a new connection
+                held[ref.task_id] = None
             else:
                 abandon.append(ref)
         if abandon:
+            self._free(worker, len(abandon))  # the worker drops them: they no longer occupy it
             self._out.append(SendToWorker(worker, CancelTasks(abandon)))
         return self._flush()
 
     def tick(self, now: float) -> list[Command]:
-        """Fire due retry timers."""
+        """Fire due retry timers; send the breakers' pending judgments."""
         heap = self._retry_heap
         if not heap or heap[0][0] > now:
+            if self._judged:
+                self._judged_failure = True  # flush them now
+                return self._flush()
             return []
         while heap and heap[0][0] <= now:
             due, task_id = heapq.heappop(heap)
@@ -325,6 +452,7 @@ class TaskQueueCore:
                 self._in_doubt.discard(task_id)  # no worker claimed it: place it again, same attempt
                 task.epoch = self.epoch
                 self._make_ready(task_id, task, now)
+        self._judged_failure = bool(self._judged)
         return self._flush()
 
     def restore(self, records: list[TaskRecord], now: float) -> list[Command]:
@@ -465,8 +593,10 @@ class TaskQueueCore:
         elif not task.waiting_on:
             self._queue(task_id, task, now)
 
-    def _queue(self, task_id: str, task: TaskRecord, now: float) -> None:
-        """QUEUED for a new attempt, handed to the Dispatcher."""
+    def _queue(self, task_id: str, task: TaskRecord, now: float, keep_place: bool = False) -> None:
+        """QUEUED for a new attempt, handed to the Dispatcher; ``keep_place``: in its old place in line."""
+        if not keep_place or task.since < 0:
+            task.since = now
         self._move(task, S.QUEUED)
         task.attempt += 1
         task.epoch = self.epoch
@@ -475,6 +605,8 @@ class TaskQueueCore:
 
     def _make_ready(self, task_id: str, task: TaskRecord, now: float) -> None:
         task.worker = b""
+        if task.since < 0:
+            task.since = now
         spec = task.spec
         args, kwargs = spec.args, spec.kwargs
         if task.has_refs:  # arguments reference results: hand over the values
@@ -489,6 +621,7 @@ class TaskQueueCore:
             spec.timeout_s if spec.timeout_s is not None else (self.config.default_timeout_s or None),
             tuple(spec.tags), now,
             tuple({h.worker_id for h in task.history if h.outcome in _AVOIDED_OUTCOMES}) if task.history else (),
+            task.since, self.durations.get(spec.name, self.short_task_s) < self.short_task_s,
         ))
 
     def _after_failure(self, task_id: str, task: TaskRecord, error: ErrorInfo, now: float,
@@ -514,9 +647,10 @@ class TaskQueueCore:
             self._finish(task_id, S.FAILED, error, now)
             return
         self.counters["retries"] += 1
-        if worker_death:
+        if worker_death or error.type in WORKER_DEATHS:
+            # A process death is not the task's error: no backoff, and it keeps its place in line.
             task.error = error
-            self._queue(task_id, task, now)  # the task did nothing wrong: no backoff
+            self._queue(task_id, task, now, keep_place=True)
             return
         self._move(task, S.RETRYING)
         task.error = error
@@ -609,8 +743,11 @@ class TaskQueueCore:
         (The success itself is counted by the registry, which sees every outcome.)
         """
         if len(task.history) > 1:
-            self._judged.extend((h.worker_id, False) for h in task.history[:-1]
-                                if h.outcome == "failed" and h.worker_id != task.worker_id)
+            blamed = [(h.worker_id, False) for h in task.history[:-1]
+                      if h.outcome == "failed" and h.worker_id != task.worker_id]
+            if blamed:
+                self._judged += blamed
+                self._judged_failure = True
 
     def _end_attempt(self, task: TaskRecord, outcome: str, error: ErrorInfo | None, now: float,
                      duration_s: float) -> None:
@@ -641,15 +778,26 @@ class TaskQueueCore:
         task.retry_at = -1.0  # disarms its grace timer
         task.worker, task.worker_id, task.assigned_at = worker, worker_id, now
 
+    def _free(self, worker: PeerKey, count: int) -> None:
+        self._freed[worker] = self._freed.get(worker, 0) + count
+
+    def held_counts(self) -> dict[PeerKey, tuple[int, int]]:
+        """Each live incarnation's (tasks held, attempts finished), for worker listings."""
+        return {worker: (len(held), self.done_by.get(worker, 0)) for worker, held in self.held.items()}
+
     def _flush(self) -> list[Command]:
         out = self._out
         self._out = []
         if self._ready:
             out.append(MakeReady(self._ready))
             self._ready = []
-        if self._judged:
+        if self._freed:
+            out.extend(FreeSlots(worker, count) for worker, count in self._freed.items())
+            self._freed = {}
+        if self._judged and (self._judged_failure or len(self._judged) >= _JUDGE_BATCH):
             out.append(JudgeAttempts(self._judged))
             self._judged = []
+            self._judged_failure = False
         if self._done:
             for (client, request_id), infos in self._done.items():
                 out.append(SendToClient(client, TasksDone(request_id, infos)))

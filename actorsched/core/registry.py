@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 A worker *incarnation* is one connection, keyed by its ZeroMQ routing id; the
-human ``worker_id`` names the process.  The registry knows which tasks each
-incarnation holds (told by the Dispatcher before the assign message leaves, so a
-result can never arrive for a placement the registry has not heard of).
+human ``worker_id`` names the process.  The registry owns incarnations, their
+liveness, load and circuit breakers; which tasks an incarnation holds is the
+TaskQueue's fact, so the registry tells it ``AdmitWorker`` when one joins (before the
+Dispatcher hears of it) and ``ForgetWorker`` when one goes, and it requeues.
 
 Liveness: every message from a worker refreshes ``last_seen``.  A worker silent for
 ``suspect_after_s`` is SUSPECT (closed for new tasks); silent for
@@ -20,24 +21,26 @@ window instead of convicting them all on waking.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import Enum
 
 from actorsched.config import BreakerConfig, LivenessConfig, PlacementConfig
 from actorsched.core.breaker import Breaker, BreakerState
 from actorsched.core.commands import (
+    AddWorker,
+    AdmitWorker,
+    CheckHeld,
     Command,
+    ForgetWorker,
     PeerKey,
     ReconcileRunning,
-    RequeueLost,
+    RemoveWorker,
     SendToWorker,
-    SlotsFreed,
-    WorkerAccepting,
-    WorkerDown,
-    WorkerLoad,
-    WorkerUp,
+    SetAccepting,
+    UpdateLoad,
 )
-from actorsched.protocol import Register, Reregister, Shutdown, TaskOutcome, Welcome, WorkerInfo
+from actorsched.protocol import Register, Reregister, Shutdown, Welcome, WorkerInfo
 
 
 class WorkerState(Enum):
@@ -56,10 +59,9 @@ class WorkerRecord:
     tags: tuple[str, ...]
     last_seen: float
     state: WorkerState = WorkerState.ALIVE
-    running: dict[str, float] = field(default_factory=dict)  # task id -> when it was placed here
     cpu_percent: float = 0.0
     memory_percent: float = 0.0
-    tasks_done: int = 0
+    prefetch: int = 0
 
 
 def load_score(running: int, slots: int, cpu_percent: float, memory_percent: float,
@@ -87,7 +89,7 @@ class RegistryCore:
 
     def registered(self, key: PeerKey, message: Register, now: float) -> list[Command]:
         out: list[Command] = []
-        reported = {ref.task_id for ref in message.running}
+        reported = frozenset(ref.task_id for ref in message.running)
         old_key = self.by_id.get(message.worker_id)
         if old_key is not None and old_key != key:
             # One owner per worker id: the newest registration wins, the old one is fenced.
@@ -99,13 +101,13 @@ class RegistryCore:
         if key in self.workers:
             out += self._remove(key, "re-registered on the same connection", reported, died=False)
         record = WorkerRecord(key, message.worker_id, message.host, message.pid, message.slots,
-                              tuple(message.tags), now)
-        record.running = dict.fromkeys((ref.task_id for ref in message.running), now)
+                              tuple(message.tags), now, prefetch=message.prefetch)
         self.workers[key] = record
         self.by_id[message.worker_id] = key
         self.counters["registered"] += 1
         out.append(SendToWorker(key, Welcome(message.worker_id, self.epoch, self.liveness.heartbeat_interval_s)))
-        out.append(WorkerUp(key, message.worker_id, message.slots, record.tags, len(record.running)))
+        out.append(AdmitWorker(key, message.worker_id))
+        out.append(AddWorker(key, message.worker_id, message.slots, record.tags, len(reported), message.prefetch))
         if message.worker_id in self.breakers:
             out.append(self._accepting(record))
         if message.running:
@@ -116,9 +118,10 @@ class RegistryCore:
                   holds: list[str] | None = None) -> list[Command]:
         """A heartbeat: load for placement and, in ``holds``, the task ids the worker holds.
 
-        A task placed on the worker more than two heartbeat intervals ago that the
-        worker does not hold never reached it (or its result was lost): it goes back to
-        the queue rather than stay ASSIGNED forever on a live worker.
+        The TaskQueue checks ``holds`` against what it placed there: a task placed more
+        than two heartbeat intervals ago that the worker does not hold never reached it
+        (or its result was lost) and goes back to the queue rather than stay ASSIGNED
+        forever on a live worker.
         """
         record = self.workers.get(key)
         if record is None:
@@ -127,54 +130,18 @@ class RegistryCore:
         out = self._seen(record, now)
         record.cpu_percent = cpu_percent
         record.memory_percent = memory_percent
-        out.append(WorkerLoad(key, cpu_percent, memory_percent))
-        if holds is not None and len(holds) < len(record.running):
-            held = set(holds)
-            settled = now - 2 * self.liveness.heartbeat_interval_s
-            missing = [t for t, placed in record.running.items() if t not in held and placed < settled]
-            if missing:
-                self.counters["lost_assignments"] += len(missing)
-                for task_id in missing:
-                    del record.running[task_id]
-                out.append(SlotsFreed(key, len(missing)))
-                out.append(RequeueLost(key, record.worker_id, missing,
-                                       "the worker does not hold it: the assignment or its result was lost",
-                                       worker_died=False))
+        out.append(UpdateLoad(key, cpu_percent, memory_percent))
+        if holds is not None:
+            out.append(CheckHeld(key, record.worker_id, holds, now - 2 * self.liveness.heartbeat_interval_s))
         return out
 
-    def seen(self, key: PeerKey, now: float) -> list[Command]:
+    def seen(self, keys: Iterable[PeerKey], now: float) -> list[Command]:
         """Any message from a known worker proves it alive."""
-        record = self.workers.get(key)
-        return self._seen(record, now) if record is not None else []
-
-    def tasks_assigned(self, key: PeerKey, worker_id: str, task_ids: list[str], now: float = 0.0) -> list[Command]:
-        record = self.workers.get(key)
-        if record is None:
-            # The worker left while the placement was in flight: hand the tasks back.
-            return [RequeueLost(key, worker_id, task_ids, "worker left before the assignment reached it")]
-        record.running.update(dict.fromkeys(task_ids, now))
-        return []
-
-    def tasks_finished(self, key: PeerKey, outcomes: list[TaskOutcome], now: float) -> list[Command]:
-        """Outcomes from a worker: free their slots, and count successes for its breaker.
-
-        (Failures are judged by the task queue, which alone knows whether the same task
-        later succeeded elsewhere.)
-        """
-        record = self.workers.get(key)
-        if record is None:
-            return []
-        out = self._seen(record, now)
-        freed = succeeded = 0
-        for outcome in outcomes:
-            if record.running.pop(outcome.task_id, None) is not None:
-                freed += 1
-                succeeded += outcome.ok
-        record.tasks_done += freed
-        if freed:
-            out.append(SlotsFreed(key, freed))
-        if succeeded:
-            out += self.judge([(record.worker_id, True)] * succeeded, now)
+        out: list[Command] = []
+        for key in keys:
+            record = self.workers.get(key)
+            if record is not None:
+                out += self._seen(record, now)
         return out
 
     def draining(self, key: PeerKey, now: float) -> list[Command]:
@@ -233,16 +200,19 @@ class RegistryCore:
 
     # ------------------------------------------------------------------ reads
 
-    def infos(self, now: float) -> list[WorkerInfo]:
-        return [
-            WorkerInfo(
-                r.worker_id, r.host, r.pid, r.slots, len(r.running),
-                round(load_score(len(r.running), r.slots, r.cpu_percent, r.memory_percent, self.placement), 3),
+    def infos(self, now: float, held: dict[PeerKey, tuple[int, int]] | None = None) -> list[WorkerInfo]:
+        """Every worker; ``held`` (from the TaskQueue, which owns it) gives each one's (running, done) counts."""
+        held = held or {}
+        infos = []
+        for r in sorted(self.workers.values(), key=lambda r: r.worker_id):
+            running, done = held.get(r.key, (0, 0))
+            infos.append(WorkerInfo(
+                r.worker_id, r.host, r.pid, r.slots, running,
+                round(load_score(running, r.slots, r.cpu_percent, r.memory_percent, self.placement), 3),
                 r.cpu_percent, r.memory_percent, r.state.value, list(r.tags), round(now - r.last_seen, 3),
-                r.tasks_done, self._breaker_state(r.worker_id),
-            )
-            for r in sorted(self.workers.values(), key=lambda r: r.worker_id)
-        ]
+                done, self._breaker_state(r.worker_id),
+            ))
+        return infos
 
     def _breaker_state(self, worker_id: str) -> str:
         breaker = self.breakers.get(worker_id)
@@ -250,7 +220,7 @@ class RegistryCore:
 
     def stats(self) -> dict[str, int]:
         return {"workers": len(self.workers), "slots": sum(r.slots for r in self.workers.values()),
-                "running": sum(len(r.running) for r in self.workers.values()), **self.counters}
+                "prefetch": sum(r.prefetch for r in self.workers.values()), **self.counters}
 
     # ------------------------------------------------------------------ internals
 
@@ -261,16 +231,16 @@ class RegistryCore:
             return [self._accepting(record)]
         return []
 
-    def _accepting(self, record: WorkerRecord) -> WorkerAccepting:
+    def _accepting(self, record: WorkerRecord) -> SetAccepting:
         """What the dispatcher may give this worker, from its liveness and its breaker."""
         breaker = self.breakers.get(record.worker_id)
         state = breaker.state if breaker is not None else BreakerState.CLOSED
         accepting = record.state is WorkerState.ALIVE and state is not BreakerState.OPEN
-        return WorkerAccepting(record.key, accepting, probe=state is BreakerState.HALF_OPEN)
+        return SetAccepting(record.key, accepting, probe=state is BreakerState.HALF_OPEN)
 
-    def _remove(self, key: PeerKey, reason: str, carried_over: set[str] | frozenset[str] = frozenset(),
+    def _remove(self, key: PeerKey, reason: str, keep: frozenset[str] = frozenset(),
                 died: bool = True) -> list[Command]:
-        """Forget a worker incarnation; its tasks go back to the queue.
+        """Forget a worker incarnation; the TaskQueue requeues its tasks.
 
         ``died`` False (a goodbye, a re-registration) requeues them without counting a
         worker death against them: only unexplained losses point at a poison task.
@@ -279,10 +249,7 @@ class RegistryCore:
         if self.by_id.get(record.worker_id) == key:
             del self.by_id[record.worker_id]
         self.counters["removed"] += 1
-        out: list[Command] = [WorkerDown(key)]
-        lost = sorted(set(record.running) - carried_over)
-        if lost:
-            out.append(RequeueLost(key, record.worker_id, lost, reason, worker_died=died))
+        out: list[Command] = [RemoveWorker(key), ForgetWorker(key, record.worker_id, reason, died, keep)]
         if record.worker_id not in self.by_id:
             breaker = self.breakers.get(record.worker_id)
             if breaker is not None and breaker.state is BreakerState.CLOSED:

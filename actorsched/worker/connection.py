@@ -44,6 +44,8 @@ from actorsched.protocol import (
     Message,
     Refused,
     Register,
+    Release,
+    Released,
     Reregister,
     Results,
     Shutdown,
@@ -67,6 +69,7 @@ MAX_POLL_S = 1.0
 # after this delay.
 STARTED_DELAY_S = 0.005
 EXIT_OK, EXIT_FORCED, EXIT_REFUSED = 0, 1, 2
+PREFETCH_PER_SLOT = 16
 
 _incarnations = 0
 
@@ -107,6 +110,7 @@ class WorkerConnection:
         self.config = config
         self.worker_id = config.resolved_worker_id()
         self.slots = config.resolved_slots()
+        self.prefetch = PREFETCH_PER_SLOT * self.slots
         self.endpoint = config.connection.coordinator
         self._stop_requests = stop_requests
         self._wakeup_fd = wakeup_fd
@@ -208,20 +212,25 @@ class WorkerConnection:
         if task_deadline <= now:
             self._outcomes.extend(executor.expire(now))
         if self.exit_code is None:
-            started = executor.dispatch(now)
-            if started:
-                if not self._unreported:
-                    self._started_due = now + STARTED_DELAY_S
-                self._unreported.update((job.task_id, job) for job in started)
+            self._dispatch(now, respawn=False)
         if self._outcomes:
             outcomes, self._outcomes = self._outcomes, []
             for outcome in outcomes:
                 self._unreported.pop(outcome.task_id, None)  # its Results says it started
             self._send_results(outcomes)
+        if executor.has_retired() and self.exit_code is None:  # after the outcomes: a new child takes ms
+            self._dispatch(now, respawn=True)
         if self._unreported and now >= self._started_due:
             self._send(Started([job.ref for job in self._unreported.values()]))
             self._unreported.clear()
         self._fire_timers(now)
+
+    def _dispatch(self, now: float, respawn: bool) -> None:
+        started = self._executor.dispatch(now, respawn)
+        if started:
+            if not self._unreported:
+                self._started_due = now + STARTED_DELAY_S
+            self._unreported.update((job.task_id, job) for job in started)
 
     def _rebuild_poller(self) -> None:
         self._poller = zmq.Poller()
@@ -314,6 +323,9 @@ class WorkerConnection:
     def _handle(self, message: Message, now: float) -> None:
         if isinstance(message, Assign):
             self._on_assign(message, now)
+        elif isinstance(message, Release):
+            released = self._executor.release(message.attempts)
+            self._send(Released(released))
         elif isinstance(message, CancelTasks):
             for ref in message.attempts:
                 outcome = self._executor.cancel(ref, now)
@@ -366,9 +378,10 @@ class WorkerConnection:
                 self._outcomes.append(TaskOutcome(item.task_id, item.epoch, item.attempt, False, None, error, 0.0))
                 continue
             job = Job(item.task_id, item.epoch, item.attempt, name, item.args, item.kwargs,
-                      self._default_timeout_s if item.timeout_s is None else item.timeout_s)
-            if executor.holds(item.task_id):
-                held = next(ref for ref in executor.held() if ref.task_id == item.task_id)
+                      self._default_timeout_s if item.timeout_s is None else item.timeout_s,
+                      item.priority, item.short)
+            held = executor.held_attempt(item.task_id)
+            if held is not None:
                 if held == job.ref:
                     continue  # a duplicate of what we already hold
                 superseded = executor.cancel(held, now, reason=f"superseded by attempt {item.attempt}")
@@ -385,7 +398,7 @@ class WorkerConnection:
             self.config.connection.reconnect_min_s, self.config.connection.reconnect_max_s,
         )
         self._send(Register(self.worker_id, socket.gethostname(), os.getpid(), self.slots,
-                            list(self.config.worker.tags), self._executor.held()))
+                            list(self.config.worker.tags), self._executor.held(), self.prefetch))
 
     def _send_results(self, outcomes: list[TaskOutcome]) -> None:
         """One Results for all ``outcomes``, split only if it cannot go as one message."""

@@ -1,38 +1,45 @@
-"""The worker's pool of child processes: one child per slot, one task per child at a time.
+"""The worker's pool of child processes: one child per slot, one batch of jobs per child at a time.
 
 Theory of operation
 -------------------
-The parent (the worker's event loop) owns a local FIFO of :class:`Job` and one
-:class:`_Slot` per child.  :meth:`Executor.dispatch` hands queued jobs to idle children
-over a pair of one-way pipes; the child imports and calls the function and sends
-back one msgpack-encoded reply ``[ok, value, error_type, error_message, traceback,
-duration_s]``.  Packing the reply in the child doubles as the check that the value can
-travel on the wire.
+The parent (the worker's event loop) owns a local queue of :class:`Job` (best priority
+first, then arrival) and one :class:`_Slot` per child.  :meth:`Executor.dispatch` hands
+queued jobs to idle children over a pair of one-way pipes.  A job the coordinator marks
+*short* (its name's measured run time is small) and without a timeout takes other
+such jobs along, up to an even share of the queue: the child runs the batch in order
+and writes each job's reply as soon as it ends, one msgpack-encoded
+``[ok, value, error_type, error_message, traceback, duration_s]`` per job.  Packing
+the reply in the child doubles as the check that the value can travel on the wire.
 
 Each message on a pipe is an 8-byte big-endian length and then the payload; an empty
 payload tells an idle child to exit.  Both sides use plain ``os.read``/``os.write`` on
 the pipes' fds (``multiprocessing.Pipe`` only creates them and carries them to the
-child): a message of up to 64 KiB then costs one system call each way.  At most one
-message is ever in flight per pipe (a job, then its reply), so a read never takes
-bytes of the next message.
+child): a message of up to 64 KiB then costs one system call each way.  The parent
+sends a child a new batch only once every reply of the last one is in.
 
-The parent does not wait for a child to finish: the loop polls :meth:`Executor.fds`
-(each child's pipe and process sentinel) and calls :meth:`Executor.collect` for the
-ready ones, then :meth:`Executor.expire` for deadlines.  Once a reply has begun, the
-parent reads it to the end (at most ``max_result_bytes``: a longer one is refused from
-its length alone, unread, and its child replaced); a child stopped half-way through
-writing would hold the parent there.  A child that times out, is cancelled while
-running, or dies is killed (SIGKILL), joined and replaced at once, so a slot is never
-lost.  Every finished attempt becomes exactly one :class:`~actorsched.protocol.TaskOutcome`
+The parent does not wait for a child: the loop polls :meth:`Executor.fds` (each child's
+pipe and process sentinel) and calls :meth:`Executor.collect` for the ready ones, which
+reads what is there without blocking and keeps a reply that has only begun until the
+rest arrives; a reply announced longer than ``max_result_bytes`` is refused from its
+length alone, unread, and its child replaced.  Replies come in order, so the first
+unanswered job of a batch is the one that was running: a child that dies, times out
+or is cancelled is killed (SIGKILL); that job gets the outcome and the rest of its
+batch go back to the queue.  The dead child is replaced by :meth:`Executor.respawn`
+(the next :meth:`Executor.dispatch` does it), after the caller has sent the outcome,
+so a slot is never lost and a death is reported without waiting for a new process.
+Every finished attempt becomes exactly one :class:`~actorsched.protocol.TaskOutcome`
 carrying the attempt's fencing token ``(epoch, attempt)``.
 
-Children ignore SIGINT (the parent handles signals) and exit when their pipe closes.
-:meth:`Executor.stop` kills and joins every child, so none outlives the worker.
+:meth:`Executor.release` gives back queued jobs that have not started (the
+coordinator moves them to an idle worker).  Children ignore SIGINT (the parent handles
+signals) and exit when their pipe closes.  :meth:`Executor.stop` kills and joins every
+child, so none outlives the worker.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import heapq
 import importlib
 import logging
 import math
@@ -44,7 +51,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -61,6 +68,7 @@ _PLAIN_DATA = "None, bool, int, float, str, bytes, list, dict with str keys"
 _STOP = b""  # sent to an idle child: exit cleanly
 _HEADER = struct.Struct("!Q")  # the payload's length in bytes
 _READ_BYTES = 64 * 1024  # a pipe's default capacity: most messages arrive in one read
+MAX_BATCH = 64  # short jobs one child takes at a time
 
 
 # ----------------------------------------------------------------- pure policy
@@ -108,6 +116,8 @@ class Job:
     args: list[Any]
     kwargs: dict[str, Any]
     timeout_s: float = 0.0
+    priority: int = 0
+    short: bool = False  # the coordinator expects it to finish quickly: it may share a child's batch
 
     @property
     def ref(self) -> AttemptRef:
@@ -160,7 +170,11 @@ def _run_one(name: str, args: list[Any], kwargs: dict[str, Any], cache: dict[str
 
 
 def _child_main(from_parent: Connection, to_parent: Connection) -> None:
-    """Body of one child process: run jobs from ``from_parent`` until it closes or says stop."""
+    """Body of one child process: run batches of jobs from ``from_parent`` until it closes or says stop.
+
+    Each job's reply is written as soon as the job ends, so the parent knows which job of
+    a batch was running should the child die.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     read_fd, write_fd = from_parent.fileno(), to_parent.fileno()
     pack = msgpack.Packer(use_bin_type=True).pack  # reused: a failed pack resets its buffer
@@ -172,12 +186,12 @@ def _child_main(from_parent: Connection, to_parent: Connection) -> None:
             return
         if data == _STOP:
             return
-        task_id, epoch, attempt, name, args, kwargs = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        context._enter(task_id, epoch, attempt)
-        try:
-            _write_message(write_fd, _run_one(name, args, kwargs, cache, pack))
-        except OSError:
-            return
+        for task_id, epoch, attempt, name, args, kwargs in msgpack.unpackb(data, raw=False, strict_map_key=False):
+            context._enter(task_id, epoch, attempt)
+            try:
+                _write_message(write_fd, _run_one(name, args, kwargs, cache, pack))
+            except OSError:
+                return
 
 
 # ----------------------------------------------------------------- framing
@@ -240,12 +254,18 @@ class _Slot:
     index: int
     process: BaseProcess
     to_child: Connection  # kept to close it; written through ``write_fd``
-    from_child: Connection  # kept to close it; read through ``read_fd``
+    from_child: Connection  # kept to close it; read through ``read_fd`` (non-blocking)
     write_fd: int
     read_fd: int
-    job: Job | None = None
-    started_at: float = 0.0
-    deadline: float = math.inf
+    jobs: deque[Job] = field(default_factory=deque)  # sent to the child, unanswered; the first one runs
+    started_at: float = 0.0  # when the first of ``jobs`` started
+    deadline: float = math.inf  # only a batch of one timed job has one
+    buffer: bytearray = field(default_factory=bytearray)  # a reply read in part
+
+    @property
+    def job(self) -> Job | None:
+        """The job running in the child, if any."""
+        return self.jobs[0] if self.jobs else None
 
 
 class Executor:
@@ -257,21 +277,25 @@ class Executor:
 
     def __init__(self, slots: int, start_method: str = "forkserver",
                  preload: Sequence[str] = DEFAULT_PRELOAD,
-                 max_result_bytes: int = DEFAULT_MAX_MESSAGE_BYTES - 64 * 1024) -> None:
+                 max_result_bytes: int = DEFAULT_MAX_MESSAGE_BYTES - 64 * 1024,
+                 max_batch: int = MAX_BATCH) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.slots = slots
         self.max_result_bytes = max_result_bytes
+        self.max_batch = max(1, max_batch)
         self._context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             self._context.set_forkserver_preload(list(preload))
         self._pack = msgpack.Packer(use_bin_type=True).pack  # reused: building a Packer per job costs more
         self._slots: list[_Slot] = []
         self._idle: list[_Slot] = []
+        self._retired: list[_Slot] = []  # killed, to be joined and replaced by respawn()
         self._by_fd: dict[int, _Slot] = {}  # each child's read_fd and sentinel
-        self._queue: deque[Job] = deque()
+        self._queue: list[tuple[int, int, Job]] = []  # heap of (priority, arrival, job); stale items skipped
+        self._arrivals = 0
         self._queued: dict[str, Job] = {}
-        self._running: dict[str, _Slot] = {}
+        self._running: dict[str, _Slot] = {}  # every job sent to a child and not answered
         self._timed: dict[str, _Slot] = {}  # the running ones with a deadline, usually none
         self.fds_version = 0  # bumped whenever fds() changes, so pollers re-register
         self.children_replaced = 0
@@ -294,7 +318,7 @@ class Executor:
         departed worker held.
         """
         for slot in self._slots:
-            if slot.job is None:
+            if not slot.jobs:
                 try:
                     _write_message(slot.write_fd, _STOP)
                 except OSError:
@@ -302,13 +326,15 @@ class Executor:
             else:
                 slot.process.kill()
         deadline = time.monotonic() + grace_s
-        for slot in self._slots:
+        for slot in [*self._slots, *self._retired]:
             slot.process.join(max(0.0, deadline - time.monotonic()))
             if slot.process.is_alive():
                 slot.process.kill()
                 slot.process.join(1.0)
-            _close(slot)
+            if slot in self._slots:
+                _close(slot)
         self._slots.clear()
+        self._retired.clear()
         self._idle.clear()
         self._by_fd.clear()
         self._running.clear()
@@ -326,30 +352,41 @@ class Executor:
         process.start()
         from_parent.close()
         to_parent.close()  # the child now holds the only write end: its exit is EOF on read_fd
+        os.set_blocking(from_child.fileno(), False)  # read what is there, never wait for the rest
         slot = _Slot(index, process, to_child, from_child, to_child.fileno(), from_child.fileno())
         self._by_fd[slot.read_fd] = slot
         self._by_fd[process.sentinel] = slot
         self.fds_version += 1
         return slot
 
-    def _replace(self, slot: _Slot) -> int | None:
-        """Kill ``slot``'s child, start a fresh one in its place; the child's exit code."""
+    def _retire(self, slot: _Slot) -> None:
+        """Kill ``slot``'s child and take it out of service; :meth:`respawn` replaces it.
+
+        Replacing is deferred so that the outcome that cost the child reaches the
+        coordinator first: starting a child takes milliseconds.
+        """
         slot.process.kill()
-        slot.process.join(5.0)
-        exitcode = slot.process.exitcode
         self._by_fd.pop(slot.read_fd, None)
         self._by_fd.pop(slot.process.sentinel, None)
         _close(slot)
-        if slot.job is not None:
-            self._running.pop(slot.job.task_id, None)
-            self._timed.pop(slot.job.task_id, None)
+        for job in slot.jobs:
+            self._running.pop(job.task_id, None)
+            self._timed.pop(job.task_id, None)
+        slot.jobs.clear()
         if slot in self._idle:
             self._idle.remove(slot)
-        fresh = self._spawn(slot.index)
-        self._slots[self._slots.index(slot)] = fresh
-        self._idle.append(fresh)
+        self._retired.append(slot)
         self.children_replaced += 1
-        return exitcode
+        self.fds_version += 1
+
+    def respawn(self) -> None:
+        """Join every retired child and start a fresh one in its place."""
+        while self._retired:
+            slot = self._retired.pop()
+            slot.process.join(5.0)
+            fresh = self._spawn(slot.index)
+            self._slots[self._slots.index(slot)] = fresh
+            self._idle.append(fresh)
 
     # --- queries
 
@@ -359,7 +396,7 @@ class Executor:
 
     def held(self) -> list[AttemptRef]:
         """Every attempt queued here or running in a child."""
-        refs = [slot.job.ref for slot in self._running.values() if slot.job is not None]
+        refs = [job.ref for slot in self._slots for job in slot.jobs]
         refs.extend(job.ref for job in self._queued.values())
         return refs
 
@@ -368,6 +405,18 @@ class Executor:
 
     def holds(self, task_id: str) -> bool:
         return task_id in self._running or task_id in self._queued
+
+    def held_attempt(self, task_id: str) -> AttemptRef | None:
+        """The attempt of ``task_id`` held here, if any."""
+        job = self._queued.get(task_id)
+        if job is None:
+            slot = self._running.get(task_id)
+            job = next((j for j in slot.jobs if j.task_id == task_id), None) if slot is not None else None
+        return job.ref if job is not None else None
+
+    def has_retired(self) -> bool:
+        """Whether a dead child waits to be replaced (see :meth:`respawn`)."""
+        return bool(self._retired)
 
     def is_empty(self) -> bool:
         """Nothing queued and nothing running."""
@@ -382,136 +431,219 @@ class Executor:
     # --- work
 
     def submit(self, job: Job) -> None:
-        """Queue ``job``; it runs when :meth:`dispatch` finds an idle child."""
-        self._queue.append(job)
+        """Queue ``job``; it runs when :meth:`dispatch` finds an idle child (best priority first)."""
+        self._arrivals += 1
+        heapq.heappush(self._queue, (job.priority, self._arrivals, job))
         self._queued[job.task_id] = job
 
-    def dispatch(self, now: float) -> list[Job]:
-        """Hand queued jobs to idle children; the jobs that started."""
+    def _pop(self) -> Job | None:
+        """The best queued job (skipping cancelled or released ones), or None."""
+        queue, queued = self._queue, self._queued
+        while queue:
+            job = heapq.heappop(queue)[2]
+            if queued.get(job.task_id) is job:
+                del queued[job.task_id]
+                return job
+        return None
+
+    def _batch_share(self) -> int:
+        """How many short jobs one idle child takes now: the queue split over the idle children."""
+        return min(self.max_batch, -(-len(self._queued) // max(1, len(self._idle))))
+
+    def dispatch(self, now: float, respawn: bool = True) -> list[Job]:
+        """Hand queued jobs to idle children (first replacing retired ones, with ``respawn``); the jobs that started.
+
+        A short job without a timeout takes other short untimed jobs along, up to an
+        even share of the queue: one pipe message and one wake-up for all of them.
+        """
+        if respawn and self._retired:
+            self.respawn()
         started: list[Job] = []
-        while self._idle and self._queue:
-            job = self._queue.popleft()
-            if self._queued.get(job.task_id) is not job:
-                continue  # cancelled or superseded while queued
-            del self._queued[job.task_id]
+        while self._idle and self._queued:
+            first = self._pop()
+            if first is None:
+                break
+            batch = [first]
+            if first.short and first.timeout_s <= 0:
+                share = self._batch_share() + 1
+                queue, queued = self._queue, self._queued
+                while len(batch) < share and queue:
+                    job = queue[0][2]
+                    if queued.get(job.task_id) is not job:
+                        heapq.heappop(queue)
+                        continue
+                    if not job.short or job.timeout_s > 0:
+                        break
+                    heapq.heappop(queue)
+                    del queued[job.task_id]
+                    batch.append(job)
             slot = self._idle.pop()
             try:
-                _write_message(slot.write_fd, self._pack([job.task_id, job.epoch, job.attempt, job.name,
-                                                          job.args, job.kwargs]))
-            except OSError:  # the idle child died since the last poll: replace it and retry the job
-                self._replace(slot)
-                self._queue.appendleft(job)
-                self._queued[job.task_id] = job
+                _write_message(slot.write_fd, self._pack([
+                    [job.task_id, job.epoch, job.attempt, job.name, job.args, job.kwargs] for job in batch]))
+            except OSError:  # the idle child died since the last poll: replace it and retry the jobs
+                self._retire(slot)
+                self.respawn()
+                for job in batch:
+                    self._requeue(job)
                 continue
-            slot.job = job
+            slot.jobs.extend(batch)
             slot.started_at = now
-            self._running[job.task_id] = slot
-            if job.timeout_s > 0:
-                slot.deadline = now + job.timeout_s
-                self._timed[job.task_id] = slot
-            started.append(job)
+            for job in batch:
+                self._running[job.task_id] = slot
+            if first.timeout_s > 0:  # never batched
+                slot.deadline = now + first.timeout_s
+                self._timed[first.task_id] = slot
+            started.extend(batch)
         return started
+
+    def _requeue(self, job: Job) -> None:
+        """Put a job that did not run (or was cut short with its child) back in the queue, in its old order."""
+        heapq.heappush(self._queue, (job.priority, -1, job))
+        self._queued[job.task_id] = job
 
     def collect(self, now: float, ready: Collection[int]) -> list[TaskOutcome]:
         """Outcomes of the children whose fds (pipe or sentinel) the caller's poll found ready.
 
-        A ready pipe fd is read without another poll (the hot path); for a ready sentinel
-        alone a zero-timeout poll of the pipe decides whether a last reply is waiting.
+        Whatever a child wrote is read without blocking; a reply that has only begun is
+        kept until the rest arrives, so a child stopped half-way through writing holds
+        nothing but itself.
         """
         by_fd = self._by_fd
-        readable: list[_Slot] = []
-        exited: list[_Slot] = []
+        slots: dict[int, _Slot] = {}
         for fd in ready:  # sort first: handling one slot may replace it and reuse its fd numbers
             slot = by_fd.get(fd)
             if slot is not None:
-                (readable if fd == slot.read_fd else exited).append(slot)
-        if exited:
-            exited = [slot for slot in exited if slot not in readable]  # the pipe read covers it
+                slots[id(slot)] = slot
         outcomes: list[TaskOutcome] = []
-        for slot in readable:
-            self._check(slot, True, now, outcomes)
-        for slot in exited:
-            self._check(slot, False, now, outcomes)
+        for slot in slots.values():
+            self._read(slot, now, outcomes)
         self.tasks_finished += len(outcomes)
         return outcomes
 
-    def _check(self, slot: _Slot, readable: bool, now: float, outcomes: list[TaskOutcome]) -> None:
-        job = slot.job
-        if job is None:
-            if not slot.process.is_alive():
+    def _read(self, slot: _Slot, now: float, outcomes: list[TaskOutcome]) -> None:
+        closed = False
+        try:
+            while True:
+                data = os.read(slot.read_fd, _READ_BYTES)
+                if not data:
+                    closed = True
+                    break
+                slot.buffer += data
+                if len(data) < _READ_BYTES:
+                    break
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed = True
+        buffer = slot.buffer
+        while len(buffer) >= _HEADER.size and slot.jobs:
+            length = _HEADER.unpack_from(buffer)[0]
+            if length > self.max_result_bytes:  # not read: the child, blocked writing it, is replaced
+                job = slot.jobs.popleft()
+                outcomes.append(failed(job, "ResultTooLarge",
+                                       f"task {job.name!r} returned {length} bytes, more than the "
+                                       f"{self.max_result_bytes} a result may carry; return less data or raise "
+                                       f"max_message_bytes on both sides", now - slot.started_at))
+                self._cut_short(slot)
+                return
+            end = _HEADER.size + length
+            if len(buffer) < end:
+                break
+            reply = bytes(buffer[_HEADER.size:end])
+            del buffer[:end]
+            outcomes.append(self._finish(slot, reply, now))
+        if closed:  # the child's end closed: it died (EOF comes after everything it wrote)
+            running = slot.jobs.popleft() if slot.jobs else None
+            if running is None:
                 log.warning("idle child died pid=%s exitcode=%s; replacing it",
                             slot.process.pid, slot.process.exitcode)
-                self._replace(slot)
-            return
-        try:
-            if not readable and not slot.from_child.poll(0):
-                if slot.process.is_alive():
-                    return
-                raise EOFError
-            reply = _read_message(slot.read_fd, self.max_result_bytes)
-        except _ReplyTooLarge as exc:  # not read: the child, blocked writing it, is replaced
-            self._replace(slot)
-            outcomes.append(failed(job, "ResultTooLarge",
-                                   f"task {job.name!r} returned {exc.length} bytes, more than the "
-                                   f"{self.max_result_bytes} a result may carry; return less data or raise "
-                                   f"max_message_bytes on both sides", now - slot.started_at))
-            return
-        except (EOFError, OSError):
-            exitcode = self._replace(slot)
-            outcomes.append(failed(job, "ChildProcessDied", _death_message(job, exitcode), now - slot.started_at))
-            return
-        outcomes.append(self._finish(slot, job, reply, now))
+                self._retire(slot)
+                return
+            self._running.pop(running.task_id, None)
+            self._cut_short(slot)
+            slot.process.join(1.0)
+            outcomes.append(failed(running, "ChildProcessDied", _death_message(running, slot.process.exitcode),
+                                   now - slot.started_at))
 
-    def _finish(self, slot: _Slot, job: Job, reply: bytes, now: float) -> TaskOutcome:
-        slot.job = None
+    def _cut_short(self, slot: _Slot) -> None:
+        """Retire ``slot``'s child; the jobs of its batch not yet answered go back to the queue."""
+        unstarted = list(slot.jobs)
+        self._retire(slot)
+        for job in unstarted:
+            self._requeue(job)
+
+    def _finish(self, slot: _Slot, reply: bytes, now: float) -> TaskOutcome:
+        job = slot.jobs.popleft()
         del self._running[job.task_id]
+        started_at = slot.started_at
+        slot.started_at = now
         if slot.deadline != math.inf:
             slot.deadline = math.inf
             del self._timed[job.task_id]
-        self._idle.append(slot)
+        if not slot.jobs:
+            self._idle.append(slot)
         try:
             ok, value, error_type, message, trace, duration_s = msgpack.unpackb(reply, raw=False,
                                                                                 strict_map_key=True)
         except ValueError as exc:  # e.g. a dict with int keys: msgpack packs it, the protocol refuses it
             return failed(job, "ResultNotSerializable",
                           f"task {job.name!r} returned a value that cannot be sent ({exc}); "
-                          f"return plain data: {_PLAIN_DATA}", now - slot.started_at)
+                          f"return plain data: {_PLAIN_DATA}", now - started_at)
         error = None if ok else ErrorInfo(error_type, message, trace)
         return TaskOutcome(job.task_id, job.epoch, job.attempt, ok, value, error, duration_s)
 
     def expire(self, now: float) -> list[TaskOutcome]:
-        """Kill and replace the children whose task ran past its timeout; their outcomes."""
+        """Kill the children whose task ran past its timeout; their outcomes."""
         outcomes: list[TaskOutcome] = []
         for slot in [s for s in self._timed.values() if s.deadline <= now]:
             job = slot.job
             assert job is not None
-            self._replace(slot)
+            self._retire(slot)
             outcomes.append(failed(job, "TimedOut",
                                    f"task {job.name!r} ran longer than its timeout of {job.timeout_s:g}s "
                                    f"and its child process was killed", now - slot.started_at))
         self.tasks_finished += len(outcomes)
         return outcomes
 
+    def release(self, refs: list[AttemptRef]) -> list[AttemptRef]:
+        """Drop the listed attempts that are queued here and not started; the ones dropped."""
+        released = []
+        for ref in refs:
+            job = self._queued.get(ref.task_id)
+            if job is not None and job.ref == ref:
+                del self._queued[ref.task_id]
+                released.append(ref)
+        return released
+
     def cancel(self, ref: AttemptRef, now: float, reason: str = "cancelled by the coordinator") -> TaskOutcome | None:
-        """Drop a queued attempt or kill a running one; None if this exact attempt is not held."""
+        """Drop a queued attempt or kill a running one; None if this exact attempt is not held.
+
+        Killing a child also stops the other jobs of its batch: they go back to the queue.
+        """
         job = self._queued.get(ref.task_id)
         if job is not None and job.ref == ref:
             del self._queued[ref.task_id]
             self.tasks_finished += 1
             return failed(job, "Cancelled", f"task {job.name!r} was {reason} before it started")
         slot = self._running.get(ref.task_id)
-        if slot is not None and slot.job is not None and slot.job.ref == ref:
-            job = slot.job
-            self._replace(slot)
-            self.tasks_finished += 1
-            return failed(job, "Cancelled", f"task {job.name!r} was {reason} while running; its child was killed",
-                          now - slot.started_at)
-        return None
+        job = next((j for j in slot.jobs if j.ref == ref), None) if slot is not None else None
+        if slot is None or job is None:
+            return None
+        started_at = slot.started_at
+        slot.jobs.remove(job)
+        self._running.pop(job.task_id, None)
+        self._timed.pop(job.task_id, None)
+        self._cut_short(slot)
+        self.tasks_finished += 1
+        return failed(job, "Cancelled", f"task {job.name!r} was {reason} while running; its child was killed",
+                      now - started_at)
 
 
 def _close(slot: _Slot) -> None:
     slot.to_child.close()
     slot.from_child.close()
+    slot.buffer.clear()
 
 
 def _death_message(job: Job, exitcode: int | None) -> str:

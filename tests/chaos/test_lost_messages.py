@@ -107,7 +107,7 @@ def test_an_assignment_lost_on_the_way_to_a_live_worker_is_requeued_without_coun
             assert dropped and handle.result(timeout=10) == "kept"
             info = handle.info()
             assert info.attempt == 2 and [h.outcome for h in info.history] == ["assignment lost", "succeeded"]
-            assert client.stats()["workers"]["lost_assignments"] == 1
+            assert client.stats()["queue"]["lost_assignments"] == 1
             assert [w.worker_id for w in client.workers()] == ["drops-one"]
     finally:
         peer.close()

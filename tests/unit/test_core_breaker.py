@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from actorsched.config import BreakerConfig, LivenessConfig, PlacementConfig, TasksConfig
 from actorsched.core.breaker import Breaker, BreakerState
-from actorsched.core.commands import JudgeAttempts, ReadyTask, WorkerAccepting
+from actorsched.core.commands import JudgeAttempts, ReadyTask, SetAccepting
 from actorsched.core.placement import DispatcherCore
 from actorsched.core.queue import TaskQueueCore
 from actorsched.core.registry import RegistryCore
@@ -51,18 +51,18 @@ def test_the_registry_closes_an_open_worker_and_lets_one_probe_through_when_half
     registry = RegistryCore(LivenessConfig(), PlacementConfig(), epoch=1)
     registry.registered(b"k1", Register("w1", "h", 1, 4, [], []), 0.0)
     out = registry.judge([("w1", False)] * 10, 1.0)
-    assert out == [WorkerAccepting(b"k1", False, probe=False)]
+    assert out == [SetAccepting(b"k1", False, probe=False)]
     assert registry.infos(1.0)[0].breaker == "open"
     registry.heartbeat(b"k1", 0.0, 0.0, 1.0 + CONFIG.open_s)
-    out = [c for c in registry.scan(1.0 + CONFIG.open_s) if isinstance(c, WorkerAccepting)]
-    assert out == [WorkerAccepting(b"k1", True, probe=True)]
+    out = [c for c in registry.scan(1.0 + CONFIG.open_s) if isinstance(c, SetAccepting)]
+    assert out == [SetAccepting(b"k1", True, probe=True)]
     dispatcher = DispatcherCore(PlacementConfig())
     dispatcher.worker_up(b"k1", "w1", 4, (), 0)
     dispatcher.worker_accepting(b"k1", True, probe=True)
     dispatcher.tasks_ready([ReadyTask(f"t{i}", 0, i, 1, 1, "m:f", [], {}, None, (), 0.0) for i in range(3)])
     (placement,) = dispatcher.dispatch()
     assert len(placement.tasks) == 1  # one probe at a time
-    assert registry.judge([("w1", True)], 40.0) == [WorkerAccepting(b"k1", True, probe=False)]
+    assert registry.judge([("w1", True)], 40.0) == [SetAccepting(b"k1", True, probe=False)]
 
 
 def test_only_failures_of_tasks_that_succeeded_elsewhere_are_judged_against_a_worker() -> None:
@@ -73,6 +73,7 @@ def test_only_failures_of_tasks_that_succeeded_elsewhere_are_judged_against_a_wo
 
     def run(task_id: str, worker: bytes, worker_id: str, ok: bool, now: float) -> None:
         ready = next(r for r in queue_ready if r.task_id == task_id)
+        queue.worker_admitted(worker)
         queue.tasks_assigned(worker, worker_id, [ready], now)
         outcome = TaskOutcome(task_id, 1, ready.attempt, ok, None if not ok else 1,
                               None if ok else ErrorInfo("RuntimeError", "x"), 0.0)
@@ -88,5 +89,5 @@ def test_only_failures_of_tasks_that_succeeded_elsewhere_are_judged_against_a_wo
     queue_ready = [r for r in queue_ready if r.attempt == 2]
     run("good-elsewhere", b"k2", "w2", True, 3.0)
     run("bad-everywhere", b"k2", "w2", False, 3.0)
-    # Only the blame: the success itself is counted by the registry from the outcome.
-    assert judged == [("w1", False)]
+    # The success counts for w2; w1 is blamed only for the task that then succeeded on w2.
+    assert judged == [("w2", True), ("w1", False)]

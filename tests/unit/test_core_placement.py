@@ -16,7 +16,7 @@ _seq = itertools.count(1)
 
 def ready(task_id: str, priority: int = 0, ready_at: float = 0.0, tags: tuple[str, ...] = (),
           attempt: int = 1) -> ReadyTask:
-    return ReadyTask(task_id, priority, next(_seq), attempt, 1, "m:f", [], {}, None, tags, ready_at)
+    return ReadyTask(task_id, priority, next(_seq), attempt, 1, "m:f", [], {}, None, tags, ready_at, since=ready_at)
 
 
 def placed_ids(placements: list[Placement]) -> list[str]:

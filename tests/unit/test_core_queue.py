@@ -78,6 +78,12 @@ class QueueHarness:
             self.attempts_seen[task_id] = task.attempt
             if task.state in (S.ASSIGNED, S.RUNNING):
                 assert task.worker, f"{task_id} is {task.state.value} without an owner"
+                held = core.held.get(task.worker)
+                assert held is None or task_id in held, f"{task_id} runs on a worker that does not list it"
+        for worker, held in core.held.items():  # one owner: each held task names this worker
+            for task_id in held:
+                task = core.tasks[task_id]
+                assert task.state in (S.ASSIGNED, S.RUNNING) and task.worker == worker, (task_id, task.state)
 
     # ------------------------------------------------------------- shortcuts
 
@@ -93,6 +99,7 @@ class QueueHarness:
         return out
 
     def assign(self, task_id: str, worker: bytes = W1, now: float = 0.0) -> list[Command]:
+        self.core.worker_admitted(worker)
         result: list[Command] = self.tasks_assigned(worker, worker.decode(), [self.ready[task_id]], now)
         return result
 
@@ -521,9 +528,12 @@ def test_a_child_process_death_counts_as_a_worker_death() -> None:
     q = QueueHarness(TasksConfig(max_attempts=10, max_worker_deaths=2))
     q.add(spec("a", retry_on=["OnlyThis"]))
     q.run("a")
-    q.fail("a", "ChildProcessDied", now=0.0)
-    assert q.state("a") is S.RETRYING and q.task("a").deaths == 1  # retried despite retry_on
-    q.tick(100.0)
+    since = q.task("a").since
+    out = q.fail("a", "ChildProcessDied", now=5.0)
+    # retried despite retry_on, at once (a death is no error of the task: no backoff), in its old place
+    assert q.state("a") is S.QUEUED and q.task("a").deaths == 1
+    (again,) = made_ready(out)
+    assert again.since == since and again.attempt == 2
     q.run("a", W2)
     q.worker_lost(W2, "w2", ["a"], "gone", 101.0)
     assert q.state("a") is S.FAILED and q.error("a").type == "KilledWorker"

@@ -29,9 +29,11 @@ INFO_NOT_FOUND = p.TaskInfo("nope", "NOT_FOUND")
 WORKER_INFO = p.WorkerInfo("w-1", "host-a", 1234, 8, 3, 0.42, 12.5, 40.0, "ALIVE", ["gpu"], 0.3, 17, "closed")
 
 SAMPLES: dict[type[p.Message], p.Message] = {
-    p.Register: p.Register("w-1", "host-a", 1234, 4, ["gpu"], [REF, p.AttemptRef("t-9", 6, 1)]),
+    p.Register: p.Register("w-1", "host-a", 1234, 4, ["gpu"], [REF, p.AttemptRef("t-9", 6, 1)], 16),
     p.Heartbeat: p.Heartbeat(12.5, 40.0, ["t-1", "t-2"]),
     p.Started: p.Started([REF]),
+    p.Release: p.Release([REF]),
+    p.Released: p.Released([REF, p.AttemptRef("t-8", 6, 2)]),
     p.Results: p.Results([OUTCOME_OK, OUTCOME_FAILED]),
     p.Draining: p.Draining("SIGTERM"),
     p.Goodbye: p.Goodbye("bye"),

@@ -19,6 +19,7 @@ def ready_of(out: list[object]) -> list[ReadyTask]:
 
 
 def run_to_success(queue: TaskQueueCore, task: ReadyTask, value: object, now: float) -> None:
+    queue.worker_admitted(W)
     queue.tasks_assigned(W, "w", [task], now)
     queue.outcomes_reported(W, [TaskOutcome(task.task_id, task.epoch, task.attempt, True, value, None, 0.0)], now)
 
@@ -54,6 +55,7 @@ def test_a_malformed_reference_is_passed_through_not_resolved() -> None:
 def test_a_retry_timer_of_a_cancelled_and_purged_task_is_skipped() -> None:
     queue = TaskQueueCore(TasksConfig(), epoch=1)
     (a,) = ready_of(queue.submit(b"c", 1, [TaskSpec("a", "m:f")], 0.0))
+    queue.worker_admitted(W)
     queue.tasks_assigned(W, "w", [a], 0.0)
     queue.outcomes_reported(W, [TaskOutcome("a", 1, 1, False, None, ErrorInfo("RuntimeError", "x"), 0.0)], 1.0)
     assert queue.tasks["a"].state is TaskState.RETRYING
@@ -65,6 +67,7 @@ def test_a_retry_timer_of_a_cancelled_and_purged_task_is_skipped() -> None:
 def test_a_requeue_is_journaled_so_attempts_and_deaths_survive_a_restart() -> None:
     queue = TaskQueueCore(TasksConfig(), epoch=1)
     (a,) = ready_of(queue.submit(b"c", 1, [TaskSpec("a", "m:f")], 0.0))
+    queue.worker_admitted(W)
     queue.tasks_assigned(W, "w", [a], 0.0)
     queue.dirty.clear()
     queue.worker_lost(W, "w", ["a"], "killed", 1.0)
