@@ -13,14 +13,21 @@ import base64
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from actorsched import security
-from actorsched.client import FINAL_STATES, Client
-from actorsched.config import COORDINATOR_ENV, DEFAULT_CLIENT_ENDPOINT
+from actorsched.client import CLIENT_KEY_ENV, FINAL_STATES, SERVER_KEY_ENV, Client
+from actorsched.config import (
+    COORDINATOR_ENV,
+    DEFAULT_CLIENT_ENDPOINT,
+    default_client_endpoint,
+    is_loopback_host,
+    parse_endpoint,
+)
 from actorsched.errors import ActorschedError, ConfigError, ConnectionFailed, SubmitRejected, Timeout
 from actorsched.protocol import TaskInfo
 
@@ -239,6 +246,20 @@ def _cmd_purge(client: Client, args: argparse.Namespace, out: TextIO, err: TextI
 Command = Callable[[Client, argparse.Namespace, TextIO, TextIO], int]
 
 
+def _curve_hint(args: argparse.Namespace) -> str:
+    """What else "no answer" may mean: ZeroMQ drops a CURVE handshake it refuses without a word."""
+    server_key = args.server_key or os.environ.get(SERVER_KEY_ENV, "")
+    key = args.key or os.environ.get(CLIENT_KEY_ENV, "")
+    if server_key and key:
+        return (f". Or it refused this client's CURVE keys: check that the public half of {key} (NAME.key) is "
+                f"in the coordinator's [security] client_keys_dir, and that {server_key} is the coordinator's key")
+    host, _ = parse_endpoint(args.coordinator or default_client_endpoint(), "--coordinator")
+    if not is_loopback_host(host):
+        return (". A coordinator listening beyond loopback admits only CURVE clients: pass --server-key and "
+                "--key (or set $ACTORSCHED_SERVER_KEY and $ACTORSCHED_CLIENT_KEY)")
+    return ""
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -316,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keygen", help="write a CURVE key pair DIR/NAME.key and DIR/NAME.key_secret")
     p.add_argument("dir")
     p.add_argument("name")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing pair (peers holding the old public key are then refused)")
     p.set_defaults(run=None)
     return parser
 
@@ -330,7 +353,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "keygen":
-        public, secret = security.generate(args.dir, args.name)
+        try:
+            public, secret = security.generate(args.dir, args.name, replace=args.force)
+        except ConfigError as exc:
+            print(f"actorsched: {exc}", file=sys.stderr)
+            return EXIT_ERROR
         print(f"public key (hand it to the coordinator's allowlist): {public}\nsecret key (keep it): {secret}")
         return EXIT_OK
     connect_timeout = args.connect_timeout or getattr(args, "connect_timeout_alias", None) or 10.0
@@ -339,7 +366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Client(args.coordinator, timeout_s=connect_timeout, server_key_file=args.server_key,
                     key_file=args.key) as client:
             return run(client, args, sys.stdout, sys.stderr)
-    except (ConnectionFailed, ConfigError, SubmitRejected, _UsageError) as exc:
+    except ConnectionFailed as exc:
+        silent = str(exc).startswith("no answer")  # rather than a Refused with its reason
+        print(f"actorsched: {exc}{_curve_hint(args) if silent else ''}", file=sys.stderr)
+        return EXIT_ERROR
+    except (ConfigError, SubmitRejected, _UsageError) as exc:
         print(f"actorsched: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except ActorschedError as exc:

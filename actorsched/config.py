@@ -11,7 +11,9 @@ comment; a test keeps them and these dataclasses in step.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -207,16 +209,59 @@ def _check_value(where: str, key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
 def is_loopback_host(host: str) -> bool:
-    """True for names and addresses that never leave this machine."""
-    return host in ("127.0.0.1", "localhost", "::1", "[::1]") or host.startswith("127.")
+    """True for names and addresses that never leave this machine: localhost, 127.0.0.0/8, ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
+
+
+def split_host_port(text: str) -> tuple[str, int] | None:
+    """(host, port) of ``HOST:PORT``, None if malformed.
+
+    HOST is an IPv4 address, a DNS name or an IPv6 address in brackets (``[::1]``); PORT is
+    0-65535.  Parsed whole, never prefix-matched: ZeroMQ reads ``tcp://A;B:P`` as "from
+    source address A to B", so ``127.0.0.1;0.0.0.0`` must not pass for loopback.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5) or int(port) > 65535:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return None
+    elif host.replace(".", "").isdigit():  # digits and dots: an IPv4 address or nothing
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return None
+    elif not _HOST_NAME.fullmatch(host) or len(host) > 253:
+        return None
+    return host, int(port)
+
+
+def parse_endpoint(endpoint: str, what: str) -> tuple[str, int]:
+    """(host, port) of a ZeroMQ TCP endpoint ``tcp://HOST:PORT`` (see :func:`split_host_port`).
+
+    Raises ConfigError naming ``what`` otherwise.
+    """
+    address = split_host_port(endpoint.removeprefix("tcp://")) if endpoint.startswith("tcp://") else None
+    if address is None:
+        raise ConfigError(f"{what} must look like tcp://HOST:PORT (HOST an IP address, a name or [an IPv6 "
+                          f"address], PORT 0-65535), got {endpoint!r}")
+    return address
 
 
 def check_endpoint(endpoint: str, what: str) -> str:
-    """A ZeroMQ TCP endpoint ``tcp://HOST:PORT``; raise ConfigError naming ``what`` otherwise."""
-    host, sep, port = endpoint.removeprefix("tcp://").rpartition(":")
-    if not endpoint.startswith("tcp://") or not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{what} must look like tcp://HOST:PORT, got {endpoint!r}")
+    """``endpoint`` if it is a ZeroMQ TCP endpoint ``tcp://HOST:PORT``; ConfigError naming ``what`` otherwise."""
+    parse_endpoint(endpoint, what)
     return endpoint
 
 
@@ -296,7 +341,8 @@ def _check_security(config: CoordinatorConfig, source: str) -> None:
                           f"set all three or none ({source} [security])")
     for name in ("client_endpoint", "worker_endpoint"):
         endpoint = getattr(config.endpoints, name)
-        if not sec.enabled and not is_loopback_host(endpoint.removeprefix("tcp://").rpartition(":")[0]):
+        host, _ = parse_endpoint(endpoint, f"{name} ({source} [endpoints])")
+        if not sec.enabled and not is_loopback_host(host):
             raise ConfigError(
                 f"{name} {endpoint!r} is not loopback, and binding beyond this machine requires CURVE keys: "
                 f"set [security] secret_key_file, worker_keys_dir and client_keys_dir (make keys with "
@@ -308,14 +354,15 @@ def http_address(endpoint: str, where: str) -> tuple[str, int] | None:
     """(host, port) of the status page, None when off; loopback only (it is unauthenticated)."""
     if not endpoint:
         return None
-    host, sep, port = endpoint.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    address = split_host_port(endpoint)
+    if address is None:
         raise ConfigError(f"endpoint must look like HOST:PORT, or \"\" to turn the page off, "
                           f"got {endpoint!r} ({where})")
+    host, port = address
     if not is_loopback_host(host):
         raise ConfigError(f"the status page has no authentication, so it binds loopback only, got {endpoint!r}; "
                           f"put a reverse proxy in front of it to reach it from elsewhere ({where})")
-    return host, int(port)
+    return host, port
 
 
 def _load(cls: Any, path: str | Path | None) -> Any:

@@ -16,6 +16,7 @@ Supported field types: ``str``, ``int``, ``float`` (an int is accepted and widen
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from collections.abc import Callable
@@ -31,8 +32,24 @@ _ENCODERS: dict[type, Encoder] = {}
 _SCALARS = {str: "str", int: "int", bool: "bool", bytes: "bytes"}
 
 
+class _Shown(reprlib.Repr):
+    """A peer's value in an error text, bounded in nesting and length.
+
+    A plain ``repr`` of a value nested ~1,000 levels deep raises RecursionError, and of a
+    16 MB string builds a 16 MB text only to cut it to 60 characters.
+    """
+
+    repr_bytes = reprlib.Repr.repr_str  # slices before repr, as for str
+
+
+_SHOWN = _Shown()
+_SHOWN.maxlevel = 3
+_SHOWN.maxstring = _SHOWN.maxother = 40
+_SHOWN.maxlist = _SHOWN.maxdict = 4
+
+
 def _bad(where: str, expected: str, value: Any) -> ProtocolError:
-    shown = repr(value)
+    shown = _SHOWN.repr(value)
     if len(shown) > 60:
         shown = shown[:57] + "..."
     return ProtocolError(f"{where}: expected {expected}, got {type(value).__name__} {shown}")

@@ -28,8 +28,18 @@ import zmq.auth
 from actorsched.errors import ConfigError
 
 
-def generate(key_dir: str | Path, name: str) -> tuple[Path, Path]:
-    """Write ``NAME.key`` and ``NAME.key_secret`` under ``key_dir``; returns their paths."""
+def generate(key_dir: str | Path, name: str, replace: bool = False) -> tuple[Path, Path]:
+    """Write ``NAME.key`` and ``NAME.key_secret`` under ``key_dir``; returns their paths.
+
+    An existing pair is kept (ConfigError) unless ``replace``: a new coordinator key makes every
+    worker and client holding the old public key refused, so a re-run setup script must not rotate it.
+    """
+    existing = [path for path in (Path(key_dir) / f"{name}.key", Path(key_dir) / f"{name}.key_secret")
+                if path.exists()]
+    if existing and not replace:
+        raise ConfigError(f"key {name!r} exists already ({', '.join(str(path) for path in existing)}); not "
+                          f"replacing it, since every peer that knows its public key would then be refused; "
+                          f"pass --force to replace it anyway")
     os.makedirs(key_dir, exist_ok=True)
     public, secret = zmq.auth.create_certificates(key_dir, name)
     os.chmod(secret, 0o600)
@@ -52,7 +62,8 @@ def load_public(path: str, what: str) -> bytes:
     try:
         public, _ = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{what}: cannot read public key file {path!r} ({exc})") from None
+        raise ConfigError(f"{what}: cannot read public key file {path!r} ({exc}); a public key is the "
+                          f"NAME.key that `actorsched keygen DIR NAME` writes") from None
     return public
 
 

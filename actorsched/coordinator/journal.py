@@ -18,7 +18,9 @@ schema, creates a missing one, and increments the coordinator epoch.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -74,13 +76,48 @@ CREATE TABLE IF NOT EXISTS tasks (
 class Journal:
     def __init__(self, state_dir: str | Path, fsync: bool = True) -> None:
         self.path = Path(state_dir) / "journal.sqlite3"
+        self.lock_path = Path(state_dir) / "journal.lock"
         self.fsync = fsync
         self.epoch = 0
         self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
 
     def open(self) -> int:
-        """Open or create the journal and return the new coordinator epoch."""
+        """Open or create the journal and return the new coordinator epoch.
+
+        First takes the state folder's lock (held until :meth:`close`, or the process's
+        end, however it ends): two coordinators on one journal would each replay it and
+        run its tasks twice, so the second is refused, with the holder's pid.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            return self._open()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _lock(self) -> None:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise JournalError(
+                f"journal {self.path} is in use by another coordinator (pid {holder}, from {self.lock_path}); "
+                f"stop that one first, or give this one its own --state-dir / [journal] state_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def _open(self) -> int:
         fresh = not self.path.exists() or self.path.stat().st_size == 0
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -160,6 +197,7 @@ class Journal:
         if self._db is not None:
             self._db.close()
             self._db = None
+        self._unlock()
 
 
 def _pack_result(row: JournalRow) -> bytes | None:

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
+from actorsched import security
 from actorsched.config import LOG_LEVELS, WorkerConfig, load_worker_config, with_overrides
 from actorsched.errors import ConfigError
 from actorsched.worker.connection import EXIT_FORCED, StopRequests, WorkerConnection
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_config(args: argparse.Namespace) -> WorkerConfig:
-    """The config file (or defaults) with each flag applied on top; raises ConfigError."""
+    """The config file (or defaults) with each flag applied on top, key files read; raises ConfigError."""
     config = load_worker_config(args.config)
     config = with_overrides(config, "connection", source="--connect", coordinator=args.connect)
     config = with_overrides(config, "connection", source="--server-key/--key",
@@ -53,6 +54,12 @@ def load_config(args: argparse.Namespace) -> WorkerConfig:
     config = with_overrides(config, "worker", source="--worker-id", worker_id=args.worker_id)
     config = with_overrides(config, "worker", source="--tag", tags=args.tag)
     config = with_overrides(config, "logging", source="--log-level", level=args.log_level)
+    # Read the keys now, so a wrong file is a config error before any socket or child exists.
+    conn = config.connection
+    if conn.server_public_key_file:
+        security.load_public(conn.server_public_key_file, "--server-key / [connection] server_public_key_file")
+    if conn.secret_key_file:
+        security.load_keypair(conn.secret_key_file, "--key / [connection] secret_key_file")
     return config
 
 

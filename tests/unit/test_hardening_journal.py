@@ -1,0 +1,49 @@
+"""Issue 9 #14: one coordinator per state folder, by an OS lock that names its holder."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from actorsched.coordinator.journal import Journal, JournalError
+
+
+def test_a_second_open_of_one_state_folder_is_refused_naming_the_holder_pid(tmp_path: Path) -> None:
+    first = Journal(tmp_path)
+    assert first.open() == 1
+    try:
+        with pytest.raises(JournalError) as caught:
+            Journal(tmp_path).open()
+        assert f"pid {os.getpid()}" in str(caught.value) and "state_dir" in str(caught.value)
+    finally:
+        first.close()
+
+
+def test_a_refused_open_does_not_move_the_epoch(tmp_path: Path) -> None:
+    first = Journal(tmp_path)
+    first.open()
+    with pytest.raises(JournalError):
+        Journal(tmp_path).open()
+    first.close()
+    second = Journal(tmp_path)
+    assert second.open() == 2
+    second.close()
+
+
+def test_close_releases_the_lock(tmp_path: Path) -> None:
+    for epoch in (1, 2, 3):
+        journal = Journal(tmp_path)
+        assert journal.open() == epoch
+        journal.close()
+
+
+def test_an_open_that_fails_on_a_bad_file_releases_the_lock(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "journal.sqlite3")
+    db.execute("CREATE TABLE unrelated (x)")
+    db.close()
+    for _ in range(2):  # the second would be "in use" if the first had kept the lock
+        with pytest.raises(JournalError, match="holds no actorsched tables"):
+            Journal(tmp_path).open()
