@@ -146,12 +146,12 @@ class DispatcherCore:
         skipped: list[tuple[list[_HeapItem], _HeapItem]] = []
         heap, short_heap, entries, workers = self.heap, self.short_heap, self.entries, self.workers
         while candidates and len(skipped) < _MAX_SKIPPED:
-            if short_heap and (not heap or not with_free_slot or short_heap[0] < heap[0]):
+            if short_heap and (not heap or short_heap[0] < heap[0]):
                 source = short_heap
             elif heap and with_free_slot:
                 source = heap
             else:
-                break
+                break  # the best task waiting needs a free slot: nothing worse overtakes it
             item = heapq.heappop(source)
             task = entries.get(item[3])
             if task is None or task.attempt != item[2]:

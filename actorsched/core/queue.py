@@ -312,7 +312,7 @@ class TaskQueueCore:
         """The worker says it holds exactly ``holds``: what it was given before ``placed_before`` and
         does not hold never reached it (or its result was lost), and goes back to the queue."""
         held = self.held.get(worker)
-        if not held or len(holds) >= len(held):
+        if not held:
             return []
         holding = set(holds)
         missing = [t for t in held if t not in holding and self.tasks[t].assigned_at < placed_before]
@@ -344,10 +344,9 @@ class TaskQueueCore:
                 self.counters["stale_outcomes"] += 1
                 continue
             held = self.held.get(worker)
-            if held is not None:
-                del held[outcome.task_id]
+            if held is not None and held.pop(outcome.task_id, 0) is None:  # (an adopted result was never held)
                 self.done_by[worker] += 1
-            freed[worker] = freed.get(worker, 0) + 1
+                freed[worker] = freed.get(worker, 0) + 1
             name = task.spec.name
             average = durations.get(name)
             if average is None and len(durations) >= _MAX_NAMES_TIMED:
@@ -428,6 +427,11 @@ class TaskQueueCore:
                 held[ref.task_id] = None
             else:
                 abandon.append(ref)
+                if task is not None and task.state in (S.ASSIGNED, S.RUNNING) and task.worker_id == worker_id \
+                        and task.worker not in self.held:
+                    # Its current attempt was placed on this worker's old, gone connection, which
+                    # never reported it: it will not come back, so it queues again.
+                    self._lost(ref.task_id, task, f"worker {worker_id} reconnected without it", now)
         if abandon:
             self._free(worker, len(abandon))  # the worker drops them: they no longer occupy it
             self._out.append(SendToWorker(worker, CancelTasks(abandon)))

@@ -5,8 +5,8 @@ Theory of operation
 A worker *incarnation* is one connection, keyed by its ZeroMQ routing id; the
 human ``worker_id`` names the process.  The registry owns incarnations, their
 liveness, load and circuit breakers; which tasks an incarnation holds is the
-TaskQueue's fact, so the registry tells it ``AdmitWorker`` when one joins (before the
-Dispatcher hears of it) and ``ForgetWorker`` when one goes, and it requeues.
+TaskQueue's fact, so the registry tells it ``AdmitWorker`` when one joins and
+``ForgetWorker`` when one goes, and it requeues what that one held.
 
 Liveness: every message from a worker refreshes ``last_seen``.  A worker silent for
 ``suspect_after_s`` is SUSPECT (closed for new tasks); silent for
@@ -82,8 +82,7 @@ class RegistryCore:
         self.epoch = epoch
         self.workers: dict[PeerKey, WorkerRecord] = {}
         self.by_id: dict[str, PeerKey] = {}
-        self.counters = {"registered": 0, "removed": 0, "goodbyes": 0, "superseded": 0, "unknown_peer": 0,
-                         "lost_assignments": 0}
+        self.counters = {"registered": 0, "removed": 0, "goodbyes": 0, "superseded": 0, "unknown_peer": 0}
 
     # ------------------------------------------------------------------ events
 
