@@ -33,6 +33,7 @@ WorkersReply, StatsReply, ErrorReply, PurgeReply, Refused
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -446,10 +447,22 @@ class Codec:
         return message
 
 
-def encode(message: Message) -> list[bytes]:
-    """The three frames of ``message``; raises ProtocolError if a value is not msgpack-able."""
+Pack = Callable[[Any], bytes]
+
+
+def packer() -> Pack:
+    """A reusable msgpack ``pack`` for one thread (``msgpack.packb`` builds a new Packer per call)."""
+    return msgpack.Packer(use_bin_type=True).pack  # type: ignore[no-any-return]
+
+
+def encode(message: Message, pack: Pack | None = None) -> list[bytes]:
+    """The three frames of ``message``; raises ProtocolError if a value is not msgpack-able.
+
+    ``pack``: a :func:`packer` owned by the calling thread, for hot paths.
+    """
     try:
-        body = msgpack.packb(record_encoder(type(message))(message), use_bin_type=True)  # type: ignore[arg-type]
+        encoded = record_encoder(type(message))(message)
+        body = pack(encoded) if pack is not None else msgpack.packb(encoded, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"cannot encode {type(message).__name__}: {exc}") from None
     return [VERSION, message.KIND, body]
@@ -464,9 +477,10 @@ def check_packable(value: Any, what: str) -> None:
                             f"None, bool, int, float, str, bytes, list, dict with str keys") from None
 
 
-def pack_record(record: Any) -> bytes:
+def pack_record(record: Any, pack: Pack | None = None) -> bytes:
     """msgpack of one record (a TaskSpec for the journal, say), in the wire layout."""
-    return msgpack.packb(record_encoder(type(record))(record), use_bin_type=True)
+    encoded = record_encoder(type(record))(record)
+    return pack(encoded) if pack is not None else msgpack.packb(encoded, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def unpack_record(cls: type, data: bytes) -> Any:

@@ -172,3 +172,31 @@ def record_encoder(cls: type) -> Encoder:
     exec(f"def encode(value):\n    return [{', '.join(parts)}]", env)  # noqa: S102
     _ENCODERS[cls] = env["encode"]
     return env["encode"]  # type: ignore[no-any-return]
+
+
+_BUILDERS: dict[type, Callable[..., Any]] = {}
+
+
+def record_builder(cls: type) -> Callable[..., Any]:
+    """A positional constructor of the frozen, slotted record ``cls`` that fills its slots directly.
+
+    For records built on the hot path (one or more per task) from values the caller
+    already trusts: a frozen dataclass's ``__init__`` goes through ``object.__setattr__``
+    once per field, several times slower.  Every field must be given.
+    """
+    cached = _BUILDERS.get(cls)
+    if cached is not None:
+        return cached
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    if not all(name in getattr(cls, "__slots__", ()) for name in names) or hasattr(cls, "__post_init__"):
+        _BUILDERS[cls] = cls
+        return cls
+    env: dict[str, Any] = {"_cls": cls, "_new": object.__new__}
+    lines = [f"def build({', '.join(names)}):", "    record = _new(_cls)"]
+    for name in names:
+        env[f"_set_{name}"] = vars(cls)[name].__set__
+        lines.append(f"    _set_{name}(record, {name})")
+    lines.append("    return record")
+    exec("\n".join(lines), env)  # noqa: S102 - generated from our own field names only
+    _BUILDERS[cls] = env["build"]
+    return env["build"]  # type: ignore[no-any-return]

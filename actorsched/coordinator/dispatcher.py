@@ -31,8 +31,10 @@ from actorsched.core.commands import (
 )
 from actorsched.core.placement import DispatcherCore
 from actorsched.protocol import Assign, Assignment
+from actorsched.recordcodec import record_builder
 
 log = logging.getLogger(__name__)
+_assignment = record_builder(Assignment)  # one per task: skips the frozen dataclass's per-field __setattr__
 
 
 class DispatcherActor(SupervisedActor, pykka.ThreadingActor):
@@ -78,7 +80,7 @@ class DispatcherActor(SupervisedActor, pykka.ThreadingActor):
         ev.tell(self.queue, [ev.TasksPlaced(p.worker, workers[p.worker].worker_id, p.tasks) for p in placements])
         self.transport.tell([
             SendToWorker(p.worker, Assign([
-                Assignment(t.task_id, t.name, t.args, t.kwargs, t.epoch, t.attempt, t.timeout_s, t.priority, t.short)
+                _assignment(t.task_id, t.name, t.args, t.kwargs, t.epoch, t.attempt, t.timeout_s, t.priority, t.short)
                 for t in p.tasks
             ]))
             for p in placements

@@ -81,6 +81,7 @@ class Journal:
         self.epoch = 0
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._pack = msgpack.Packer(use_bin_type=True).pack  # for the one thread that writes
 
     def open(self) -> int:
         """Open or create the journal and return the new coordinator epoch.
@@ -167,7 +168,9 @@ class Journal:
         """Apply several batches in order in one transaction (one fsync): a group commit.
 
         Order matters: a task purged in one batch and submitted again under the same id
-        in the next must end up present.
+        in the next must end up present.  Between deletions, the rows of one task are
+        folded into one: a task submitted and finished within one group commit is
+        written once, as its final row.
         """
         if not any(rows or deleted for rows, deleted in batches):
             return
@@ -175,23 +178,39 @@ class Journal:
         db = self._db
         db.execute("BEGIN")
         try:
+            inserts: dict[str, JournalRow] = {}
+            updates: dict[str, JournalRow] = {}
             for rows, deleted in batches:
-                inserts = [(r.task_id, r.seq, r.state, r.attempt, r.epoch, r.deaths, r.finished_at, r.spec,
-                            _pack_result(r)) for r in rows if r.spec is not None]
-                updates = [(r.state, r.attempt, r.epoch, r.deaths, r.finished_at, _pack_result(r), r.task_id)
-                           for r in rows if r.spec is None]
-                if inserts:
-                    db.executemany("INSERT OR REPLACE INTO tasks(task_id, seq, state, attempt, epoch, deaths, "
-                                   "finished_at, spec, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", inserts)
-                if updates:
-                    db.executemany("UPDATE tasks SET state=?, attempt=?, epoch=?, deaths=?, finished_at=?, "
-                                   "result=? WHERE task_id=?", updates)
+                for row in rows:
+                    if row.spec is not None:
+                        inserts[row.task_id] = row
+                        updates.pop(row.task_id, None)
+                    elif row.task_id in inserts:
+                        inserts[row.task_id] = row._replace(spec=inserts[row.task_id].spec)
+                    else:
+                        updates[row.task_id] = row
                 if deleted:
+                    self._apply(db, inserts, updates)
+                    inserts, updates = {}, {}
                     db.executemany("DELETE FROM tasks WHERE task_id=?", [(t,) for t in deleted])
+            self._apply(db, inserts, updates)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _apply(self, db: sqlite3.Connection, inserts: dict[str, JournalRow], updates: dict[str, JournalRow]) -> None:
+        pack = self._pack
+        if inserts:
+            db.executemany("INSERT OR REPLACE INTO tasks(task_id, seq, state, attempt, epoch, deaths, "
+                           "finished_at, spec, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(r.task_id, r.seq, r.state, r.attempt, r.epoch, r.deaths, r.finished_at, r.spec,
+                             _pack_result(r, pack)) for r in inserts.values()])
+        if updates:
+            db.executemany("UPDATE tasks SET state=?, attempt=?, epoch=?, deaths=?, finished_at=?, "
+                           "result=? WHERE task_id=?",
+                           [(r.state, r.attempt, r.epoch, r.deaths, r.finished_at, _pack_result(r, pack), r.task_id)
+                            for r in updates.values()])
 
     def close(self) -> None:
         if self._db is not None:
@@ -200,10 +219,10 @@ class Journal:
         self._unlock()
 
 
-def _pack_result(row: JournalRow) -> bytes | None:
+def _pack_result(row: JournalRow, pack: Callable[[Any], bytes]) -> bytes | None:
     if row.value is None and row.error is None and not row.history:
         return None
-    return msgpack.packb([row.value, row.error, row.history], use_bin_type=True)
+    return pack([row.value, row.error, row.history])
 
 
 _WriterItem = tuple[list[JournalRow], list[str], Callable[[], None]]

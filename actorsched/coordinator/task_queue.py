@@ -45,6 +45,7 @@ from actorsched.protocol import (
     StatsReply,
     TaskSpec,
     pack_record,
+    packer,
     unpack_record,
 )
 
@@ -64,6 +65,7 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         self.registry: pykka.ActorRef[Any] | None = None
         self.transport: Any = None
         self._journaled: set[str] = set()
+        self._pack = packer()  # this actor's thread's own
         self.writer: JournalWriter | None = None
 
     def connect(self, dispatcher: pykka.ActorRef[Any], transport: Any, registry: pykka.ActorRef[Any]) -> None:
@@ -210,7 +212,7 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
             task = self.core.tasks[task_id]
             if task.state in (TaskState.ASSIGNED, TaskState.RUNNING) and task_id in self._journaled:
                 continue
-            spec = None if task_id in self._journaled else pack_record(task.spec)
+            spec = None if task_id in self._journaled else pack_record(task.spec, self._pack)
             self._journaled.add(task_id)
             finished_at = wall_now if task.state in FINAL_STATES else None
             rows.append(JournalRow(

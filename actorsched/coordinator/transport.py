@@ -83,6 +83,7 @@ class Transport:
         self._fd_to_worker: dict[int, bytes] = {}
         self._worker_fd: dict[bytes, int] = {}
         self._last_warning: dict[str, float] = {}
+        self._pack = p.packer()  # the transport thread's own
         self._seen: set[bytes] = set()  # workers heard from since the last WorkersSeen
         self._seen_told = 0.0
 
@@ -222,7 +223,7 @@ class Transport:
 
     def _send(self, sock: zmq.Socket[Any], peer: bytes, message: p.Message) -> None:
         """Send, splitting a batch that would exceed max_message_bytes (peers drop such a frame)."""
-        frames = p.encode(message)
+        frames = p.encode(message, self._pack)
         if len(frames[2]) <= self.config.max_message_bytes:
             send_frames(sock, [peer, *frames])
             return

@@ -63,6 +63,7 @@ from actorsched.protocol import (
     TasksDone,
     TaskSpec,
 )
+from actorsched.recordcodec import record_builder
 
 REF_KEY = "__actorsched_ref__"  # {REF_KEY: task_id} in arguments stands for that task's result
 PRIORITY_MIN = -1_000_000
@@ -74,6 +75,10 @@ NOT_RETRYABLE = frozenset({"TaskNotAllowed", "TaskNotFound", "ResultNotSerializa
 WORKER_DEATHS = frozenset({"ChildProcessDied"})
 
 S = TaskState
+# Positional constructors that skip a frozen dataclass's per-field __setattr__ (built per task).
+_task_info = record_builder(TaskInfo)
+_ready_task = record_builder(ReadyTask)
+_attempt_record = record_builder(AttemptRecord)
 _CANCELLED_BY_CLIENT = ErrorInfo("Cancelled", "cancelled by a client")
 # Attempts that point at their worker: a retry avoids it for a while (a lost assignment does not).
 _AVOIDED_OUTCOMES = frozenset({"failed", "worker lost"})
@@ -516,7 +521,7 @@ class TaskQueueCore:
         task = self.tasks.get(task_id)
         if task is None:
             return TaskInfo(task_id, NOT_FOUND)
-        return TaskInfo(
+        return _task_info(
             task_id, task.state.value, task.spec.name, task.spec.priority, task.attempt, task.worker_id,
             task.value, task.error, list(task.history),
         )
@@ -620,7 +625,7 @@ class TaskQueueCore:
                     "DependencyFailed", f"the result of {gone[0]} is no longer kept (purged); resubmit it"), now)
                 return
             args, kwargs = self._resolve_refs(args), self._resolve_refs(kwargs)
-        self._ready.append(ReadyTask(
+        self._ready.append(_ready_task(
             task_id, spec.priority, task.seq, task.attempt, task.epoch, spec.name, args, kwargs,
             spec.timeout_s if spec.timeout_s is not None else (self.config.default_timeout_s or None),
             tuple(spec.tags), now,
@@ -756,7 +761,7 @@ class TaskQueueCore:
     def _end_attempt(self, task: TaskRecord, outcome: str, error: ErrorInfo | None, now: float,
                      duration_s: float) -> None:
         ended_at = now + self.wall_offset_s
-        task.history.append(AttemptRecord(task.attempt, task.worker_id, outcome, error,
+        task.history.append(_attempt_record(task.attempt, task.worker_id, outcome, error,
                                           round(ended_at - max(duration_s, 0.0), 6), round(ended_at, 6)))
 
     def _move(self, task: TaskRecord, target: TaskState) -> None:
