@@ -67,6 +67,7 @@ class TasksConfig:
     max_pending_tasks: int = 1_000_000
     max_worker_deaths: int = 3
     restart_grace_s: float = 3.0
+    short_task_s: float = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +146,7 @@ class WorkerSection:
     heartbeat_interval_s: float = 1.0
     drain_timeout_s: float = 30.0
     start_method: str = "forkserver"
+    prefetch: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +173,10 @@ class WorkerConfig:
     def resolved_slots(self) -> int:
         return self.worker.slots or (os.cpu_count() or 1)
 
+    def resolved_prefetch(self) -> int:
+        """Tasks held queued beyond the slots; -1 means 16 per slot."""
+        return self.worker.prefetch if self.worker.prefetch >= 0 else 16 * self.resolved_slots()
+
 
 # ----------------------------------------------------------------- rules
 
@@ -182,7 +188,7 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {
     "default_timeout_s", "running_weight", "cpu_weight", "memory_weight", "slots", "drain_timeout_s",
-    "aging_s_per_priority", "restart_grace_s", "retry_elsewhere_s",
+    "aging_s_per_priority", "restart_grace_s", "retry_elsewhere_s", "short_task_s",
 }
 _CHOICES = {"level": LOG_LEVELS, "start_method": ("fork", "forkserver", "spawn")}
 _ENDPOINTS = {"client_endpoint", "worker_endpoint", "coordinator"}

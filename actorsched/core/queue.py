@@ -82,7 +82,6 @@ _attempt_record = record_builder(AttemptRecord)
 _CANCELLED_BY_CLIENT = ErrorInfo("Cancelled", "cancelled by a client")
 # Attempts that point at their worker: a retry avoids it for a while (a lost assignment does not).
 _AVOIDED_OUTCOMES = frozenset({"failed", "worker lost"})
-SHORT_TASK_S = 0.05  # a task name whose average run time is below this may wait in a worker's prefetch
 _MAX_NAMES_TIMED = 10_000  # run-time averages kept; past that the table starts afresh
 _DURATION_WEIGHT = 0.2  # weight of the newest run in a name's moving average
 _JUDGE_BATCH = 4096  # successes for the breakers are sent in batches (failures at once)
@@ -153,7 +152,7 @@ class TaskQueueCore:
         self.done_by: dict[PeerKey, int] = {}  # live incarnation -> attempts it finished
         self._freed: dict[PeerKey, int] = {}
         self.durations: dict[str, float] = {}  # task name -> moving average of its run time, seconds
-        self.short_task_s = SHORT_TASK_S
+        self.short_task_s = config.short_task_s
 
     # ------------------------------------------------------------------ client events
 

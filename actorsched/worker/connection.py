@@ -69,7 +69,6 @@ MAX_POLL_S = 1.0
 # after this delay.
 STARTED_DELAY_S = 0.005
 EXIT_OK, EXIT_FORCED, EXIT_REFUSED = 0, 1, 2
-PREFETCH_PER_SLOT = 16
 
 _incarnations = 0
 
@@ -110,7 +109,7 @@ class WorkerConnection:
         self.config = config
         self.worker_id = config.resolved_worker_id()
         self.slots = config.resolved_slots()
-        self.prefetch = PREFETCH_PER_SLOT * self.slots
+        self.prefetch = config.resolved_prefetch()
         self.endpoint = config.connection.coordinator
         self._stop_requests = stop_requests
         self._wakeup_fd = wakeup_fd

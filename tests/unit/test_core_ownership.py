@@ -37,7 +37,7 @@ from actorsched.core.commands import (
     RemoveWorker,
     SendToWorker,
 )
-from actorsched.core.queue import SHORT_TASK_S, TaskQueueCore, TaskRecord
+from actorsched.core.queue import TaskQueueCore, TaskRecord
 from actorsched.core.registry import RegistryCore
 from actorsched.core.states import TaskState
 from actorsched.protocol import AttemptRef, CancelTasks, ErrorInfo, Register, Release, TaskOutcome, TaskSpec
@@ -49,6 +49,8 @@ K1, K2 = b"key-1", b"key-2"
 IDS = {K1: "w1", K2: "w2"}
 CONFIG = TasksConfig(max_attempts=5, retry_backoff_base_s=1.0, retry_backoff_cap_s=5.0,
                      max_pending_tasks=10_000, max_worker_deaths=3)
+
+SHORT_S = TasksConfig().short_task_s
 
 
 def spec(task_id: str, name: str = "actorsched.tasks:add", **kwargs: Any) -> TaskSpec:
@@ -504,14 +506,14 @@ def test_a_name_is_short_after_it_runs_fast_and_long_after_it_runs_slow(q: Owner
     assert not first.short  # never seen to finish: it needs a free slot
     q.admit(K1)
     q.place(K1, "t1")
-    q.report(K1, q.outcome("t1", duration_s=SHORT_TASK_S / 10))
+    q.report(K1, q.outcome("t1", duration_s=SHORT_S / 10))
     (second,) = made_ready(q.add(spec("t2", fast))).values()
-    assert second.short and q.core.durations[fast] == pytest.approx(SHORT_TASK_S / 10)
+    assert second.short and q.core.durations[fast] == pytest.approx(SHORT_S / 10)
     q.place(K1, "t2")
     q.report(K1, q.outcome("t2", duration_s=1.0))  # one slow run moves the average past the line
     (third,) = made_ready(q.add(spec("t3", fast))).values()
     assert not third.short
-    assert q.core.durations[fast] == pytest.approx(SHORT_TASK_S / 10 + 0.2 * (1.0 - SHORT_TASK_S / 10))
+    assert q.core.durations[fast] == pytest.approx(SHORT_S / 10 + 0.2 * (1.0 - SHORT_S / 10))
     (other,) = made_ready(q.add(spec("t4", "pkg.mod:other"))).values()
     assert not other.short  # per name
 
