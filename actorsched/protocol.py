@@ -21,6 +21,11 @@ lists so that one frame moves many tasks; throughput comes from that.
 Fencing: every assignment carries ``(epoch, attempt)``; a worker echoes both in
 ``Started`` and ``Results`` and the coordinator commits only the current pair.
 
+Pipelining (AS3): ``Register.prefetch`` says how many short tasks a worker will hold
+queued beyond its slots; ``Assignment.short`` marks the tasks it may batch into one
+child, ``Assignment.priority`` orders its local queue.  ``Release`` asks a worker to
+give back attempts it has not started; it answers ``Released`` with those it dropped.
+
 Message kinds
 -------------
 worker -> coordinator: Register, Heartbeat, Started, Results, Released, Draining, Goodbye

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import multiprocessing
 import os
 import socket
 import sys
@@ -43,7 +42,7 @@ import zmq
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import figure, median  # noqa: E402
+from _common import Simulators, figure, median  # noqa: E402
 
 import actorsched  # noqa: E402
 from actorsched.localcluster import LocalCluster  # noqa: E402
@@ -216,74 +215,6 @@ def simulate(proc: int, count: int, slots: int, endpoint: str, tag: str, lifetim
 # --------------------------------------------------------------------------- parent
 
 
-class Simulators:
-    """The simulator processes and their control pipes; ``stop()`` ends every one of them."""
-
-    def __init__(self, workers: int, procs: int, slots: int, endpoint: str, lifetime_s: float) -> None:
-        mp = multiprocessing.get_context("spawn")  # the parent holds a zmq context: do not fork it
-        self.procs: list[Any] = []
-        self.pipes: list[Connection] = []
-        self.pids: list[int] = []
-        procs = max(1, min(procs, workers))
-        tag = str(os.getpid())
-        try:
-            for p in range(procs):
-                count = workers // procs + (1 if p < workers % procs else 0)
-                parent_end, child_end = mp.Pipe()
-                proc = mp.Process(target=simulate, args=(p, count, slots, endpoint, tag, lifetime_s, child_end),
-                                  name=f"capacity-sim-{p}", daemon=True)
-                self.pipes.append(parent_end)
-                proc.start()
-                child_end.close()
-                self.procs.append(proc)
-        except BaseException:
-            self.stop()
-            raise
-
-    def expect(self, kind: str, timeout_s: float) -> list[tuple[Any, ...]]:
-        """One message of ``kind`` from every simulator, within ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        replies: list[tuple[Any, ...]] = []
-        for proc, pipe in zip(self.procs, self.pipes):
-            while not pipe.poll(0.1):
-                if not proc.is_alive():
-                    raise RuntimeError(f"simulator {proc.name} exited with {proc.exitcode} before {kind!r}")
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"no {kind!r} from simulator {proc.name} within {timeout_s:.0f} s")
-            try:
-                reply = pipe.recv()
-            except EOFError:
-                proc.join(1)
-                raise RuntimeError(f"simulator {proc.name} exited with {proc.exitcode} before {kind!r}") from None
-            if reply[0] != kind:
-                raise RuntimeError(f"simulator {proc.name} sent {reply[0]!r}, expected {kind!r}")
-            replies.append(reply)
-        return replies
-
-    def tell(self, command: str) -> None:
-        for pipe in self.pipes:
-            pipe.send(command)
-
-    def stop(self) -> None:
-        """End every simulator: ask, then SIGTERM, then SIGKILL (each by its own PID)."""
-        for pipe in self.pipes:
-            try:
-                pipe.send("stop")
-            except (BrokenPipeError, OSError):
-                pass
-        deadline = time.monotonic() + 5
-        for proc in self.procs:
-            proc.join(max(0.1, deadline - time.monotonic()))
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
-        for pipe in self.pipes:
-            pipe.close()
-
-
 def cpu_s(proc: psutil.Process) -> float:
     times = proc.cpu_times()
     return times.user + times.system
@@ -404,8 +335,8 @@ def main() -> None:
             assert cluster.coordinator is not None
             coordinator = psutil.Process(cluster.coordinator.pid)
             names = ThreadNames(coordinator.pid, names_path)
-            sims = Simulators(args.workers, args.procs, args.slots, cluster.worker_endpoint,
-                              lifetime_s=args.timeout + 60)
+            sim_args = (args.slots, cluster.worker_endpoint, str(os.getpid()), args.timeout + 60)
+            sims = Simulators(simulate, args.workers, args.procs, sim_args, "capacity-sim")
             try:
                 with cluster.client(timeout_s=60) as client:
                     started = sims.expect("started", max(1.0, deadline - time.monotonic()))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
 import os
 import socket
 import sys
@@ -39,7 +38,7 @@ from zmq.utils.monitor import parse_monitor_message
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import figure, percentile  # noqa: E402
+from _common import Simulators, figure, percentile  # noqa: E402
 
 from actorsched.localcluster import LocalCluster  # noqa: E402
 from actorsched.protocol import (  # noqa: E402
@@ -194,68 +193,6 @@ def simulate(proc: int, count: int, slots: int, endpoint: str, tag: str, conn: C
 # --------------------------------------------------------------------------- parent
 
 
-class Simulators:
-    """The simulator processes of one scenario and their control pipes."""
-
-    def __init__(self, workers: int, procs: int, slots: int, endpoint: str, tag: str) -> None:
-        mp = multiprocessing.get_context("spawn")  # the parent holds a zmq context: do not fork it
-        self.procs: list[Any] = []
-        self.pipes: list[Connection] = []
-        procs = max(1, min(procs, workers))
-        for p in range(procs):
-            count = workers // procs + (1 if p < workers % procs else 0)
-            parent_end, child_end = mp.Pipe()
-            proc = mp.Process(target=simulate, args=(p, count, slots, endpoint, tag, child_end),
-                              name=f"sim-{p}", daemon=True)
-            proc.start()
-            child_end.close()
-            self.procs.append(proc)
-            self.pipes.append(parent_end)
-
-    def expect(self, kind: str, timeout_s: float) -> list[tuple[Any, ...]]:
-        """One message of ``kind`` from every simulator, within ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        replies: list[tuple[Any, ...]] = []
-        for proc, pipe in zip(self.procs, self.pipes):
-            while not pipe.poll(0.1):
-                if not proc.is_alive():
-                    raise RuntimeError(f"simulator {proc.name} exited with {proc.exitcode} before {kind!r}")
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"no {kind!r} from simulator {proc.name} within {timeout_s} s")
-            try:
-                reply = pipe.recv()
-            except EOFError:
-                proc.join(1)
-                raise RuntimeError(f"simulator {proc.name} exited with {proc.exitcode} before {kind!r}") from None
-            if reply[0] != kind:
-                raise RuntimeError(f"simulator {proc.name} sent {reply[0]!r}, expected {kind!r}")
-            replies.append(reply)
-        return replies
-
-    def tell(self, command: str) -> None:
-        for pipe in self.pipes:
-            pipe.send(command)
-
-    def stop(self) -> None:
-        """End every simulator: ask, then SIGTERM, then SIGKILL."""
-        for pipe in self.pipes:
-            try:
-                pipe.send("stop")
-            except (BrokenPipeError, OSError):
-                pass
-        deadline = time.monotonic() + 5
-        for proc in self.procs:
-            proc.join(max(0.1, deadline - time.monotonic()))
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
-        for pipe in self.pipes:
-            pipe.close()
-
-
 def scenario(workers: int, tasks: int, procs: int, chunk: int, timeout_s: float, log_dir: str | None) -> None:
     slots = math.ceil(tasks / workers)
     print(f"dispatch latency: {workers} simulated workers x {slots} slots in {min(procs, workers)} processes, "
@@ -263,7 +200,8 @@ def scenario(workers: int, tasks: int, procs: int, chunk: int, timeout_s: float,
     if log_dir is not None:
         log_dir = os.path.join(log_dir, f"workers-{workers}")
     with LocalCluster(workers=0, log_dir=log_dir) as cluster, cluster.client(timeout_s=30) as client:
-        sims = Simulators(workers, procs, slots, cluster.worker_endpoint, f"{workers}-{os.getpid()}")
+        sims = Simulators(simulate, workers, procs, (slots, cluster.worker_endpoint, f"{workers}-{os.getpid()}"),
+                          "sim")
         try:
             sims.expect("started", timeout_s)
             connect = time.monotonic()
