@@ -294,6 +294,7 @@ class Executor:
         self._by_fd: dict[int, _Slot] = {}  # each child's read_fd and sentinel
         self._queue: list[tuple[int, int, Job]] = []  # heap of (priority, arrival, job); stale items skipped
         self._arrivals = 0
+        self._requeued = 0  # requeued jobs count down from here, so they sort before every arrival
         self._queued: dict[str, Job] = {}
         self._running: dict[str, _Slot] = {}  # every job sent to a child and not answered
         self._timed: dict[str, _Slot] = {}  # the running ones with a deadline, usually none
@@ -484,8 +485,7 @@ class Executor:
             except OSError:  # the idle child died since the last poll: replace it and retry the jobs
                 self._retire(slot)
                 self.respawn()
-                for job in batch:
-                    self._requeue(job)
+                self._requeue(batch)
                 continue
             slot.jobs.extend(batch)
             slot.started_at = now
@@ -497,10 +497,14 @@ class Executor:
             started.extend(batch)
         return started
 
-    def _requeue(self, job: Job) -> None:
-        """Put a job that did not run (or was cut short with its child) back in the queue, in its old order."""
-        heapq.heappush(self._queue, (job.priority, -1, job))
-        self._queued[job.task_id] = job
+    def _requeue(self, jobs: list[Job]) -> None:
+        """Put jobs that did not run (or were cut short with their child) back in the queue, in their order,
+        ahead of everything of their priority that has not started yet."""
+        first = self._requeued - len(jobs)
+        self._requeued = first
+        for order, job in enumerate(jobs, first):  # negative and unique: ahead of every arrival, never a tie
+            heapq.heappush(self._queue, (job.priority, order, job))
+            self._queued[job.task_id] = job
 
     def collect(self, now: float, ready: Collection[int]) -> list[TaskOutcome]:
         """Outcomes of the children whose fds (pipe or sentinel) the caller's poll found ready.
@@ -570,8 +574,7 @@ class Executor:
         """Retire ``slot``'s child; the jobs of its batch not yet answered go back to the queue."""
         unstarted = list(slot.jobs)
         self._retire(slot)
-        for job in unstarted:
-            self._requeue(job)
+        self._requeue(unstarted)
 
     def _finish(self, slot: _Slot, reply: bytes, now: float) -> TaskOutcome:
         job = slot.jobs.popleft()
