@@ -544,7 +544,7 @@ class Executor:
         while len(buffer) >= _HEADER.size and slot.jobs:
             length = _HEADER.unpack_from(buffer)[0]
             if length > self.max_result_bytes:  # not read: the child, blocked writing it, is replaced
-                job = slot.jobs.popleft()
+                job = self._take_head(slot)
                 outcomes.append(failed(job, "ResultTooLarge",
                                        f"task {job.name!r} returned {length} bytes, more than the "
                                        f"{self.max_result_bytes} a result may carry; return less data or raise "
@@ -558,17 +558,17 @@ class Executor:
             del buffer[:end]
             outcomes.append(self._finish(slot, reply, now))
         if closed:  # the child's end closed: it died (EOF comes after everything it wrote)
-            running = slot.jobs.popleft() if slot.jobs else None
-            if running is None:
+            if not slot.jobs:
                 log.warning("idle child died pid=%s exitcode=%s; replacing it",
                             slot.process.pid, slot.process.exitcode)
                 self._retire(slot)
                 return
-            self._running.pop(running.task_id, None)
+            started_at = slot.started_at
+            running = self._take_head(slot)
             self._cut_short(slot)
             slot.process.join(1.0)
             outcomes.append(failed(running, "ChildProcessDied", _death_message(running, slot.process.exitcode),
-                                   now - slot.started_at))
+                                   now - started_at))
 
     def _cut_short(self, slot: _Slot) -> None:
         """Retire ``slot``'s child; the jobs of its batch not yet answered go back to the queue."""
@@ -576,14 +576,19 @@ class Executor:
         self._retire(slot)
         self._requeue(unstarted)
 
-    def _finish(self, slot: _Slot, reply: bytes, now: float) -> TaskOutcome:
+    def _take_head(self, slot: _Slot) -> Job:
+        """Take the job running in ``slot``'s child off the books: it is answered (or its child is done)."""
         job = slot.jobs.popleft()
         del self._running[job.task_id]
-        started_at = slot.started_at
-        slot.started_at = now
         if slot.deadline != math.inf:
             slot.deadline = math.inf
             del self._timed[job.task_id]
+        return job
+
+    def _finish(self, slot: _Slot, reply: bytes, now: float) -> TaskOutcome:
+        job = self._take_head(slot)
+        started_at = slot.started_at
+        slot.started_at = now
         if not slot.jobs:
             self._idle.append(slot)
         try:

@@ -203,8 +203,19 @@ def test_a_result_over_max_result_bytes_is_result_too_large_unread_and_the_child
         assert error is not None and error.type == "ResultTooLarge" and "more than the 1000" in error.message
         assert outcomes["small"].ok and outcomes["small"].value == "x"
         assert pool.children_replaced == 1  # it was blocked writing what no one will read
+        assert pool.is_empty() and pool.held_task_ids() == []
     finally:
         pool.stop()
+
+
+def test_a_timed_task_whose_child_dies_leaves_no_deadline_or_held_task_behind(executor: Executor) -> None:
+    executor.submit(job("crash", "crash", 3, timeout_s=30))
+    (outcome,) = drive(executor, count(1))
+    assert outcome.error is not None and outcome.error.type == "ChildProcessDied"
+    assert executor.next_deadline() == math.inf and executor.is_empty()
+    executor.submit(job("after", "echo", 1))  # the slot is replaced and runs the next task
+    (after,) = drive(executor, count(1))
+    assert after.ok and after.value == 1
 
 
 def test_a_pipe_closed_mid_message_is_end_of_file() -> None:
