@@ -295,14 +295,11 @@ class TaskQueueCore:
 
     def attempts_released(self, worker: PeerKey, attempts: list[AttemptRef], now: float) -> list[Command]:
         """``worker`` gave these attempts back unstarted: they queue again in their old place, same attempt."""
-        held = self.held.get(worker)
         for ref in attempts:
             task = self.tasks.get(ref.task_id)
             if task is None or task.state is not S.ASSIGNED or not self._is_current(task, worker, ref):
                 continue
-            if held is not None:
-                held.pop(ref.task_id, None)
-            self._free(worker, 1)
+            self._unhold(worker, ref.task_id)
             self.counters["taken_back"] += 1
             if task.cancel_requested:
                 self._finish(ref.task_id, S.CANCELLED, _CANCELLED_BY_CLIENT, now)
@@ -321,8 +318,7 @@ class TaskQueueCore:
         holding = set(holds)
         missing = [t for t in held if t not in holding and self.tasks[t].assigned_at < placed_before]
         for task_id in missing:
-            del held[task_id]
-            self._free(worker, 1)
+            self._unhold(worker, task_id)
             self.counters["lost_assignments"] += 1
             self._lost(task_id, self.tasks[task_id],
                        f"worker {worker_id} does not hold it: the assignment or its result was lost", now)
@@ -335,7 +331,7 @@ class TaskQueueCore:
                 self._move(task, S.RUNNING)
 
     def outcomes_reported(self, worker: PeerKey, outcomes: list[TaskOutcome], now: float) -> list[Command]:
-        freed, durations = self._freed, self.durations
+        durations = self.durations
         for outcome in outcomes:
             task = self.tasks.get(outcome.task_id)
             if task is not None and self._in_doubt_attempt(task, outcome):
@@ -347,10 +343,8 @@ class TaskQueueCore:
             ):
                 self.counters["stale_outcomes"] += 1
                 continue
-            held = self.held.get(worker)
-            if held is not None and held.pop(outcome.task_id, 0) is None:  # (an adopted result was never held)
+            if self._unhold(worker, outcome.task_id):  # (an adopted result was never held)
                 self.done_by[worker] += 1
-                freed[worker] = freed.get(worker, 0) + 1
             name = task.spec.name
             average = durations.get(name)
             if average is None and len(durations) >= _MAX_NAMES_TIMED:
@@ -384,14 +378,11 @@ class TaskQueueCore:
     def worker_lost(self, worker: PeerKey, worker_id: str, task_ids: Iterable[str], reason: str,
                     now: float, worker_died: bool = True) -> list[Command]:
         """A worker died or left holding these tasks (or, alive, never got them): requeue or quarantine each."""
-        held = self.held.get(worker)
         for task_id in task_ids:
             task = self.tasks.get(task_id)
             if task is None or task.state not in (S.ASSIGNED, S.RUNNING) or task.worker != worker:
                 continue
-            if held is not None and task_id in held:
-                del held[task_id]
-                self._free(worker, 1)
+            self._unhold(worker, task_id)
             self.counters["requeued_lost"] += 1
             if not worker_died:
                 self._lost(task_id, task, f"worker {worker_id}: {reason}", now)
@@ -445,10 +436,7 @@ class TaskQueueCore:
         """Fire due retry timers; send the breakers' pending judgments."""
         heap = self._retry_heap
         if not heap or heap[0][0] > now:
-            if self._judged:
-                self._judged_failure = True  # flush them now
-                return self._flush()
-            return []
+            return self._flush(judge_now=True) if self._judged else []
         while heap and heap[0][0] <= now:
             due, task_id = heapq.heappop(heap)
             task = self.tasks.get(task_id)
@@ -460,8 +448,7 @@ class TaskQueueCore:
                 self._in_doubt.discard(task_id)  # no worker claimed it: place it again, same attempt
                 task.epoch = self.epoch
                 self._make_ready(task_id, task, now)
-        self._judged_failure = bool(self._judged)
-        return self._flush()
+        return self._flush(judge_now=True)
 
     def restore(self, records: list[TaskRecord], now: float) -> list[Command]:
         """Rebuild from the journal at start, in submit order.
@@ -748,7 +735,7 @@ class TaskQueueCore:
     def _judge_success(self, task: TaskRecord) -> None:
         """For the circuit breakers: the task works, so its earlier failures elsewhere blame those workers.
 
-        (The success itself is counted by the registry, which sees every outcome.)
+        (The success itself is counted by :meth:`outcomes_reported`.)
         """
         if len(task.history) > 1:
             blamed = [(h.worker_id, False) for h in task.history[:-1]
@@ -789,11 +776,21 @@ class TaskQueueCore:
     def _free(self, worker: PeerKey, count: int) -> None:
         self._freed[worker] = self._freed.get(worker, 0) + count
 
+    def _unhold(self, worker: PeerKey, task_id: str) -> bool:
+        """``task_id`` no longer occupies ``worker``: out of its held tasks, its slot freed (if it held it)."""
+        held = self.held.get(worker)
+        if held is None or held.pop(task_id, 0) is not None:
+            return False
+        self._free(worker, 1)
+        return True
+
     def held_counts(self) -> dict[PeerKey, tuple[int, int]]:
         """Each live incarnation's (tasks held, attempts finished), for worker listings."""
         return {worker: (len(held), self.done_by.get(worker, 0)) for worker, held in self.held.items()}
 
-    def _flush(self) -> list[Command]:
+    def _flush(self, judge_now: bool = False) -> list[Command]:
+        """The commands decided since the last flush; breaker judgments wait for a failure, a full
+        batch or ``judge_now`` (the clock's tick)."""
         out = self._out
         self._out = []
         if self._ready:
@@ -802,7 +799,7 @@ class TaskQueueCore:
         if self._freed:
             out.extend(FreeSlots(worker, count) for worker, count in self._freed.items())
             self._freed = {}
-        if self._judged and (self._judged_failure or len(self._judged) >= _JUDGE_BATCH):
+        if self._judged and (judge_now or self._judged_failure or len(self._judged) >= _JUDGE_BATCH):
             out.append(JudgeAttempts(self._judged))
             self._judged = []
             self._judged_failure = False
