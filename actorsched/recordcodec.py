@@ -131,18 +131,8 @@ def record_decoder(cls: type) -> Decoder:
     ]
     for var, name in zip(local, names):
         lines += _check_lines(var, hints[name], f"{cls.__name__}.{name}", env, "    ")
-    slots = getattr(cls, "__slots__", ())
-    if all(name in slots for name in names) and not hasattr(cls, "__post_init__"):
-        # Every field is checked and given: fill the slots directly.  A frozen dataclass's
-        # __init__ goes through object.__setattr__ per field, about twice as slow.
-        env["_new"] = object.__new__
-        lines.append("    record = _new(_cls)")
-        for var, name in zip(local, names):
-            env[f"_set_{name}"] = vars(cls)[name].__set__
-            lines.append(f"    _set_{name}(record, {var})")
-        lines.append("    return record")
-    else:
-        lines.append(f"    return _cls({', '.join(local)})")
+    env["_build"] = record_builder(cls)  # every field is checked and given: its slots can be filled directly
+    lines.append(f"    return _build({', '.join(local)})")
     exec("\n".join(lines), env)  # noqa: S102 - generated from our own annotations only
     _DECODERS[cls] = env["decode"]
     return env["decode"]  # type: ignore[no-any-return]

@@ -71,7 +71,7 @@ class DispatcherActor(SupervisedActor, pykka.ThreadingActor):
                     log.error("Dispatcher got an unknown order %r", order)
         now = self.clock()
         placements = core.dispatch(now)
-        take_backs = core.take_backs(now) if core.workers else []
+        take_backs = core.take_backs(now)
         if take_backs:
             ev.tell(self.queue, take_backs)
         if not placements:

@@ -141,16 +141,6 @@ class TasksPlaced:
     tasks: list[ReadyTask]
 
 
-ClientEvent = (
-    TasksSubmitted | CancelRequested | QueryRequested | WatchRequested | WatchDropped | PurgeRequested
-    | WorkersRequested | StatsRequested
-)
-WorkerEvent = (
-    WorkerRegistered | HeartbeatSeen | AttemptsStarted | OutcomesReported | AttemptsReleased | WorkersSeen
-    | WorkerDraining | WorkerLeft
-)
-
-
 def tell(ref: Any, events: list[Any]) -> None:
     """``ref.tell(events)``, except that a peer already stopped (during shutdown) is not an error."""
     if ref is None:

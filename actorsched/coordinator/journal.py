@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from actorsched.errors import ActorschedError
+from actorsched.protocol import Pack, packer
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class Journal:
         self.epoch = 0
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
-        self._pack = msgpack.Packer(use_bin_type=True).pack  # for the one thread that writes
+        self._pack = packer()  # for the one thread that writes
 
     def open(self) -> int:
         """Open or create the journal and return the new coordinator epoch.
@@ -219,7 +220,7 @@ class Journal:
         self._unlock()
 
 
-def _pack_result(row: JournalRow, pack: Callable[[Any], bytes]) -> bytes | None:
+def _pack_result(row: JournalRow, pack: Pack) -> bytes | None:
     if row.value is None and row.error is None and not row.history:
         return None
     return pack([row.value, row.error, row.history])
