@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
-from multiprocessing.connection import wait
+from collections.abc import Iterator
 
 import pytest
+from test_worker_executor import count, drive
 from test_worker_process import FakeCoordinator, coordinator, start_worker, welcome  # noqa: F401  (fixtures)
 
 from actorsched.protocol import (
@@ -49,29 +49,6 @@ def job(task_id: str, function: str, *args: object, short: bool = True, timeout_
     return Job(task_id, 7, attempt, f"{TASKS}:{function}", list(args), {}, timeout_s, priority, short)
 
 
-def run(pool: Executor, until: Callable[[list[TaskOutcome]], bool],
-        batches: list[list[str]] | None = None, timeout_s: float = 10.0) -> list[TaskOutcome]:
-    """Drive ``pool`` as the event loop does until ``until(outcomes)``; each dispatch's task ids go to ``batches``."""
-    outcomes: list[TaskOutcome] = []
-    deadline = time.monotonic() + timeout_s
-    while not until(outcomes):
-        now = time.monotonic()
-        assert now < deadline, f"gave up after {timeout_s}s; outcomes so far: {outcomes}"
-        started = pool.dispatch(now)
-        if started and batches is not None:
-            batches.append([j.task_id for j in started])
-        wake = min(pool.next_deadline(), deadline) - now
-        ready = wait(pool.fds(), timeout=max(0.0, min(wake, 0.2)))
-        now = time.monotonic()
-        outcomes.extend(pool.collect(now, [r if isinstance(r, int) else r.fileno() for r in ready]))
-        outcomes.extend(pool.expire(now))
-    return outcomes
-
-
-def count(n: int) -> Callable[[list[TaskOutcome]], bool]:
-    return lambda outcomes: len(outcomes) >= n
-
-
 def error_type(outcome: TaskOutcome) -> str | None:
     return outcome.error.type if outcome.error is not None else None
 
@@ -85,7 +62,7 @@ def test_short_untimed_jobs_queued_together_run_as_one_batch_in_one_child(pool: 
         pool.submit(item)
     assert pool.dispatch(time.monotonic()) == jobs  # all at once, in queue order
     assert pool.dispatch(time.monotonic()) == []
-    outcomes = {o.task_id: o for o in run(pool, count(5))}
+    outcomes = {o.task_id: o for o in drive(pool, count(5))}
     assert all(o.ok for o in outcomes.values()), outcomes
     pids = {outcomes[t].value for t in ("p0", "p2", "p3")}
     assert len(pids) == 1 and pids != {os.getpid()}
@@ -97,15 +74,15 @@ def test_a_timed_or_long_job_is_never_batched(pool: Executor) -> None:
     batches: list[list[str]] = []
     for item in (job("timed", "echo", 0, timeout_s=5), job("s1", "echo", 1), job("s2", "echo", 2)):
         pool.submit(item)
-    run(pool, count(3), batches)
+    drive(pool, count(3), batches=batches)
     for item in (job("long", "echo", 0, short=False), job("s3", "echo", 3), job("s4", "echo", 4)):
         pool.submit(item)
-    run(pool, count(3), batches)
+    drive(pool, count(3), batches=batches)
     # a short job's batch stops at the first job that may not ride along
     for item in (job("s5", "echo", 5), job("long2", "echo", 0, short=False),
                  job("timed2", "echo", 0, timeout_s=5), job("s6", "echo", 6)):
         pool.submit(item)
-    run(pool, count(4), batches)
+    drive(pool, count(4), batches=batches)
     assert batches == [["timed"], ["s1", "s2"], ["long"], ["s3", "s4"], ["s5"], ["long2"], ["timed2"], ["s6"]]
 
 
@@ -116,7 +93,7 @@ def test_the_local_queue_runs_the_best_priority_first_and_fifo_within_a_priority
     assert [j.task_id for j in pool.dispatch(time.monotonic())] == ["blocker"]  # the only child is busy
     for task_id, priority in (("a5", 5), ("b1", 1), ("c5", 5), ("d0", 0), ("e1", 1), ("f0", 0), ("g-2", -2)):
         pool.submit(job(task_id, "echo", task_id, short=short, priority=priority))
-    outcomes = run(pool, count(8))
+    outcomes = drive(pool, count(8))
     assert [o.task_id for o in outcomes] == ["blocker", "g-2", "d0", "f0", "b1", "e1", "a5", "c5"]
     assert all(o.ok for o in outcomes)
 
@@ -129,11 +106,11 @@ def test_a_child_killed_mid_batch_fails_only_the_running_job_and_the_rest_run_in
     for item in batch:
         pool.submit(item)
     assert pool.dispatch(time.monotonic()) == batch
-    (first,) = run(pool, count(1))
+    (first,) = drive(pool, count(1))
     assert first.task_id == "p0" and first.ok
     if how == "sigkill":
         os.kill(first.value, signal.SIGKILL)  # p0 reported its child's pid: the one now running the victim
-    outcomes = run(pool, count(3))
+    outcomes = drive(pool, count(3))
     assert [o.task_id for o in outcomes] == ["victim", "p2", "p3"]  # the rest keep their old order
     assert error_type(outcomes[0]) == "ChildProcessDied"
     assert outcomes[0].error is not None
@@ -155,7 +132,7 @@ def test_release_gives_back_only_queued_unstarted_attempts_of_the_exact_attempt(
     assert pool.release(refs) == [AttemptRef("q1", 7, 1)]
     assert pool.release(refs) == []  # already given back
     assert not pool.holds("q1") and pool.held_attempt("q2") == AttemptRef("q2", 7, 2)
-    outcomes = run(pool, lambda _: pool.is_empty())
+    outcomes = drive(pool, lambda _: pool.is_empty())
     assert sorted(o.task_id for o in outcomes) == ["q2", "q3", "r1", "r2"]
     assert all(o.ok for o in outcomes)
 
@@ -168,12 +145,12 @@ def test_cancel_inside_a_running_batch_reports_cancelled_and_the_rest_of_the_bat
     for item in batch:
         pool.submit(item)
     assert pool.dispatch(time.monotonic()) == batch
-    before: list[TaskOutcome] = run(pool, count(1)) if which == "running" else []  # then target is running
+    before: list[TaskOutcome] = drive(pool, count(1)) if which == "running" else []  # then target is running
     cancelled = pool.cancel(target.ref, time.monotonic())
     assert cancelled is not None and error_type(cancelled) == "Cancelled"
     assert (cancelled.task_id, cancelled.epoch, cancelled.attempt) == ("target", 7, 1)
     assert pool.held_attempt("target") is None
-    outcomes = before + run(pool, lambda _: pool.is_empty())
+    outcomes = before + drive(pool, lambda _: pool.is_empty())
     assert sorted(o.task_id for o in outcomes) == ["p0", "p2", "p3"]  # each once; target only as Cancelled
     assert all(o.ok for o in outcomes), outcomes
     assert pool.children_replaced == 1

@@ -39,14 +39,20 @@ def job(task_id: str, function: str, *args: object, timeout_s: float = 0.0, atte
     return Job(task_id, 7, attempt, f"{TASKS}:{function}", list(args), {}, timeout_s)
 
 
-def drive(pool: Executor, until: Callable[[list[TaskOutcome]], bool], timeout_s: float = 10.0) -> list[TaskOutcome]:
-    """Run the executor the way the event loop does until ``until(outcomes)`` holds."""
+def drive(pool: Executor, until: Callable[[list[TaskOutcome]], bool], timeout_s: float = 10.0,
+          batches: list[list[str]] | None = None) -> list[TaskOutcome]:
+    """Run the executor the way the event loop does until ``until(outcomes)`` holds.
+
+    ``batches`` collects the task ids each dispatch handed out.
+    """
     outcomes: list[TaskOutcome] = []
     deadline = time.monotonic() + timeout_s
     while not until(outcomes):
         now = time.monotonic()
         assert now < deadline, f"gave up after {timeout_s}s; outcomes so far: {outcomes}"
-        pool.dispatch(now)
+        started = pool.dispatch(now)
+        if started and batches is not None:
+            batches.append([job.task_id for job in started])
         wake = min(pool.next_deadline(), deadline) - now
         ready = wait(pool.fds(), timeout=max(0.0, min(wake, 0.2)))
         now = time.monotonic()
