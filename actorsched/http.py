@@ -45,11 +45,16 @@ class StatusServer:
     many others connect and say nothing.
     """
 
-    def __init__(self, host: str, port: int, queue: pykka.ActorRef[Any], registry: pykka.ActorRef[Any],
-                 transport_counters: dict[str, int]) -> None:
-        self.queue = queue
-        self.registry = registry
-        self.transport_counters = transport_counters
+    def __init__(self, host: str, port: int) -> None:
+        """Bind the port now, serve only from :meth:`start`.
+
+        The coordinator binds every port before it starts an actor or raises the
+        journal's epoch, so a port in use fails the start with nothing to undo but
+        sockets; an ``OSError`` here names no endpoint, so the caller names it.
+        """
+        self.queue: pykka.ActorRef[Any] | None = None
+        self.registry: pykka.ActorRef[Any] | None = None
+        self.transport_counters: dict[str, int] = {}
         address = host.strip("[]")
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self._listener = socket.create_server((address, port), family=family)
@@ -66,11 +71,19 @@ class StatusServer:
             threading.Thread(target=self._answer_loop, name=f"http-status-{i}", daemon=True)
             for i in range(HANDLER_THREADS)]
 
-    def start(self) -> None:
+    def start(self, queue: pykka.ActorRef[Any], registry: pykka.ActorRef[Any],
+              transport_counters: dict[str, int]) -> None:
+        """Serve the page from the actors that now run."""
+        self.queue = queue
+        self.registry = registry
+        self.transport_counters = transport_counters
         for thread in self._threads:
             thread.start()
 
     def stop(self) -> None:
+        """Close the port and end the threads; safe on a server bound but never started, and twice."""
+        if self._stopping:
+            return
         self._stopping = True
         self._wake_write.send(b"x")
         for _ in range(HANDLER_THREADS):
@@ -85,6 +98,7 @@ class StatusServer:
             sock.close()
 
     def snapshot(self) -> dict[str, Any]:
+        assert self.queue is not None and self.registry is not None, "answers come only after start()"
         queue = self.queue.ask("stats", timeout=ASK_TIMEOUT_S)
         workers: Any = self.registry.ask("infos", timeout=ASK_TIMEOUT_S)
         for _ in range(3):  # the transport thread may add a counter while we copy

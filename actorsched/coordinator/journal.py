@@ -13,7 +13,10 @@ everything waiting in one transaction and one fsync (:meth:`Journal.write_batche
 order, and only then sends those messages.
 
 Start: :meth:`Journal.open` checks the file (``PRAGMA quick_check``), refuses a newer
-schema, creates a missing one, and increments the coordinator epoch.
+schema, creates a missing one, and reads the next coordinator epoch;
+:meth:`Journal.commit_epoch` stores it once the coordinator is really up (every socket
+bound), so a start that fails leaves the stored epoch as it was.  The first write
+stores it too, should nobody have: nothing durable ever carries an unstored epoch.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import msgpack
 
 from actorsched.errors import ActorschedError
 from actorsched.protocol import Pack, packer
+from actorsched.recordcodec import MAX_NESTING, check_depth
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +84,13 @@ class Journal:
         self.lock_path = Path(state_dir) / "journal.lock"
         self.fsync = fsync
         self.epoch = 0
+        self._epoch_stored = False
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._pack = packer()  # for the one thread that writes
 
     def open(self) -> int:
-        """Open or create the journal and return the new coordinator epoch.
+        """Open or create the journal and return the new coordinator epoch (not stored yet).
 
         First takes the state folder's lock (held until :meth:`close`, or the process's
         end, however it ends): two coordinators on one journal would each replay it and
@@ -142,7 +147,6 @@ class Journal:
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             row = db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
             self.epoch = (row[0] if row else 0) + 1
-            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('epoch', ?)", (self.epoch,))
         except sqlite3.DatabaseError as exc:
             raise JournalError(
                 f"journal {self.path} is corrupt or truncated ({exc}); move it aside to start empty "
@@ -152,14 +156,69 @@ class Journal:
         log.info("journal opened path=%s epoch=%d", self.path, self.epoch)
         return self.epoch
 
-    def rows(self) -> Iterator[JournalRow]:
-        """Every task, in submit order, for replay at start."""
+    def commit_epoch(self) -> None:
+        """Store this coordinator's epoch: call once it is up, before it places any task.
+
+        Until then a failed start (a busy port) leaves the stored epoch unchanged.
+        """
         assert self._db is not None
-        for task_id, seq, state, attempt, epoch, deaths, finished_at, spec, result in self._db.execute(
-                "SELECT task_id, seq, state, attempt, epoch, deaths, finished_at, spec, result "
-                "FROM tasks ORDER BY seq"):
-            value, error, history = msgpack.unpackb(result, raw=False) if result else (None, None, [])
-            yield JournalRow(task_id, seq, state, attempt, epoch, deaths, finished_at, spec, value, error, history)
+        if not self._epoch_stored:
+            self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('epoch', ?)", (self.epoch,))
+            self._epoch_stored = True
+
+    def rows(self, unfinished_only: bool = False) -> Iterator[JournalRow | RowProblem]:
+        """Every task (or every unfinished one), in submit order, for replay at start.
+
+        A row whose stored data cannot be read back comes as a :class:`RowProblem`,
+        so one bad row cannot stop a start (the caller quarantines it).
+        """
+        assert self._db is not None
+        where = "WHERE finished_at IS NULL " if unfinished_only else ""
+        for raw in self._db.execute(f"SELECT {_COLUMNS} FROM tasks {where}ORDER BY seq"):
+            yield _row(raw)
+
+    def finished_counts(self) -> dict[str, int]:
+        """Final tasks in the journal, per state."""
+        assert self._db is not None
+        return dict(self._db.execute(
+            "SELECT state, count(*) FROM tasks WHERE finished_at IS NOT NULL GROUP BY state").fetchall())
+
+    def max_seq(self) -> int:
+        assert self._db is not None
+        return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM tasks").fetchone()[0])
+
+    def quarantine(self, task_id: str, reason: str, finished_at: float) -> None:
+        """Mark a task whose stored data cannot be replayed FAILED with ``reason``, at start
+        (before the writer runs): a row no code path can trust must not crash every restart."""
+        assert self._db is not None
+        error = ["Quarantined", reason, ""]
+        self._db.execute("UPDATE tasks SET state='FAILED', finished_at=?, result=? WHERE task_id=?",
+                         (finished_at, self._pack([None, error, []]), task_id))
+
+    def reader(self) -> JournalReader:
+        """A read-only connection for the calling thread (WAL: it reads the last commit, never waits)."""
+        return JournalReader(self.path)
+
+    def purge(self, finished_before: float, keep: list[str]) -> dict[str, int]:
+        """Delete final tasks that finished (wall clock) at or before ``finished_before``, except ``keep``;
+        returns how many per state.  Call on the writing thread."""
+        assert self._db is not None
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS keep_ids (task_id TEXT PRIMARY KEY)")
+            db.execute("DELETE FROM keep_ids")
+            db.executemany("INSERT OR IGNORE INTO keep_ids VALUES (?)", [(t,) for t in keep])
+            counts: dict[str, int] = {}
+            for (state,) in db.execute(
+                    "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at <= ? "
+                    "AND task_id NOT IN (SELECT task_id FROM keep_ids) RETURNING state", (finished_before,)):
+                counts[state] = counts.get(state, 0) + 1
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return counts
 
     def write(self, rows: list[JournalRow], deleted: list[str] | None = None) -> None:
         """Apply ``rows`` (then delete ``deleted``) in one transaction; durable when this returns."""
@@ -179,6 +238,8 @@ class Journal:
         db = self._db
         db.execute("BEGIN")
         try:
+            if not self._epoch_stored:  # nothing durable may carry an epoch a restart could reuse
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('epoch', ?)", (self.epoch,))
             inserts: dict[str, JournalRow] = {}
             updates: dict[str, JournalRow] = {}
             for rows, deleted in batches:
@@ -196,6 +257,7 @@ class Journal:
                     db.executemany("DELETE FROM tasks WHERE task_id=?", [(t,) for t in deleted])
             self._apply(db, inserts, updates)
             db.execute("COMMIT")
+            self._epoch_stored = True
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -218,6 +280,69 @@ class Journal:
             self._db.close()
             self._db = None
         self._unlock()
+
+
+_COLUMNS = "task_id, seq, state, attempt, epoch, deaths, finished_at, spec, result"
+
+
+class RowProblem(NamedTuple):
+    """A stored row that cannot be read back (its result blob does not decode, or nests too deep)."""
+
+    task_id: str
+    seq: int
+    reason: str
+
+
+def _row(raw: tuple[Any, ...]) -> JournalRow | RowProblem:
+    task_id, seq, state, attempt, epoch, deaths, finished_at, spec, result = raw
+    try:
+        value, error, history = unpack_stored(result) if result else (None, None, [])
+    except Exception as exc:  # whatever the bytes hold, one task's data must not stop the coordinator
+        return RowProblem(task_id, seq, f"its stored result cannot be read ({type(exc).__name__}: {exc})")
+    return JournalRow(task_id, seq, state, attempt, epoch, deaths, finished_at, spec, value, error, history)
+
+
+class JournalReader:
+    """Reads tasks that left the TaskQueue's memory, on the thread that made it."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+
+    def fetch(self, task_ids: list[str], budget_bytes: int = 0) -> tuple[list[JournalRow | RowProblem], list[str]]:
+        """The rows of these tasks (those the journal has), and the ids left unread.
+
+        With ``budget_bytes``, reading stops once the stored results and specs read add up
+        to more than that (at least one row is read), so one request cannot pull the
+        journal into memory; the ids not read are returned, for the next page.
+        """
+        rows: list[JournalRow | RowProblem] = []
+        spent = 0
+        for start in range(0, len(task_ids), _CHUNK):
+            chunk = task_ids[start:start + _CHUNK]
+            cursor = self._db.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE task_id IN ({','.join('?' * len(chunk))})", chunk)
+            for raw in cursor:
+                rows.append(_row(raw))
+                spent += len(raw[7] or b"") + len(raw[8] or b"")
+                if budget_bytes and spent > budget_bytes:
+                    cursor.close()
+                    read = {row.task_id for row in rows}
+                    return rows, [t for t in task_ids[start:] if t not in read]
+        return rows, []
+
+    def close(self) -> None:
+        self._db.close()
+
+
+_CHUNK = 500  # ids per SELECT ... IN (...) (SQLite allows 32,766 parameters)
+
+
+def unpack_stored(blob: bytes) -> Any:
+    """A stored result blob: ``[value, error, history]``, refused (ProtocolError) if nested past
+    what any peer may send, since code walking it must never recurse without bound."""
+    stored = msgpack.unpackb(blob, raw=False)
+    check_depth(stored, MAX_NESTING + 2, "a stored result")
+    return stored
 
 
 def _pack_result(row: JournalRow, pack: Pack) -> bytes | None:
@@ -260,6 +385,16 @@ class JournalWriter:
         """
         self._submitted += 1
         self._queue.put((rows, deleted or [], then))
+
+    @property
+    def submitted(self) -> int:
+        """Items handed over so far (the number of the last one); read on the submitting thread."""
+        return self._submitted
+
+    @property
+    def done(self) -> int:
+        """Items whose follow-ups have run, so whose rows are durable (any thread may read it)."""
+        return self._done
 
     def idle(self) -> bool:
         """True when every follow-up submitted so far has run (call from the submitting thread)."""

@@ -32,7 +32,7 @@ from actorsched.core.commands import (
 )
 from actorsched.core.liveness import LocalPauseDetected, ScanWorkers
 from actorsched.core.registry import RegistryCore
-from actorsched.protocol import WorkersReply
+from actorsched.protocol import Refused, WorkersReply
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,15 @@ class RegistryActor(SupervisedActor, pykka.ThreadingActor):
                 case ev.HeartbeatSeen(worker, beat):
                     out += core.heartbeat(worker, beat.cpu_percent, beat.memory_percent, now, beat.running)
                 case ev.WorkerRegistered(worker, register):
-                    log.info("worker registered worker_id=%s host=%s pid=%d slots=%d", register.worker_id,
-                             register.host, register.pid, register.slots)
-                    out += core.registered(worker, register, now)
+                    answer = core.registered(worker, register, now)
+                    refused = _refusal(answer)
+                    if refused is None:
+                        log.info("worker registered worker_id=%s host=%s pid=%d slots=%d", register.worker_id,
+                                 register.host, register.pid, register.slots)
+                    else:
+                        log.warning("refused a registration from host=%s pid=%d: %s", register.host,
+                                    register.pid, refused)
+                    out += answer
                 case ev.WorkerDraining(worker):
                     out += core.draining(worker, now)
                 case ev.WorkerLeft(worker, reason):
@@ -111,3 +117,11 @@ class RegistryActor(SupervisedActor, pykka.ThreadingActor):
             ev.tell(self.queue, to_queue)
         if sends and self.transport is not None:
             self.transport.tell(sends)
+
+
+def _refusal(commands: list[Command]) -> str | None:
+    """The reason a registration was refused, None when it was welcomed."""
+    for command in commands:
+        if isinstance(command, SendToWorker) and isinstance(command.message, Refused):
+            return command.message.reason
+    return None

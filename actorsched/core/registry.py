@@ -11,8 +11,17 @@ TaskQueue's fact, so the registry tells it ``AdmitWorker`` when one joins and
 Liveness: every message from a worker refreshes ``last_seen``.  A worker silent for
 ``suspect_after_s`` is SUSPECT (closed for new tasks); silent for
 ``worker_timeout_s`` it is declared lost and every task it held goes back to the
-queue.  A goodbye or a closed connection removes it at once.  A second registration
-under a live ``worker_id`` supersedes the first incarnation, which is fenced out.
+queue.  A goodbye or a closed connection removes it at once.
+
+One connection per ``worker_id``: a live, heartbeating worker keeps its id, and a
+registration claiming it from another connection is ``Refused`` with the reason (a
+typo'd ``--worker-id``, or any holder of a shared CURVE fleet key, must not evict a
+working process).  A claim wins only once the holder is gone (its goodbye or closed
+connection already removed it) or silent past ``suspect_after_s``: that is a worker
+process restarted, or reconnected after a network cut, whose old connection has not
+been noticed closed yet; the old incarnation is then superseded and fenced out.  The
+same connection registering again (a ``Reregister`` after a coordinator restart) is
+always welcome.
 
 Local-pause guard: if the coordinator itself stopped (SIGSTOP, swap) the silence is
 ours, not the workers'; :meth:`RegistryCore.local_pause` restarts every worker's
@@ -40,7 +49,7 @@ from actorsched.core.commands import (
     SetAccepting,
     UpdateLoad,
 )
-from actorsched.protocol import Register, Reregister, Shutdown, Welcome, WorkerInfo
+from actorsched.protocol import Refused, Register, Reregister, Shutdown, Welcome, WorkerInfo
 
 
 class WorkerState(Enum):
@@ -82,7 +91,8 @@ class RegistryCore:
         self.epoch = epoch
         self.workers: dict[PeerKey, WorkerRecord] = {}
         self.by_id: dict[str, PeerKey] = {}
-        self.counters = {"registered": 0, "removed": 0, "goodbyes": 0, "superseded": 0, "unknown_peer": 0}
+        self.counters = {"registered": 0, "removed": 0, "goodbyes": 0, "superseded": 0, "claims_refused": 0,
+                         "unknown_peer": 0}
 
     # ------------------------------------------------------------------ events
 
@@ -91,8 +101,19 @@ class RegistryCore:
         reported = frozenset(ref.task_id for ref in message.running)
         old_key = self.by_id.get(message.worker_id)
         if old_key is not None and old_key != key:
-            # One owner per worker id: the newest registration wins, the old one is fenced.
-            # What the new one reports running is carried over, not requeued.
+            holder = self.workers[old_key]
+            silent_s = now - holder.last_seen
+            if silent_s <= self.liveness.suspect_after_s:
+                # The holder is alive: the claim, not the holder, is the mistake.
+                self.counters["claims_refused"] += 1
+                return [SendToWorker(key, Refused(
+                    f"worker id {message.worker_id!r} is in use by a live worker (host {holder.host}, pid "
+                    f"{holder.pid}, heard from {max(silent_s, 0.0):.1f} s ago); give this worker another "
+                    f"--worker-id, or stop that one first (the id is free once it leaves, or once it is silent "
+                    f"for suspect_after_s={self.liveness.suspect_after_s} s)"))]
+            # The holder went quiet: this is most likely the same worker back on a new
+            # connection.  The newest registration wins, the old one is fenced; what the
+            # new one reports running is carried over, not requeued.
             self.counters["superseded"] += 1
             out += self._remove(old_key, f"superseded by a new registration of {message.worker_id}", reported,
                                 died=False)

@@ -24,7 +24,7 @@ from actorsched.core.commands import (
     UpdateLoad,
 )
 from actorsched.core.registry import RegistryCore, WorkerState, load_score
-from actorsched.protocol import AttemptRef, Register, Reregister, Shutdown, Welcome
+from actorsched.protocol import AttemptRef, Refused, Register, Reregister, Shutdown, Welcome
 
 EPOCH = 5
 LIVENESS = LivenessConfig(heartbeat_interval_s=1.0, suspect_after_s=5.0, worker_timeout_s=15.0,
@@ -178,9 +178,64 @@ def test_after_a_local_pause_no_worker_is_convicted_for_our_silence(registry: Re
 # ----------------------------------------------------------------- incarnations
 
 
-def test_a_second_registration_of_a_worker_id_supersedes_the_old_incarnation(registry: RegistryCore) -> None:
+def test_a_claim_on_a_live_workers_id_from_another_connection_is_refused_and_the_holder_keeps_it(
+        registry: RegistryCore) -> None:
     registry.registered(K1, register("w1"), 0.0)
-    out = registry.registered(K2, register("w1"), 1.0)
+    registry.heartbeat(K1, 0.0, 0.0, 4.0)
+    out = registry.registered(K2, register("w1"), 6.0)  # the holder was heard from 2 s ago
+    (refusal,) = out
+    assert isinstance(refusal, SendToWorker) and refusal.worker == K2
+    assert isinstance(refusal.message, Refused)
+    reason = refusal.message.reason
+    assert "'w1'" in reason and "in use" in reason and "pid 1234" in reason and "--worker-id" in reason
+    # Nothing happened to the holder: no Shutdown, no removal, no requeue.
+    assert set(registry.workers) == {K1} and registry.by_id["w1"] == K1
+    assert registry.counters["claims_refused"] == 1 and registry.counters["superseded"] == 0
+    assert registry.heartbeat(K1, 0.0, 0.0, 7.0) == [UpdateLoad(K1, 0.0, 0.0)]
+    # The refused connection is no worker: its heartbeats are from an unknown peer.
+    assert isinstance(registry.heartbeat(K2, 0, 0, 7.0)[0].message, Reregister)  # type: ignore[union-attr]
+
+
+def test_a_claim_is_refused_up_to_suspect_after_s_of_silence_and_welcomed_past_it(registry: RegistryCore) -> None:
+    registry.registered(K1, register("w1"), 0.0)
+    assert of(registry.registered(K2, register("w1"), 5.0), Welcome) == []  # exactly suspect_after_s: still live
+    out = registry.registered(K2, register("w1"), 5.1)
+    assert SendToWorker(K2, Welcome("w1", EPOCH, 1.0)) in out and RemoveWorker(K1) in out
+    assert registry.by_id["w1"] == K2
+
+
+def test_a_draining_worker_keeps_its_id_until_it_leaves(registry: RegistryCore) -> None:
+    registry.registered(K1, register("w1"), 0.0)
+    registry.draining(K1, 1.0)
+    assert [type(c.message) for c in of(registry.registered(K2, register("w1"), 2.0), SendToWorker)] == [  # type: ignore[attr-defined]
+        Refused]
+    registry.goodbye(K1)
+    out = registry.registered(K2, register("w1"), 3.0)
+    assert SendToWorker(K2, Welcome("w1", EPOCH, 1.0)) in out
+    assert not [c for c in out if isinstance(c, SendToWorker) and isinstance(c.message, (Shutdown, Refused))]
+
+
+def test_after_a_local_pause_a_claim_on_a_live_workers_id_is_still_refused(registry: RegistryCore) -> None:
+    registry.registered(K1, register("w1"), 0.0)
+    registry.local_pause(60.0)  # our silence, not theirs
+    assert [type(c.message) for c in of(registry.registered(K2, register("w1"), 61.0), SendToWorker)] == [  # type: ignore[attr-defined]
+        Refused]
+
+
+@pytest.mark.parametrize("gone", ["goodbye", "disconnected"])
+def test_a_worker_back_on_a_new_connection_after_the_old_one_is_gone_is_welcomed_at_once(
+        registry: RegistryCore, gone: str) -> None:
+    registry.registered(K1, register("w1"), 0.0)
+    getattr(registry, gone)(K1)
+    out = registry.registered(K2, register("w1"), 0.5)
+    assert SendToWorker(K2, Welcome("w1", EPOCH, 1.0)) in out and AdmitWorker(K2, "w1") in out
+    assert registry.counters["claims_refused"] == 0
+
+
+def test_a_registration_under_a_silent_workers_id_supersedes_the_old_incarnation(registry: RegistryCore) -> None:
+    registry.registered(K1, register("w1"), 0.0)
+    registry.scan(5.1)  # SUSPECT: silent past suspect_after_s, e.g. a network cut or a frozen host
+    out = registry.registered(K2, register("w1"), 6.0)
     assert RemoveWorker(K1) in out
     # A supersession is no death: nothing it held counts against its tasks.
     assert ForgetWorker(K1, "w1", "superseded by a new registration of w1", worker_died=False) in out
@@ -191,12 +246,15 @@ def test_a_second_registration_of_a_worker_id_supersedes_the_old_incarnation(reg
     assert set(registry.workers) == {K2} and registry.by_id["w1"] == K2
     assert registry.counters["superseded"] == 1
     # The old incarnation is fenced out: its heartbeats are from an unknown peer.
-    assert isinstance(registry.heartbeat(K1, 0, 0, 2.0)[0].message, Reregister)  # type: ignore[union-attr]
+    assert isinstance(registry.heartbeat(K1, 0, 0, 7.0)[0].message, Reregister)  # type: ignore[union-attr]
+    # And should it register again, the id is now the new, live incarnation's.
+    assert [type(c.message) for c in of(registry.registered(K1, register("w1"), 7.0), SendToWorker)] == [  # type: ignore[attr-defined]
+        Refused]
 
 
 def test_a_superseding_registration_carries_over_what_it_reports_running(registry: RegistryCore) -> None:
     registry.registered(K1, register("w1"), 0.0)
-    out = registry.registered(K2, register("w1", running=["t1"]), 1.0)
+    out = registry.registered(K2, register("w1", running=["t1"]), 6.0)
     (gone,) = of(out, ForgetWorker)
     assert gone.keep == frozenset({"t1"})  # type: ignore[union-attr]
     # The queue forgets the old incarnation (keeping t1) before the new one claims t1.
@@ -205,7 +263,7 @@ def test_a_superseding_registration_carries_over_what_it_reports_running(registr
 
 def test_a_late_goodbye_from_a_superseded_incarnation_does_not_remove_the_new_one(registry: RegistryCore) -> None:
     registry.registered(K1, register("w1"), 0.0)
-    registry.registered(K2, register("w1"), 1.0)
+    registry.registered(K2, register("w1"), 6.0)
     assert registry.goodbye(K1) == [] and registry.disconnected(K1) == []
     assert set(registry.workers) == {K2} and registry.by_id["w1"] == K2
 
@@ -268,10 +326,12 @@ def test_worker_infos_report_load_heartbeat_age_and_the_queues_counts(registry: 
 def test_stats_count_workers_slots_prefetch_and_events(registry: RegistryCore) -> None:
     registry.registered(K1, register("w1", slots=4, prefetch=8), 0.0)
     registry.registered(K2, register("w2", slots=2), 0.0)
-    registry.registered(b"key-3", register("w2", slots=1), 1.0)  # supersedes w2
+    registry.registered(b"key-3", register("w2", slots=1), 1.0)  # w2 is live: refused
+    registry.heartbeat(K1, 0.0, 0.0, 5.5)
+    registry.registered(b"key-3", register("w2", slots=1), 6.0)  # w2 silent past suspect_after_s: superseded
     stats = registry.stats()
     assert (stats["workers"], stats["slots"], stats["prefetch"]) == (2, 5, 8)
-    assert (stats["registered"], stats["superseded"], stats["removed"]) == (3, 1, 1)
+    assert (stats["registered"], stats["superseded"], stats["removed"], stats["claims_refused"]) == (3, 1, 1, 1)
 
 
 def test_load_score_weighs_busy_slots_cpu_and_memory() -> None:

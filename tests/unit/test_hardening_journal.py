@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from actorsched.coordinator.journal import Journal, JournalError
+from actorsched.coordinator.journal import Journal, JournalError, JournalRow
 
 
 def test_a_second_open_of_one_state_folder_is_refused_naming_the_holder_pid(tmp_path: Path) -> None:
@@ -25,6 +25,7 @@ def test_a_second_open_of_one_state_folder_is_refused_naming_the_holder_pid(tmp_
 def test_a_refused_open_does_not_move_the_epoch(tmp_path: Path) -> None:
     first = Journal(tmp_path)
     first.open()
+    first.commit_epoch()
     with pytest.raises(JournalError):
         Journal(tmp_path).open()
     first.close()
@@ -37,7 +38,27 @@ def test_close_releases_the_lock(tmp_path: Path) -> None:
     for epoch in (1, 2, 3):
         journal = Journal(tmp_path)
         assert journal.open() == epoch
+        journal.commit_epoch()
         journal.close()
+
+
+def test_the_epoch_is_stored_only_once_committed_or_written(tmp_path: Path) -> None:
+    """A start that fails after opening the journal (a busy port) must not use up an epoch;
+    the first durable write stores it even if nobody committed it."""
+    journal = Journal(tmp_path)
+    assert journal.open() == 1
+    journal.close()  # failed start: epoch 1 never stored
+    journal = Journal(tmp_path)
+    assert journal.open() == 1
+    journal.write([])  # nothing to write: still not stored
+    journal.close()
+    journal = Journal(tmp_path)
+    assert journal.open() == 1
+    journal.write([JournalRow("t", 1, "QUEUED", 1, 1, 0, None, b"\x90", None, None, [])])
+    journal.close()
+    journal = Journal(tmp_path)
+    assert journal.open() == 2
+    journal.close()
 
 
 def test_an_open_that_fails_on_a_bad_file_releases_the_lock(tmp_path: Path) -> None:
