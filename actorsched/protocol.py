@@ -15,6 +15,17 @@ kind, undecodable msgpack, a wrong field count or a field of the wrong type rais
 the worker, the client) log, count and drop such frames; a peer's bad input never
 stops them.  Nothing is ever pickled on the wire.
 
+Limits on values, checked by the same decoders: every number field has inclusive
+bounds (``slots`` 1..:data:`MAX_SLOTS`, ``prefetch`` 0..:data:`MAX_PREFETCH`, counts,
+attempts and epochs 0..:data:`MAX_COUNT`, seconds finite and 0..:data:`MAX_SECONDS`,
+load 0..:data:`MAX_PERCENT`; NaN and infinities never pass), and user values (task
+args and kwargs, results) nest lists and maps at most
+:data:`~actorsched.recordcodec.MAX_NESTING` levels deep.  A value past a limit is a
+decode error naming the field and the limit, so it never reaches an actor, where a
+huge number would break sums and placement and a deep value any recursive walk.  A
+request whose ``request_id`` could be read is answered with the reason
+(:class:`BadRequest`), a ``Register`` with ``Refused``.
+
 Batches: ``Submit``, ``Assign``, ``Started``, ``Results`` and ``TasksDone`` carry
 lists so that one frame moves many tasks; throughput comes from that.
 
@@ -37,6 +48,7 @@ WorkersReply, StatsReply, ErrorReply, PurgeReply, Refused
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,13 +57,37 @@ from typing import Any, ClassVar
 import msgpack
 
 from actorsched.errors import ProtocolError
-from actorsched.recordcodec import Decoder, record_decoder, record_encoder
+from actorsched.recordcodec import MAX_NESTING, Decoder, bounds, check_depth, nesting, record_decoder, record_encoder
 
-VERSION = b"AS3"  # AS2: Submit gained `watch`; AS3: prefetch, Release/Released, Assignment.priority
+VERSION = b"AS4"  # AS2: Submit gained `watch`; AS3: prefetch, Release/Released, Assignment.priority;
+# AS4: QueryReply.rest (query replies are paged)
 TASK_NAME_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 """A task name, ``package.module:function``; use with ``fullmatch``."""
 MAX_FRAMES = 3
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+# Bounds of the number fields (inclusive).  Generous for any real deployment; their job is
+# to stop absurd values at the edge, where they are one clear decode error.
+MAX_SLOTS = 1024
+"""Slots of one worker: child processes it runs at once."""
+MAX_PREFETCH = 65536
+"""Tasks one worker may hold queued beyond its slots (16 per slot is the default)."""
+MAX_COUNT = 2**53
+"""Request ids, epochs, attempts and counts: exact as a float too, so also in the status page's JSON."""
+MAX_PID = 2**32 - 1
+MAX_SECONDS = 1e10
+"""Durations, timeouts and ages in seconds (about 317 years): finite, so sums and deadlines stay numbers."""
+MAX_PERCENT = 100.0
+"""Host CPU and memory use, as psutil reports them system-wide."""
+MAX_FLOAT = 1.7976931348623157e308
+"""Figures the coordinator computes (load score, times): any finite number, never NaN or infinite."""
+
+_COUNT = bounds(0, MAX_COUNT)
+_PRIORITY = bounds(-MAX_COUNT, MAX_COUNT)  # the TaskQueue checks the real range and answers with it
+_SECONDS = bounds(0.0, MAX_SECONDS)
+_PERCENT = bounds(0.0, MAX_PERCENT)
+_FINITE = bounds(-MAX_FLOAT, MAX_FLOAT)
+_PID = bounds(0, MAX_PID)
 
 
 # --------------------------------------------------------------------------- records
@@ -65,10 +101,10 @@ class TaskSpec:
     name: str
     args: list[Any] = field(default_factory=list)
     kwargs: dict[str, Any] = field(default_factory=dict)
-    priority: int = 0
+    priority: int = field(default=0, metadata=_PRIORITY)
     deps: list[str] = field(default_factory=list)
-    timeout_s: float | None = None
-    max_attempts: int | None = None
+    timeout_s: float | None = field(default=None, metadata=_SECONDS)
+    max_attempts: int | None = field(default=None, metadata=_COUNT)
     retry_on: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
 
@@ -79,12 +115,14 @@ class Assignment:
 
     task_id: str
     name: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    epoch: int
-    attempt: int
-    timeout_s: float | None
-    priority: int = 0  # the worker runs what it holds best priority first
+    # A reference to another task's result inside args is replaced by that result, itself
+    # up to MAX_NESTING deep: so twice the limit here.
+    args: list[Any] = field(metadata=nesting(2 * MAX_NESTING))
+    kwargs: dict[str, Any] = field(metadata=nesting(2 * MAX_NESTING))
+    epoch: int = field(metadata=_COUNT)
+    attempt: int = field(metadata=_COUNT)
+    timeout_s: float | None = field(metadata=_SECONDS)
+    priority: int = field(default=0, metadata=_PRIORITY)  # the worker runs what it holds best priority first
     short: bool = False  # expected to finish quickly: may share a child with other short tasks
 
 
@@ -93,8 +131,8 @@ class AttemptRef:
     """Names one attempt of one task: what a worker reports as started or running."""
 
     task_id: str
-    epoch: int
-    attempt: int
+    epoch: int = field(metadata=_COUNT)
+    attempt: int = field(metadata=_COUNT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,24 +147,24 @@ class TaskOutcome:
     """The end of one attempt on a worker: a value, or an error."""
 
     task_id: str
-    epoch: int
-    attempt: int
+    epoch: int = field(metadata=_COUNT)
+    attempt: int = field(metadata=_COUNT)
     ok: bool
     value: Any
     error: ErrorInfo | None
-    duration_s: float
+    duration_s: float = field(metadata=_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
     """History of one attempt, as returned by ``query``: times are the coordinator's wall clock."""
 
-    attempt: int
+    attempt: int = field(metadata=_COUNT)
     worker_id: str
     outcome: str
     error: ErrorInfo | None
-    started_at: float = 0.0  # unix seconds
-    ended_at: float = 0.0
+    started_at: float = field(default=0.0, metadata=_FINITE)  # unix seconds
+    ended_at: float = field(default=0.0, metadata=_FINITE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +174,8 @@ class TaskInfo:
     task_id: str
     state: str
     name: str = ""
-    priority: int = 0
-    attempt: int = 0
+    priority: int = field(default=0, metadata=_PRIORITY)
+    attempt: int = field(default=0, metadata=_COUNT)
     worker_id: str = ""
     value: Any = None
     error: ErrorInfo | None = None
@@ -148,16 +186,16 @@ class TaskInfo:
 class WorkerInfo:
     worker_id: str
     host: str
-    pid: int
-    slots: int
-    running: int
-    load_score: float
-    cpu_percent: float
-    memory_percent: float
+    pid: int = field(metadata=_PID)
+    slots: int = field(metadata=bounds(0, MAX_SLOTS))
+    running: int = field(metadata=_COUNT)
+    load_score: float = field(metadata=_FINITE)
+    cpu_percent: float = field(metadata=_PERCENT)
+    memory_percent: float = field(metadata=_PERCENT)
     state: str
     tags: list[str]
-    heartbeat_age_s: float
-    tasks_done: int
+    heartbeat_age_s: float = field(metadata=_FINITE)
+    tasks_done: int = field(metadata=_COUNT)
     breaker: str
 
 
@@ -176,18 +214,19 @@ class Register(Message):
     KIND: ClassVar[bytes] = b"register"
     worker_id: str
     host: str
-    pid: int
-    slots: int
+    pid: int = field(metadata=_PID)
+    slots: int = field(metadata=bounds(1, MAX_SLOTS))
     tags: list[str]
     running: list[AttemptRef]
-    prefetch: int = 0  # tasks it may hold queued beyond its slots (short ones only)
+    # tasks it may hold queued beyond its slots (short ones only)
+    prefetch: int = field(default=0, metadata=bounds(0, MAX_PREFETCH))
 
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat(Message):
     KIND: ClassVar[bytes] = b"heartbeat"
-    cpu_percent: float
-    memory_percent: float
+    cpu_percent: float = field(metadata=_PERCENT)
+    memory_percent: float = field(metadata=_PERCENT)
     running: list[str]
 
 
@@ -229,8 +268,8 @@ class Goodbye(Message):
 class Welcome(Message):
     KIND: ClassVar[bytes] = b"welcome"
     worker_id: str
-    epoch: int
-    heartbeat_interval_s: float
+    epoch: int = field(metadata=_COUNT)
+    heartbeat_interval_s: float = field(metadata=_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +315,7 @@ class Refused(Message):
 @dataclass(frozen=True, slots=True)
 class Submit(Message):
     KIND: ClassVar[bytes] = b"submit"
-    request_id: int
+    request_id: int = field(metadata=_COUNT)
     tasks: list[TaskSpec]
     watch: bool = False  # also watch the tasks: TasksDone under this request_id as they finish
 
@@ -284,7 +323,7 @@ class Submit(Message):
 @dataclass(frozen=True, slots=True)
 class Cancel(Message):
     KIND: ClassVar[bytes] = b"cancel"
-    request_id: int
+    request_id: int = field(metadata=_COUNT)
     task_ids: list[str]
     cascade: bool
 
@@ -292,7 +331,7 @@ class Cancel(Message):
 @dataclass(frozen=True, slots=True)
 class Query(Message):
     KIND: ClassVar[bytes] = b"query"
-    request_id: int
+    request_id: int = field(metadata=_COUNT)
     task_ids: list[str]
 
 
@@ -301,26 +340,26 @@ class Watch(Message):
     """Ask for a ``TasksDone`` for each listed task as it reaches a final state."""
 
     KIND: ClassVar[bytes] = b"watch"
-    request_id: int
+    request_id: int = field(metadata=_COUNT)
     task_ids: list[str]
 
 
 @dataclass(frozen=True, slots=True)
 class Unwatch(Message):
     KIND: ClassVar[bytes] = b"unwatch"
-    request_id: int
+    request_id: int = field(metadata=_COUNT)
 
 
 @dataclass(frozen=True, slots=True)
 class ListWorkers(Message):
     KIND: ClassVar[bytes] = b"list-workers"
-    request_id: int
+    request_id: int = field(metadata=_COUNT)
 
 
 @dataclass(frozen=True, slots=True)
 class GetStats(Message):
     KIND: ClassVar[bytes] = b"get-stats"
-    request_id: int
+    request_id: int = field(metadata=_COUNT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,15 +367,15 @@ class Purge(Message):
     """Forget finished tasks that finished at least ``older_than_s`` ago (memory and journal)."""
 
     KIND: ClassVar[bytes] = b"purge"
-    request_id: int
-    older_than_s: float
+    request_id: int = field(metadata=_COUNT)
+    older_than_s: float = field(metadata=_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)
 class PurgeReply(Message):
     KIND: ClassVar[bytes] = b"purge-reply"
-    request_id: int
-    purged: int
+    request_id: int = field(metadata=_COUNT)
+    purged: int = field(metadata=_COUNT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,42 +383,45 @@ class SubmitReply(Message):
     """Every task of the batch is durable and known by the coordinator."""
 
     KIND: ClassVar[bytes] = b"submit-reply"
-    request_id: int
+    request_id: int = field(metadata=_COUNT)
     task_ids: list[str]
 
 
 @dataclass(frozen=True, slots=True)
 class CancelReply(Message):
     KIND: ClassVar[bytes] = b"cancel-reply"
-    request_id: int
+    request_id: int = field(metadata=_COUNT)
     cancelled: list[str]
 
 
 @dataclass(frozen=True, slots=True)
 class QueryReply(Message):
+    """``rest``: ids not answered because the reply reached its size budget; ask again for them."""
+
     KIND: ClassVar[bytes] = b"query-reply"
-    request_id: int
+    request_id: int = field(metadata=_COUNT)
     tasks: list[TaskInfo]
+    rest: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
 class TasksDone(Message):
     KIND: ClassVar[bytes] = b"tasks-done"
-    request_id: int
+    request_id: int = field(metadata=_COUNT)
     tasks: list[TaskInfo]
 
 
 @dataclass(frozen=True, slots=True)
 class WorkersReply(Message):
     KIND: ClassVar[bytes] = b"workers-reply"
-    request_id: int
+    request_id: int = field(metadata=_COUNT)
     workers: list[WorkerInfo]
 
 
 @dataclass(frozen=True, slots=True)
 class StatsReply(Message):
     KIND: ClassVar[bytes] = b"stats-reply"
-    request_id: int
+    request_id: int = field(metadata=_COUNT)
     stats: dict[str, Any]
 
 
@@ -388,7 +430,7 @@ class ErrorReply(Message):
     """A request was refused; ``code`` is a stable word (``bad-request``, ``queue-full``...)."""
 
     KIND: ClassVar[bytes] = b"error-reply"
-    request_id: int
+    request_id: int = field(metadata=_COUNT)
     code: str
     message: str
 
@@ -411,6 +453,34 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(f"msgpack extension type {code} is not allowed on the wire")
 
 
+class BadRequest(ProtocolError):
+    """A request whose ``request_id`` could be read, with a bad field: the sender can be told why.
+
+    Without an answer a client would wait for its timeout and report the coordinator as
+    unreachable, when it is its own request that was refused.
+    """
+
+    def __init__(self, message: str, request_id: int) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+def peek_request_id(body: bytes | memoryview) -> int | None:
+    """The ``request_id`` a request body starts with, reading only its head (None if it has none).
+
+    For answering a request that is not decoded, one too large say: the id is the first
+    item of the body's array, within its first 14 bytes.
+    """
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(bytes(body[:16]))
+    try:
+        unpacker.read_array_header()
+        request_id = unpacker.unpack()
+    except Exception:  # not an array, or garbage: nothing to answer
+        return None
+    return request_id if type(request_id) is int and 0 <= request_id <= MAX_COUNT else None
+
+
 class Codec:
     """Encodes and strictly decodes messages of a given set of kinds.
 
@@ -423,6 +493,8 @@ class Codec:
         self._by_kind: dict[bytes, Decoder] = {
             cls.KIND: record_decoder(cls) for cls in accepts
         }
+        # Kinds whose first field is a request_id: a bad one can be answered (BadRequest).
+        self._requests = frozenset(cls.KIND for cls in accepts if dataclasses.fields(cls)[0].name == "request_id")  # type: ignore[arg-type]
 
     def decode(self, frames: list[bytes]) -> Message:
         if len(frames) != MAX_FRAMES:
@@ -434,7 +506,8 @@ class Codec:
             )
         if len(body) > self.max_message_bytes:
             raise ProtocolError(f"body of {len(body)} bytes exceeds max_message_bytes={self.max_message_bytes}")
-        decode_record = self._by_kind.get(bytes(kind))
+        kind = bytes(kind)
+        decode_record = self._by_kind.get(kind)
         if decode_record is None:
             raise ProtocolError(
                 f"unknown message kind {bytes(kind)[:32]!r}; expected one of "
@@ -447,8 +520,14 @@ class Codec:
         except ProtocolError:
             raise
         except Exception as exc:  # msgpack raises many unrelated types for garbage
-            raise ProtocolError(f"body of kind {bytes(kind).decode()!r} is not valid msgpack: {exc}") from None
-        message: Message = decode_record(value)
+            raise ProtocolError(f"body of kind {kind.decode()!r} is not valid msgpack: {exc}") from None
+        try:
+            message: Message = decode_record(value)
+        except ProtocolError as exc:
+            request_id = value[0] if type(value) is list and value and kind in self._requests else None
+            if type(request_id) is int and 0 <= request_id <= MAX_COUNT:
+                raise BadRequest(str(exc), request_id) from None
+            raise
         return message
 
 
@@ -468,13 +547,14 @@ def encode(message: Message, pack: Pack | None = None) -> list[bytes]:
     try:
         encoded = record_encoder(type(message))(message)
         body = pack(encoded) if pack is not None else msgpack.packb(encoded, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, ProtocolError) as exc:  # ProtocolError: a value nested too deep
         raise ProtocolError(f"cannot encode {type(message).__name__}: {exc}") from None
     return [VERSION, message.KIND, body]
 
 
 def check_packable(value: Any, what: str) -> None:
-    """Raise ProtocolError naming ``what`` if ``value`` cannot travel in msgpack."""
+    """Raise ProtocolError naming ``what`` if ``value`` cannot travel in msgpack, or nests too deep to be accepted."""
+    check_depth(value, MAX_NESTING, what)
     try:
         msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:

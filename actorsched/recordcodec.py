@@ -11,6 +11,19 @@ every task crosses this code four times per attempt.
 Supported field types: ``str``, ``int``, ``float`` (an int is accepted and widened),
 ``bool``, ``bytes``, ``Any``, ``X | None``, ``list[...]`` of those or of records,
 ``dict[str, Any]`` and nested records.  A bool is not an int here.
+
+Two limits come from a field's metadata (see :func:`bounds` and :func:`nesting`):
+
+- A number field may carry inclusive bounds, checked after its type: a peer's
+  ``slots=2**64-1`` or ``duration_s=NaN`` is a decode error naming the field and the
+  range, not a value that later breaks sums, placement or encoding.
+- A field holding user values (``Any``, ``list[Any]``, ``dict[str, Any]``) may nest
+  lists and maps at most :data:`MAX_NESTING` levels deep (or the field's own limit).
+  msgpack decodes ~1,000 levels, and every recursive walk of such a value later (``==``,
+  ``repr``, resolving references, packing it again) would raise RecursionError and stop
+  the actor doing it.  :func:`check_depth` walks the value once, iteratively, and only
+  when it is a container; the encoders apply the same limit, so a sender learns at once
+  that a value would be refused.
 """
 
 from __future__ import annotations
@@ -30,6 +43,60 @@ Encoder = Callable[[Any], list[Any]]
 _DECODERS: dict[type, Decoder] = {}
 _ENCODERS: dict[type, Encoder] = {}
 _SCALARS = {str: "str", int: "int", bool: "bool", bytes: "bytes"}
+
+MAX_NESTING = 100
+"""How deep lists and maps may nest inside one user value (a task's args or kwargs, a result).
+
+Deep enough for any real document (JSON in the wild rarely nests past 20 levels), and
+shallow enough that a recursive walk of the value, even started deep in an actor's own
+stack, stays far below Python's recursion limit (1,000 frames) and msgpack's packer
+limit (511 levels), also when a reference inside args is replaced by another task's
+result (at most twice this depth, see ``Assignment``)."""
+
+RANGE = "actorsched.range"
+"""Field metadata key: inclusive ``(low, high)`` bounds of a number field."""
+NESTING = "actorsched.nesting"
+"""Field metadata key: the nesting limit of a user-value field, instead of :data:`MAX_NESTING`."""
+
+_NESTED = frozenset((list, dict, tuple))  # what msgpack packs as arrays and maps (tuples only on the way out)
+
+
+def bounds(low: float, high: float) -> dict[str, Any]:
+    """Field metadata bounding a number field to ``low <= value <= high`` (a NaN never is)."""
+    return {RANGE: (low, high)}
+
+
+def nesting(limit: int) -> dict[str, Any]:
+    """Field metadata giving a user-value field its own nesting limit."""
+    return {NESTING: limit}
+
+
+def check_depth(value: Any, limit: int = MAX_NESTING, what: str = "the value") -> None:
+    """Raise ProtocolError naming ``what`` if lists and maps nest more than ``limit`` levels in ``value``.
+
+    A scalar is 0 levels deep, ``[1, 2]`` and ``{}`` one, ``[[1]]`` two.  The walk goes one
+    level at a time over a list of the containers found at that level, never recursing, so
+    a value of any depth or size is checked without risk to the stack, each item once, and
+    the walk stops at the first level past the limit.
+    """
+    nested = _NESTED
+    if type(value) not in nested:
+        return
+    level = [value]
+    depth = 1
+    while True:
+        below = []
+        for container in level:
+            for item in container.values() if type(container) is dict else container:
+                if type(item) in nested:
+                    below.append(item)
+        if not below:
+            return
+        depth += 1
+        if depth > limit:
+            raise ProtocolError(f"{what}: lists and maps nest more than {limit} levels deep, the limit; "
+                                f"flatten the data or pass it by reference")
+        level = below
 
 
 class _Shown(reprlib.Repr):
@@ -66,33 +133,78 @@ def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-def _check_lines(var: str, hint: Any, where: str, env: dict[str, Any], indent: str) -> list[str]:
-    """Source lines that check (and maybe convert) local ``var`` against ``hint``."""
+def _show_bound(bound: float) -> str:
+    """A bound as a reader would write it: ``2**53``, ``1e+10``, ``100``."""
+    if type(bound) is int:
+        size = abs(bound)
+        if size >= 1 << 20 and size & (size - 1) == 0:
+            return f"{'-' if bound < 0 else ''}2**{size.bit_length() - 1}"
+        return str(bound)
+    return f"{bound:g}"
+
+
+def _range_lines(var: str, where: str, rng: tuple[float, float] | None, noun: str, indent: str) -> list[str]:
+    if rng is None:
+        return []
+    low, high = rng
+    expected = f"{noun} in [{_show_bound(low)}, {_show_bound(high)}]"
+    return [f"{indent}if not {low!r} <= {var} <= {high!r}: raise _bad({where!r}, {expected!r}, {var})"]
+
+
+def _depth_lines(var: str, where: str, limit: int, indent: str, shape: str = "any") -> list[str]:
+    """Lines checking how deep the user value ``var`` nests; ``shape``: "list", "dict" or "any".
+
+    The first level is looped over here: most values are scalars or flat containers
+    (``args=[1, 2]``), and for those even the call of :func:`check_depth` would cost more
+    than the check.
+    """
+    call = f"_check_depth({var}, {limit}, {where!r}); break"
+    loop_list = [f"for _y in {var}:", f"    if type(_y) in _NESTED: {call}"]
+    loop_dict = [f"for _y in {var}.values():", f"    if type(_y) in _NESTED: {call}"]
+    if shape == "list":
+        lines = loop_list
+    elif shape == "dict":
+        lines = loop_dict
+    else:
+        lines = [f"if type({var}) is dict:", *("    " + line for line in loop_dict),
+                 f"elif type({var}) in _NESTED:", *("    " + line for line in loop_list)]
+    return [indent + line for line in lines]
+
+
+def _check_lines(var: str, hint: Any, where: str, env: dict[str, Any], indent: str,
+                 rng: tuple[float, float] | None = None, limit: int = MAX_NESTING) -> list[str]:
+    """Source lines that check (and maybe convert) local ``var`` against ``hint``.
+
+    ``rng``: inclusive bounds of a number; ``limit``: how deep a user value may nest.
+    """
     hint, optional = _unwrap_optional(hint)
     if optional:
-        inner = _check_lines(var, hint, where, env, indent + "    ")
+        inner = _check_lines(var, hint, where, env, indent + "    ", rng, limit)
         return [f"{indent}if {var} is not None:", *inner] if inner else []
     w = repr(where)
     if hint is Any:
-        return []
+        return _depth_lines(var, where, limit, indent)
     if hint in _SCALARS:
         name = _SCALARS[hint]
         env[name] = hint
-        return [f"{indent}if type({var}) is not {name}: raise _bad({w}, {name!r}, {var})"]
+        return [f"{indent}if type({var}) is not {name}: raise _bad({w}, {name!r}, {var})",
+                *_range_lines(var, where, rng, "an integer", indent)]
     if hint is float:
         return [
             f"{indent}if type({var}) is not float:",
             f"{indent}    if type({var}) is int: {var} = float({var})",
             f"{indent}    else: raise _bad({w}, 'a number', {var})",
+            *_range_lines(var, where, rng, "a number", indent),
         ]
     origin = typing.get_origin(hint)
     if origin is dict:
-        return [f"{indent}if type({var}) is not dict: raise _bad({w}, 'a map', {var})"]
+        return [f"{indent}if type({var}) is not dict: raise _bad({w}, 'a map', {var})",
+                *_depth_lines(var, where, limit, indent, "dict")]
     if origin is list:
         (item,) = typing.get_args(hint)
         lines = [f"{indent}if type({var}) is not list: raise _bad({w}, 'a list', {var})"]
         if item is Any:
-            return lines
+            return lines + _depth_lines(var, where, limit, indent, "list")
         if isinstance(item, type) and dataclasses.is_dataclass(item):
             fn = f"_dec_{item.__name__}"
             env[fn] = record_decoder(item)
@@ -120,7 +232,9 @@ def record_decoder(cls: type) -> Decoder:
     _DECODERS[cls] = lambda value: _DECODERS[cls](value)  # placeholder, for recursive records
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    env: dict[str, Any] = {"_cls": cls, "_bad": _bad, "_nested": _nested, "ProtocolError": ProtocolError}
+    env: dict[str, Any] = {"_cls": cls, "_bad": _bad, "_nested": _nested, "ProtocolError": ProtocolError,
+                           "_NESTED": _NESTED, "_check_depth": check_depth}
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     local = [f"_f{i}" for i in range(len(names))]
     shape = f"an array of {len(names)} fields ({', '.join(names)})"
     lines = [
@@ -129,8 +243,9 @@ def record_decoder(cls: type) -> Decoder:
         f"        raise _bad({cls.__name__!r}, {shape!r}, value)",
         f"    {', '.join(local)}{',' if len(local) == 1 else ''} = value",
     ]
-    for var, name in zip(local, names):
-        lines += _check_lines(var, hints[name], f"{cls.__name__}.{name}", env, "    ")
+    for var, f in zip(local, fields):
+        lines += _check_lines(var, hints[f.name], f"{cls.__name__}.{f.name}", env, "    ",
+                              f.metadata.get(RANGE), f.metadata.get(NESTING, MAX_NESTING))
     env["_build"] = record_builder(cls)  # every field is checked and given: its slots can be filled directly
     lines.append(f"    return _build({', '.join(local)})")
     exec("\n".join(lines), env)  # noqa: S102 - generated from our own annotations only
@@ -145,13 +260,18 @@ def record_encoder(cls: type) -> Encoder:
         return cached
     _ENCODERS[cls] = lambda value: _ENCODERS[cls](value)  # placeholder, for recursive records
     hints = typing.get_type_hints(cls)
-    env: dict[str, Any] = {}
+    env: dict[str, Any] = {"_NESTED": _NESTED, "_check_depth": check_depth}
     parts = []
+    checks = []
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         hint, optional = _unwrap_optional(hints[f.name])
         is_list = typing.get_origin(hint) is list
         inner, _ = _unwrap_optional(typing.get_args(hint)[0] if is_list else hint)
         expr = f"value.{f.name}"
+        if inner is Any or typing.get_origin(hint) is dict:
+            # A user value: what the receiver would refuse is refused here, naming the field.
+            checks += [f"    _v = {expr}",
+                       *_depth_lines("_v", f"{cls.__name__}.{f.name}", f.metadata.get(NESTING, MAX_NESTING), "    ")]
         if isinstance(inner, type) and dataclasses.is_dataclass(inner):
             fn = f"_enc_{inner.__name__}"
             env[fn] = record_encoder(inner)
@@ -159,7 +279,7 @@ def record_encoder(cls: type) -> Encoder:
             if optional:
                 expr = f"(None if value.{f.name} is None else {expr})"
         parts.append(expr)
-    exec(f"def encode(value):\n    return [{', '.join(parts)}]", env)  # noqa: S102
+    exec("\n".join(["def encode(value):", *checks, f"    return [{', '.join(parts)}]"]), env)  # noqa: S102
     _ENCODERS[cls] = env["encode"]
     return env["encode"]  # type: ignore[no-any-return]
 

@@ -13,6 +13,13 @@ is the rule.
 Keys are the files :func:`zmq.auth.create_certificates` writes: ``NAME.key`` (public,
 to hand out) and ``NAME.key_secret`` (public and secret, to keep).  ``actorsched
 keygen DIR NAME`` makes a pair.
+
+The folders are read at start (a key file that cannot be read stops the start, naming
+it) and again by :meth:`CurveServer.reload` (the coordinator does it on SIGHUP): a key
+added is admitted from the next connection on, a key removed is refused on every new
+connection.  On a reload an unreadable file or a missing folder admits no one through
+it, logged, and the other keys still apply: a reload is how keys are revoked, so it
+must never keep a removed key alive because of an unrelated mistake.
 """
 
 from __future__ import annotations
@@ -87,27 +94,73 @@ def secure_client_socket(sock: zmq.Socket[Any], server_key_file: str, key_file: 
     sock.curve_publickey, sock.curve_secretkey = load_keypair(key_file, "secret_key_file")
 
 
+def read_public_keys(folder: str, what: str, strict: bool = True) -> tuple[dict[str, str], list[str]]:
+    """The public keys in ``folder``: ({z85 key: key name}, problems).
+
+    ``strict`` (at start): a missing folder or an unreadable ``.key`` file is a ConfigError.
+    Otherwise (a reload) each problem is reported and skips only what it concerns.
+    """
+    if not os.path.isdir(folder):
+        problem = f"{what} {folder!r} is not a folder of public keys"
+        if strict:
+            raise ConfigError(problem)
+        return {}, [problem + "; no key is admitted through it"]
+    keys: dict[str, str] = {}
+    problems: list[str] = []
+    for path in sorted(Path(folder).glob("*.key")):
+        try:
+            keys[load_public(str(path), what).decode("ascii")] = path.stem
+        except ConfigError as exc:
+            if strict:
+                raise
+            problems.append(f"{exc}; that key is not admitted")
+    return keys, problems
+
+
 class CurveServer:
-    """The coordinator's side: a ZAP authenticator with one allowlist per endpoint."""
+    """The coordinator's side: a ZAP authenticator with one allowlist per endpoint (ZAP domain)."""
 
     def __init__(self, context: zmq.Context[Any], secret_key_file: str, worker_keys_dir: str,
                  client_keys_dir: str) -> None:
         from zmq.auth.thread import ThreadAuthenticator
 
         self.public, self.secret = load_keypair(secret_key_file, "[security] secret_key_file")
-        for name, folder in (("worker_keys_dir", worker_keys_dir), ("client_keys_dir", client_keys_dir)):
-            if not os.path.isdir(folder):
-                raise ConfigError(f"[security] {name} {folder!r} is not a folder of public keys")
+        self.folders = {"workers": (worker_keys_dir, "[security] worker_keys_dir"),
+                        "clients": (client_keys_dir, "[security] client_keys_dir")}
+        # Read before the authenticator thread starts, so that a bad file leaves nothing running.
+        keys = {domain: read_public_keys(folder, what)[0] for domain, (folder, what) in self.folders.items()}
+        self.worker_key_names: dict[str, str] = {}
         self.authenticator = ThreadAuthenticator(context)
         self.authenticator.start()
-        self.authenticator.configure_curve(domain="workers", location=worker_keys_dir)
-        self.authenticator.configure_curve(domain="clients", location=client_keys_dir)
-        # ZAP names an admitted peer by its z85 public key (the User-Id of its messages);
-        # key files hold the z85 text already.
-        self.worker_key_names: dict[str, str] = {
-            load_public(str(path), "[security] worker_keys_dir").decode("ascii"): path.stem
-            for path in sorted(Path(worker_keys_dir).glob("*.key"))
-        }
+        self._admit(keys)
+
+    def _admit(self, keys: dict[str, dict[str, str]]) -> None:
+        """Make ``keys`` ({domain: {z85 key: name}}) the allowlists.
+
+        The authenticator's ``certs`` map is what ``configure_curve`` fills, but that reads a
+        whole folder or nothing, and keeps the old keys when the folder has gone.  ZAP
+        names an admitted peer by its z85 public key (the User-Id of its messages), which
+        is the text of a key file.  Each map is replaced whole, one assignment the
+        authenticator's and the transport's threads see either before or after.
+        """
+        for domain, found in keys.items():
+            self.authenticator.certs[domain] = {key.encode("ascii"): True for key in found}
+        self.worker_key_names = keys["workers"]
+
+    def reload(self) -> tuple[dict[str, int], list[str]]:
+        """Read both key folders again: ({domain: keys admitted}, problems found).
+
+        New connections are checked against the new keys at once; connections made before
+        stay (ZeroMQ checks a key only in the handshake): the transport ends those of
+        workers whose key is gone.
+        """
+        keys: dict[str, dict[str, str]] = {}
+        problems: list[str] = []
+        for domain, (folder, what) in self.folders.items():
+            keys[domain], found = read_public_keys(folder, what, strict=False)
+            problems += found
+        self._admit(keys)
+        return {domain: len(found_keys) for domain, found_keys in keys.items()}, problems
 
     def secure(self, sock: zmq.Socket[Any], domain: str) -> None:
         sock.zap_domain = domain.encode()

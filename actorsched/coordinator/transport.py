@@ -17,11 +17,32 @@ once.  The event names a file descriptor; the ``SRCFD`` property of the worker's
 Register message maps it to the worker.  ``ROUTER_MANDATORY`` turns a send to a
 vanished peer into an error we act on instead of a silent drop.
 
+Limits on input, so that no peer can stop or swell the coordinator:
+
+- Frames per message: a message has ``[routing id, version, kind, body]``; past that
+  the rest of the message is read and dropped as it arrives (:func:`recv_frames`), and
+  the message counts as a bad frame.  ZeroMQ itself bounds nothing here: it still holds
+  a whole multipart message (about 64 bytes a part) before the first part is readable.
+- Size: ZeroMQ's ``MAXMSGSIZE`` is set at twice ``max_message_bytes`` (plus a little).
+  A frame over ``max_message_bytes`` but within that is read, counted in
+  ``oversized_messages``, logged (one WARNING line per few seconds at most) and
+  answered: a client request gets ``ErrorReply(too-large)``.  A frame beyond twice the
+  limit still cuts its connection inside ZeroMQ, which reports only a disconnection,
+  with no reason (libzmq's decoder fails the connection with EMSGSIZE and its monitor
+  sends ``EVENT_DISCONNECTED`` alone): that cap is what bounds memory, and an honest
+  peer, which checks its own limit before sending, never reaches it.
+- Values: the codec bounds every number and the nesting of user values
+  (:mod:`actorsched.protocol`).  A request whose id is readable gets
+  ``ErrorReply(bad-request)`` with the reason, a bad ``Register`` gets ``Refused``; other
+  bad frames are counted and dropped.
+
 Outbound: a batch whose frame would exceed ``max_message_bytes`` (which the peer would
 drop, connection and all) is split; a single task too large to send fails as
 ``TaskTooLarge``.  With ``[security]`` keys both sockets are CURVE servers behind a ZAP
 allowlist (:mod:`actorsched.security`), and a worker may register only under an id its
-key allows: a mismatch gets ``Refused``.
+key allows: a mismatch gets ``Refused``.  SIGHUP (or :meth:`Transport.reload_keys`)
+reads the key folders again: new connections see the change at once, and a registered
+worker whose key was removed is refused and removed too.
 """
 
 from __future__ import annotations
@@ -30,6 +51,7 @@ import collections
 import dataclasses
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Any
@@ -45,11 +67,15 @@ from actorsched.coordinator.supervision import Supervisor
 from actorsched.core.commands import SendToClient, SendToWorker
 from actorsched.errors import ProtocolError
 from actorsched.security import CurveServer, worker_id_owner
-from actorsched.zmqio import has_input, recv_bytes, recv_frames, send_frames
+from actorsched.zmqio import has_input, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 
 _MAX_READ_PER_TURN = 2000
+_FRAMES_IN = 1 + p.MAX_FRAMES  # the routing id, then [version, kind, body]
+_WIRE_CAP_FACTOR = 2
+"""ZeroMQ's own frame cap is this times max_message_bytes: frames between the two are seen and answered."""
+_REPLY_REASON_CHARS = 2000  # an answer to a bad request must not grow with what the peer sent
 # Batches that may be split when one frame would exceed max_message_bytes.
 _BATCH_FIELDS: dict[type, str] = {
     p.Assign: "assignments", p.TasksDone: "tasks", p.QueryReply: "tasks", p.WorkersReply: "workers",
@@ -70,6 +96,8 @@ class Transport:
         self.worker_codec = p.Codec(p.WORKER_MESSAGES, config.max_message_bytes)
         self.client_codec = p.Codec(p.CLIENT_MESSAGES, config.max_message_bytes)
         self.counters: dict[str, int] = collections.Counter()
+        # Shown from the start (stats, status page), so that a zero is visibly a zero.
+        self.counters.update(oversized_messages=0, bad_client_frames=0, bad_worker_frames=0)
         self.queue: pykka.ActorRef[Any] | None = None
         self.registry: pykka.ActorRef[Any] | None = None
         self.client_endpoint = ""
@@ -86,6 +114,10 @@ class Transport:
         self._pack = p.packer()  # the transport thread's own
         self._seen: set[bytes] = set()  # workers heard from since the last WorkersSeen
         self._seen_told = 0.0
+        self._worker_key: dict[bytes, str] = {}  # with CURVE: each registered worker's public key
+        self._reload_requested = False
+        self._previous_sighup: Any = None
+        self._sighup_installed = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -94,6 +126,9 @@ class Transport:
         sec = self.security
         if sec.enabled:
             self.curve = CurveServer(self.context, sec.secret_key_file, sec.worker_keys_dir, sec.client_keys_dir)
+            if threading.current_thread() is threading.main_thread():  # only there can a handler be set
+                self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+                self._sighup_installed = True
         self.clients = self._router(self.config.client_endpoint, "clients")
         self.workers = self._router(self.config.worker_endpoint, "workers")
         self.monitor = self.workers.get_monitor_socket(zmq.EVENT_DISCONNECTED)
@@ -106,7 +141,9 @@ class Transport:
             self.curve.secure(sock, domain)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes + 4096)
+        # Past this ZeroMQ drops the connection without telling why; below it, an oversized
+        # frame is ours to count, log and answer (see the module notes).
+        sock.setsockopt(zmq.MAXMSGSIZE, _WIRE_CAP_FACTOR * self.config.max_message_bytes + 4096)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.setsockopt(zmq.BACKLOG, 1024)  # a burst of hundreds of workers must not overflow the listen queue
@@ -133,6 +170,9 @@ class Transport:
                 sock.close(linger=0)
         os.close(self._wake_r)
         os.close(self._wake_w)
+        if self._sighup_installed and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._sighup_installed = False
         if self.curve is not None:
             self.curve.stop()
 
@@ -143,6 +183,14 @@ class Transport:
         self._outbox.append(sends)
         if not self._wake_pending:
             self._wake()
+
+    def reload_keys(self) -> None:
+        """Read the CURVE key folders again, on the transport's thread; safe from any thread and signal handler."""
+        self._reload_requested = True
+        self._wake()
+
+    def _on_sighup(self, _signum: int, _frame: Any) -> None:
+        self.reload_keys()
 
     def _wake(self) -> None:
         self._wake_pending = True
@@ -182,6 +230,9 @@ class Transport:
             self._send_outbox()
             queue_events: list[Any] = []
             registry_events: list[Any] = []
+            if self._reload_requested:
+                self._reload_requested = False
+                self._reload_keys_now(registry_events)
             # Disconnections first: the kernel reuses a closed fd at once, so a Register
             # arriving on a reused fd must not be mapped before the old close is handled.
             if self.monitor in ready:
@@ -257,8 +308,11 @@ class Transport:
         for _ in range(_MAX_READ_PER_TURN):
             if not has_input(sock):
                 return
-            frames = recv_frames(sock)
+            frames = recv_frames(sock, _FRAMES_IN)
             peer = frames[0].bytes
+            if len(frames) > _FRAMES_IN or len(frames[-1]) > self.config.max_message_bytes:
+                self._too_big("worker", peer, frames, sock)
+                continue
             try:
                 message = self.worker_codec.decode([f.bytes for f in frames[1:]])
             except ProtocolError as exc:
@@ -296,8 +350,10 @@ class Transport:
         """With CURVE, a worker's id must belong to its key (``NAME`` or ``NAME-...``); else it is refused."""
         assert self.curve is not None
         names = self.curve.worker_key_names
-        name = names.get(str(frame.get("User-Id")))
+        key = str(frame.get("User-Id"))
+        name = names.get(key)
         if name is not None and worker_id_owner(register.worker_id, names.values()) == name:
+            self._worker_key[peer] = key
             return True
         self.counters["identity_refused"] += 1
         reason = (f"worker id {register.worker_id!r} does not belong to this worker's key "
@@ -314,7 +370,11 @@ class Transport:
         for _ in range(_MAX_READ_PER_TURN):
             if not has_input(sock):
                 return
-            frames = recv_bytes(sock)
+            parts = recv_frames(sock, _FRAMES_IN)
+            if len(parts) > _FRAMES_IN or len(parts[-1]) > self.config.max_message_bytes:
+                self._too_big("client", parts[0].bytes, parts, sock)
+                continue
+            frames = [part.bytes for part in parts]
             peer = frames[0]
             try:
                 message = self.client_codec.decode(frames[1:])
@@ -352,26 +412,72 @@ class Transport:
                     self._forget_worker(peer)
                     registry_events.append(ev.WorkerLeft(peer, "connection closed"))
 
+    def _reload_keys_now(self, registry_events: list[Any]) -> None:
+        if self.curve is None:
+            log.info("asked to reload CURVE keys, but this coordinator runs without [security] keys")
+            return
+        admitted, problems = self.curve.reload()
+        self.counters["key_reloads"] += 1
+        for problem in problems:
+            log.error("reloading CURVE keys: %s", problem)
+        # ZeroMQ checks a key only when a connection is made: a worker already in whose key
+        # is gone would keep working, so it is told and removed (its tasks run elsewhere).
+        revoked = [peer for peer, key in self._worker_key.items() if key not in self.curve.worker_key_names]
+        for peer in revoked:
+            self._refuse(self.workers, peer, "this worker's key was removed from the coordinator's worker_keys_dir; "
+                                             "it may not connect any more")
+            self._forget_worker(peer)
+            registry_events.append(ev.WorkerLeft(peer, "key removed"))
+        log.info("reloaded CURVE keys: %d worker key(s), %d client key(s) admitted; %d connected worker(s) "
+                 "removed with their key", admitted["workers"], admitted["clients"], len(revoked))
+
     def _forget_worker(self, peer: bytes) -> None:
+        self._worker_key.pop(peer, None)
         fd = self._worker_fd.pop(peer, None)
         if fd is not None and self._fd_to_worker.get(fd) == peer:
             del self._fd_to_worker[fd]
 
+    def _too_big(self, side: str, peer: bytes, frames: list[zmq.Frame], sock: zmq.Socket[Any]) -> None:
+        """A message of too many frames (the rest was dropped unread) or with a frame over max_message_bytes."""
+        if len(frames) > _FRAMES_IN:
+            exc = ProtocolError(f"a message has {p.MAX_FRAMES} frames [version, kind, body], this one more; "
+                                f"the rest of it was dropped unread")
+            self._bad_frame(side, peer, [frame.bytes for frame in frames[:3]], exc, sock)
+            return
+        size, limit = len(frames[-1]), self.config.max_message_bytes
+        self.counters["oversized_messages"] += 1
+        self._warn("oversized", "dropped a message of %d bytes from %s peer %r: over max_message_bytes=%d (one "
+                   "over %d bytes is cut off with its connection by ZeroMQ, unseen)", size, side, peer, limit,
+                   _WIRE_CAP_FACTOR * limit + 4096)
+        request_id = p.peek_request_id(frames[-1].buffer) if side == "client" and len(frames) == _FRAMES_IN else None
+        if request_id is not None:
+            self._answer(sock, peer, p.ErrorReply(request_id, "too-large", (
+                f"the request is {size} bytes, over the coordinator's max_message_bytes={limit}; send fewer "
+                f"tasks at a time, or pass large data by reference (a path, a key) instead of in args")))
+
     def _bad_frame(self, side: str, peer: bytes, frames: list[Any], exc: ProtocolError, sock: zmq.Socket[Any]) -> None:
         self.counters[f"bad_{side}_frames"] += 1
         self._warn(f"bad-{side}", "dropped a bad frame from %s peer %r: %s", side, peer, exc)
-        version = frames[1] if len(frames) > 1 else b""
-        version = version.bytes if hasattr(version, "bytes") else version
+        version, kind = [getattr(frame, "bytes", frame) for frame in (*frames, b"", b"")[1:3]]
+        reason = str(exc)[:_REPLY_REASON_CHARS]
         if version != p.VERSION:
-            self._refuse(sock, peer, str(exc))
+            self._refuse(sock, peer, reason)
+        elif isinstance(exc, p.BadRequest):  # the client would otherwise wait and call us unreachable
+            self._answer(sock, peer, p.ErrorReply(exc.request_id, "bad-request", reason))
+        elif side == "worker" and kind == p.Register.KIND:  # a worker cannot work unregistered: say why
+            self._refuse(sock, peer, reason)
 
     @staticmethod
-    def _refuse(sock: zmq.Socket[Any], peer: bytes, reason: str) -> None:
-        """Tell ``peer`` we will not talk to it; a peer already gone needs no answer."""
+    def _answer(sock: zmq.Socket[Any], peer: bytes, message: p.Message) -> None:
         try:
-            send_frames(sock, [peer, *p.encode(p.Refused(reason))])
+            send_frames(sock, [peer, *p.encode(message)])
         except zmq.ZMQError:
-            pass
+            pass  # the peer has gone: no one to tell
+
+    @classmethod
+    def _refuse(cls, sock: zmq.Socket[Any], peer: bytes, reason: str) -> None:
+        """Tell ``peer`` we will not talk to it."""
+        cls._answer(sock, peer, p.Refused(reason))
 
     def _warn(self, kind: str, fmt: str, *args: Any) -> None:
         """WARNING at most once per few seconds per kind; the counters keep the totals."""

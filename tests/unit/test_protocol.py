@@ -282,3 +282,38 @@ def test_pack_record_uses_the_wire_layout_of_an_array_in_field_order() -> None:
 def test_unpack_record_rejects_bad_stored_data(data: bytes) -> None:
     with pytest.raises(ProtocolError):
         p.unpack_record(p.TaskSpec, data)
+
+
+# ----------------------------------------------------------------- answering bad requests (issue 9)
+
+
+def test_a_bad_request_with_a_readable_request_id_is_a_bad_request_carrying_it() -> None:
+    with pytest.raises(p.BadRequest) as caught:
+        p.Codec(p.CLIENT_MESSAGES).decode(frames(b"query", [17, ["t-1", 2]]))
+    assert caught.value.request_id == 17 and "Query.task_ids" in str(caught.value)
+
+
+@pytest.mark.parametrize(("codec", "kind", "body"), [
+    (p.CLIENT_MESSAGES, b"query", ["17", ["t-1"]]),  # the id itself is bad
+    (p.CLIENT_MESSAGES, b"query", [-3, [1]]),  # out of its bounds
+    (p.WORKER_MESSAGES, b"heartbeat", [1, "x", []]),  # not a request: nothing to answer
+])
+def test_a_bad_message_without_a_usable_request_id_is_a_plain_protocol_error(
+        codec: tuple[type[p.Message], ...], kind: bytes, body: list[object]) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        p.Codec(codec).decode(frames(kind, body))
+    assert not isinstance(caught.value, p.BadRequest)
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (msgpack.packb([2**40, ["t"] * 1000]), 2**40),
+    (msgpack.packb([0]), 0),
+    (msgpack.packb([-1, 2]), None),
+    (msgpack.packb(["x", 1]), None),
+    (msgpack.packb({"request_id": 1}), None),
+    (b"\xc1\xc1", None),
+    (b"", None),
+])
+def test_peek_request_id_reads_only_the_head_of_a_body(body: bytes, expected: int | None) -> None:
+    assert p.peek_request_id(body) == expected
+    assert p.peek_request_id(memoryview(body + b"\x00" * 100)) == expected

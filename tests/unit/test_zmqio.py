@@ -50,3 +50,23 @@ def test_a_full_queue_raises_again_instead_of_blocking() -> None:
     finally:
         sock.close(0)
         context.term()
+
+
+def test_frames_past_max_frames_are_read_and_dropped_and_the_next_message_is_whole(
+        pair: tuple[zmq.Socket[Any], zmq.Socket[Any]]) -> None:
+    """Issue 9 #4: a message of 100,000 frames yields max_frames + 1 of them, and the socket stays in step."""
+    a, b = pair
+    a.send_multipart([b"AS1", b"kind", *([b""] * 100_000)])
+    send_frames(a, [b"AS1", b"next", b"body"])
+    assert b.poll(5000)
+    first = recv_frames(b, max_frames=3)
+    assert [f.bytes for f in first] == [b"AS1", b"kind", b"", b""]  # 4 > 3: "too many", whatever the count
+    assert recv_bytes(b, max_frames=3) == [b"AS1", b"next", b"body"]
+    assert not has_input(b)
+
+
+def test_a_message_within_max_frames_is_returned_whole(pair: tuple[zmq.Socket[Any], zmq.Socket[Any]]) -> None:
+    a, b = pair
+    send_frames(a, [b"1", b"2", b"3"])
+    assert b.poll(5000)
+    assert recv_bytes(b, max_frames=3) == [b"1", b"2", b"3"]
