@@ -68,6 +68,9 @@ class TasksConfig:
     max_worker_deaths: int = 3
     restart_grace_s: float = 3.0
     short_task_s: float = 0.05
+    max_pending_per_client: int = 250_000
+    max_pending_bytes: int = 1 << 30
+    start_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +174,7 @@ class WorkerConfig:
         return f"{Path(key).name.removesuffix('.key_secret')}-{default}" if key else default
 
     def resolved_slots(self) -> int:
-        return self.worker.slots or (os.cpu_count() or 1)
+        return self.worker.slots or min(os.cpu_count() or 1, _AT_MOST["slots"])
 
     def resolved_prefetch(self) -> int:
         """Tasks held queued beyond the slots; -1 means 16 per slot."""
@@ -184,12 +187,14 @@ _POSITIVE = {
     "max_message_bytes", "heartbeat_interval_s", "worker_timeout_s", "scan_interval_s", "suspect_after_s",
     "pause_threshold_s", "retention_s", "compaction_interval_s", "window_s", "min_attempts", "failure_ratio", "open_s",
     "max_attempts", "retry_backoff_base_s", "retry_backoff_cap_s", "max_pending_tasks",
+    "max_pending_per_client", "max_pending_bytes", "start_timeout_s",
     "max_worker_deaths", "max_assign_batch", "reconnect_min_s", "reconnect_max_s",
 }
 _NON_NEGATIVE = {
     "default_timeout_s", "running_weight", "cpu_weight", "memory_weight", "slots", "drain_timeout_s",
     "aging_s_per_priority", "restart_grace_s", "retry_elsewhere_s", "short_task_s",
 }
+_AT_MOST = {"slots": 1024, "prefetch": 65536}  # what the coordinator accepts in a Register
 _CHOICES = {"level": LOG_LEVELS, "start_method": ("fork", "forkserver", "spawn")}
 _ENDPOINTS = {"client_endpoint", "worker_endpoint", "coordinator"}
 
@@ -208,6 +213,8 @@ def _check_value(where: str, key: str, value: Any, hint: Any) -> Any:
         raise ConfigError(f"{key} must be > 0, got {value!r} ({where})")
     if key in _NON_NEGATIVE and value < 0:
         raise ConfigError(f"{key} must be >= 0, got {value!r} ({where})")
+    if key in _AT_MOST and value > _AT_MOST[key]:
+        raise ConfigError(f"{key} must be <= {_AT_MOST[key]}, got {value!r} ({where})")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ConfigError(f"{key} must be one of {', '.join(_CHOICES[key])}, got {value!r} ({where})")
     if key in _ENDPOINTS:

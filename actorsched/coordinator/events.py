@@ -63,6 +63,14 @@ class PurgeRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalPurged:
+    """From the journal writer to the TaskQueue: these many final tasks per state were deleted."""
+
+    counts: dict[str, int]
+    reply_to: tuple[PeerKey, int] | None  # (client, request id) of a purge request, None for retention
+
+
+@dataclass(frozen=True, slots=True)
 class WorkersRequested:
     """Travels Transport -> TaskQueue -> WorkerRegistry: the queue adds what each worker holds, the registry lists."""
 

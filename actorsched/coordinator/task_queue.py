@@ -6,20 +6,26 @@ together with the messages for peers, which the writer sends only once the recor
 durable (group commit): no client hears "accepted" before its task is in the journal,
 and neither the TaskQueue nor placement ever waits for a disk.  It also runs retention
 (compaction) on the clock's ticks.
+
+Memory: once a final task's row is durable the core forgets it; a request that names
+a task no longer in memory (a resubmit, a dependency, a watch, a query) reads it back
+from the journal through this actor's own read-only connection.  Queries are answered
+in pages: a reply stops growing at ``reply_budget_bytes`` and names the ids left.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pykka
 
 from actorsched.config import JournalConfig, TasksConfig
 from actorsched.coordinator import events as ev
-from actorsched.coordinator.journal import Journal, JournalRow, JournalWriter
+from actorsched.coordinator.journal import Journal, JournalReader, JournalRow, JournalWriter, RowProblem
 from actorsched.coordinator.supervision import SupervisedActor
 from actorsched.core.commands import (
     AdmitWorker,
@@ -36,13 +42,15 @@ from actorsched.core.commands import (
     WithdrawTasks,
 )
 from actorsched.core.liveness import TimersDue
-from actorsched.core.queue import TaskQueueCore, TaskRecord
+from actorsched.core.queue import TaskQueueCore, TaskRecord, all_deps, task_info
 from actorsched.core.states import FINAL_STATES, TaskState
 from actorsched.protocol import (
     AttemptRecord,
     ErrorInfo,
     PurgeReply,
+    QueryReply,
     StatsReply,
+    TaskInfo,
     TaskSpec,
     pack_record,
     packer,
@@ -54,8 +62,12 @@ log = logging.getLogger(__name__)
 
 class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
     def __init__(self, config: TasksConfig, journal: Journal | None, epoch: int,
-                 journal_config: JournalConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 journal_config: JournalConfig | None = None, clock: Callable[[], float] = time.monotonic,
+                 reply_budget_bytes: int = 8 * 1024 * 1024) -> None:
+        """``reply_budget_bytes``: a query reply stops growing past this (keep it under the
+        clients' max_message_bytes); the rest of its ids are named for the next page."""
         super().__init__()
+        self.reply_budget_bytes = reply_budget_bytes
         self.core = TaskQueueCore(config, epoch, wall_offset_s=time.time() - clock())
         self.journal_config = journal_config or JournalConfig()
         self._next_compaction = clock() + self.journal_config.compaction_interval_s
@@ -64,9 +76,11 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         self.dispatcher: pykka.ActorRef[Any] | None = None
         self.registry: pykka.ActorRef[Any] | None = None
         self.transport: Any = None
-        self._journaled: set[str] = set()
         self._pack = packer()  # this actor's thread's own
         self.writer: JournalWriter | None = None
+        self.reader: JournalReader | None = None
+        self._finishing: deque[tuple[int, list[str]]] = deque()  # (writer item, final tasks in it)
+        self._recalled: list[str] = []
 
     def connect(self, dispatcher: pykka.ActorRef[Any], transport: Any, registry: pykka.ActorRef[Any]) -> None:
         self.dispatcher = dispatcher
@@ -74,20 +88,62 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         self.registry = registry
 
     def on_start(self) -> None:
-        if self.journal is None:
+        journal = self.journal
+        if journal is None:
             return
-        self.writer = JournalWriter(self.journal, self._journal_failed)
         started = time.monotonic()
         now, wall_now = self.clock(), time.time()
-        records = [_record_from_row(row, now, wall_now) for row in self.journal.rows()]
-        self._journaled.update(r.spec.task_id for r in records)
-        self._carry_out(self.core.restore(records, now))
-        log.info("journal replayed tasks=%d open=%d seconds=%.3f", len(records), self.core.open_count,
-                 time.monotonic() - started)
+        records: list[TaskRecord] = []
+        for row in journal.rows(unfinished_only=True):
+            record = _record_from_row(row, now, wall_now)
+            if isinstance(record, str):  # one task's data must not stop every start: it fails, with why
+                log.error("quarantined task=%s at replay: %s", row.task_id, record)
+                journal.quarantine(row.task_id, f"quarantined at replay: {record}", wall_now)
+                self.core.counters["quarantined"] += 1
+            else:
+                records.append(record)
+        self.reader = journal.reader()
+        unfinished = {r.spec.task_id for r in records}
+        needed = list(dict.fromkeys(d for r in records for d in all_deps(r.spec) if d not in unfinished))
+        deps = self._read_back(needed, now, wall_now)
+        self.writer = JournalWriter(journal, self._journal_failed)
+        self._carry_out(self.core.restore(sorted(records + deps, key=lambda r: r.seq), now,
+                                          journal.finished_counts(), journal.max_seq()))
+        self.core.forget(d.spec.task_id for d in deps)
+        log.info("journal replayed open=%d finished=%d seconds=%.3f", len(records),
+                 sum(self.core.counts.values()) - self.core.open_count, time.monotonic() - started)
 
     def on_stop(self) -> None:
         if self.writer is not None:
             self.writer.stop()
+        if self.reader is not None:
+            self.reader.close()
+
+    def _read_back(self, task_ids: list[str], now: float, wall_now: float) -> list[TaskRecord]:
+        """Final tasks no longer in memory, from the journal (those it has; unreadable ones are skipped)."""
+        if not task_ids or self.reader is None:
+            return []
+        rows, _ = self.reader.fetch(task_ids)
+        records = []
+        for row in rows:
+            record = _record_from_row(row, now, wall_now)
+            if isinstance(record, str):
+                log.error("task=%s cannot be read back from the journal: %s", row.task_id, record)
+                record = _unreadable(row, record)
+            if record.state in FINAL_STATES:
+                records.append(record)
+        return records
+
+    def _recall(self, task_ids: Iterable[str]) -> None:
+        """Bring back the named tasks that left memory, for this batch of events (forgotten after it)."""
+        tasks = self.core.tasks
+        missing = [t for t in dict.fromkeys(task_ids) if t not in tasks]
+        if not missing:
+            return
+        records = self._read_back(missing, self.clock(), time.time())
+        if records:
+            self.core.recall(records)
+            self._recalled += [r.spec.task_id for r in records]
 
     def _journal_failed(self, exc: BaseException) -> None:
         # Without a journal nothing may be acknowledged any more: stop the whole
@@ -103,10 +159,14 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         if message == "held":  # ask() from the registry, for the status page's worker list
             return core.held_counts()
         out: list[Command] = []
+        if self.reader is not None:
+            self._recall(_named_ids(message))
         for event in message:
             match event:
                 case ev.TasksSubmitted(client, request_id, tasks, watch):
-                    out += core.submit(client, request_id, tasks, now, watch)
+                    pack = self._pack
+                    packed = [pack_record(spec, pack) for spec in tasks] if self.writer is not None else None
+                    out += core.submit(client, request_id, tasks, now, watch, packed)
                 case ev.OutcomesReported(worker, outcomes):
                     out += core.outcomes_reported(worker, outcomes, now)
                 case ev.AttemptsStarted(worker, attempts):
@@ -117,25 +177,31 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
                     out += core.attempts_released(worker, attempts, now)
                 case TakeBack(worker, count):
                     out += core.take_back(worker, count)
-                case AdmitWorker(worker, _):
-                    core.worker_admitted(worker)
+                case AdmitWorker(worker, worker_id):
+                    core.worker_admitted(worker, worker_id)
                 case CheckHeld(worker, worker_id, holds, placed_before):
                     out += core.check_held(worker, worker_id, holds, placed_before, now)
                 case TimersDue(tick_now):
                     out += core.tick(tick_now)
                     if tick_now >= self._next_compaction:
                         self._next_compaction = tick_now + self.journal_config.compaction_interval_s
-                        self._purge(core.purge(self.journal_config.retention_s, tick_now), "retention")
+                        out += self._purge(self.journal_config.retention_s, tick_now, None)
                 case ev.PurgeRequested(client, request_id, older_than_s):
-                    purged = core.purge(older_than_s, now)
-                    self._purge(purged, "requested")
-                    out.append(SendToClient(client, PurgeReply(request_id, len(purged))))
+                    out += self._purge(older_than_s, now, (client, request_id))
+                case ev.JournalPurged(counts, reply_to):
+                    core.purged_from_journal(counts)
+                    total = sum(counts.values())
+                    if total:
+                        log.info("purged finished tasks count=%d reason=%s", total,
+                                 "requested" if reply_to else "retention")
+                    if reply_to is not None:
+                        out.append(SendToClient(reply_to[0], PurgeReply(reply_to[1], total)))
                 case ForgetWorker(worker, worker_id, reason, worker_died, keep):
                     out += core.worker_gone(worker, worker_id, reason, now, worker_died, keep)
                 case ReconcileRunning(worker, worker_id, attempts):
                     out += core.worker_reports_running(worker, worker_id, attempts, now)
                 case ev.QueryRequested(client, request_id, task_ids):
-                    out += core.query(client, request_id, task_ids)
+                    out.append(self._query(client, request_id, task_ids))
                 case ev.WatchRequested(client, request_id, task_ids):
                     out += core.watch(client, request_id, task_ids)
                 case ev.WatchDropped(client, request_id):
@@ -149,15 +215,72 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
                 case _:
                     log.error("TaskQueue got an unknown event %r", event)
         self._carry_out(out)
+        self._forget_durable()
         return None
 
-    def _purge(self, task_ids: list[str], why: str) -> None:
-        if not task_ids:
+    def _forget_durable(self) -> None:
+        """Final tasks whose rows are durable leave memory (and so do tasks read back for this batch)."""
+        core = self.core
+        if self._recalled:
+            core.forget(self._recalled)
+            self._recalled = []
+        writer = self.writer
+        if writer is None:
             return
-        log.info("purged finished tasks count=%d reason=%s", len(task_ids), why)
-        self._journaled.difference_update(task_ids)
-        if self.writer is not None:
-            self.writer.submit([], lambda: None, deleted=task_ids)
+        finishing, done = self._finishing, writer.done
+        while finishing and finishing[0][0] <= done:
+            core.forget(finishing.popleft()[1])
+
+    def _purge(self, older_than_s: float, now: float, reply_to: tuple[bytes, int] | None) -> list[Command]:
+        """Forget final tasks that finished ``older_than_s`` ago or more (except those an unfinished
+        task depends on); with a journal, delete them there, after every write before this one."""
+        if self.writer is None:
+            purged = self.core.purge(older_than_s, now)
+            if purged:
+                log.info("purged finished tasks count=%d reason=%s", len(purged),
+                         "requested" if reply_to else "retention")
+            return [SendToClient(reply_to[0], PurgeReply(reply_to[1], len(purged)))] if reply_to else []
+        journal, keep, before = self.journal, self.core.kept_ids(), time.time() - older_than_s
+        assert journal is not None
+        me = self.actor_ref
+
+        def purge() -> None:  # on the writer's thread, in order with the writes
+            ev.tell(me, [ev.JournalPurged(journal.purge(before, keep), reply_to)])
+
+        self.writer.submit([], purge)
+        return []
+
+    def _query(self, client: bytes, request_id: int, task_ids: list[str]) -> SendToClient:
+        """What the client asked about, each task once, up to ``reply_budget_bytes``; the rest are named
+        in the reply for the client's next page.  Tasks out of memory are read from the journal."""
+        core, pack = self.core, self._pack
+        budget, spent = self.reply_budget_bytes, 0
+        infos: list[TaskInfo] = []
+        rest: list[str] = []
+        out_of_memory: list[str] = []
+        for task_id in dict.fromkeys(task_ids):
+            task = core.tasks.get(task_id)
+            if task is None:
+                out_of_memory.append(task_id)
+            elif spent > budget:
+                rest.append(task_id)
+            else:
+                spent += _size(task.value, pack) + (len(task.error.traceback) if task.error else 0) + 64
+                infos.append(task_info(task_id, task))
+        if out_of_memory and spent > budget:
+            rest += out_of_memory
+        elif out_of_memory:
+            rows, unread = self.reader.fetch(out_of_memory, max(1, budget - spent)) if self.reader else ([], [])
+            now, wall_now = self.clock(), time.time()
+            found: dict[str, TaskInfo] = {}
+            for row in rows:
+                record = _record_from_row(row, now, wall_now)
+                found[row.task_id] = task_info(row.task_id, _unreadable(row, record) if isinstance(
+                    record, str) else record)
+            rest += unread
+            skipped = set(unread)
+            infos += [found.get(t) or task_info(t, None) for t in out_of_memory if t not in skipped]
+        return SendToClient(client, QueryReply(request_id, infos, rest))
 
     def _carry_out(self, out: list[Command]) -> None:
         """Tell the Dispatcher and the Registry at once; send to peers once the changes are durable.
@@ -190,9 +313,12 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
             self.core.dirty.clear()
             self._send(sends)
             return
-        rows = self._journal_rows() if self.core.dirty else []
+        finished: list[str] = []
+        rows = self._journal_rows(finished) if self.core.dirty else []
         if rows:
             writer.submit(rows, lambda: self._send(sends))
+            if finished:
+                self._finishing.append((writer.submitted, finished))
         elif sends:
             if writer.idle():  # nothing waits for the disk: these cannot overtake anything
                 self._send(sends)
@@ -203,18 +329,26 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         if sends and self.transport is not None:
             self.transport.tell(sends)
 
-    def _journal_rows(self) -> list[JournalRow]:
+    def _journal_rows(self, finished: list[str]) -> list[JournalRow]:
+        """Rows for every changed task; fills ``finished`` with the final ones among them."""
         dirty = self.core.dirty
         self.core.dirty = set()
         wall_now = time.time()
         rows = []
+        tasks = self.core.tasks
         for task_id in dirty:
-            task = self.core.tasks[task_id]
-            if task.state in (TaskState.ASSIGNED, TaskState.RUNNING) and task_id in self._journaled:
+            task = tasks[task_id]
+            if task.state in (TaskState.ASSIGNED, TaskState.RUNNING) and task.journaled:
                 continue
-            spec = None if task_id in self._journaled else pack_record(task.spec, self._pack)
-            self._journaled.add(task_id)
-            finished_at = wall_now if task.state in FINAL_STATES else None
+            spec = None
+            if not task.journaled:
+                spec = task.packed if task.packed is not None else pack_record(task.spec, self._pack)
+                task.packed = None
+                task.journaled = True
+            finished_at = None
+            if task.state in FINAL_STATES:
+                finished_at = wall_now
+                finished.append(task_id)
             rows.append(JournalRow(
                 task_id, task.seq, task.state.value, task.attempt, task.epoch, task.deaths, finished_at, spec,
                 task.value,
@@ -228,17 +362,59 @@ def _error_list(error: ErrorInfo | None) -> list[str] | None:
     return None if error is None else [error.type, error.message, error.traceback]
 
 
-def _record_from_row(row: JournalRow, now: float, wall_now: float) -> TaskRecord:
-    assert row.spec is not None
-    spec = unpack_record(TaskSpec, row.spec)
-    record = TaskRecord(spec, row.seq, TaskState(row.state), attempt=row.attempt, epoch=row.epoch, deaths=row.deaths)
-    record.value = row.value
-    record.error = ErrorInfo(*row.error) if row.error else None
-    record.history = [AttemptRecord(a, w, o, ErrorInfo(*e) if e else None, *times)
-                      for a, w, o, e, *times in row.history]
+def _record_from_row(row: JournalRow | RowProblem, now: float, wall_now: float) -> TaskRecord | str:
+    """The task a journal row holds, or why it cannot be rebuilt (a row no code path may trust)."""
+    if isinstance(row, RowProblem):
+        return row.reason
+    try:
+        assert row.spec is not None
+        spec = unpack_record(TaskSpec, row.spec)
+        record = TaskRecord(spec, row.seq, TaskState(row.state), attempt=row.attempt, epoch=row.epoch,
+                            deaths=row.deaths, size=len(row.spec), journaled=True)
+        record.value = row.value
+        record.error = ErrorInfo(*row.error) if row.error else None
+        record.history = [AttemptRecord(a, w, o, ErrorInfo(*e) if e else None, *times)
+                          for a, w, o, e, *times in row.history]
+    except Exception as exc:  # a row written by an older build, or damaged on disk
+        return f"its stored spec or history cannot be read ({type(exc).__name__}: {exc})"
     if record.history:
         record.worker_id = record.history[-1].worker_id  # who ran the last attempt
     if row.finished_at is not None:  # wall clock in the journal, monotonic in memory
         record.finished_at = now - max(0.0, wall_now - row.finished_at)
     return record
 
+
+def _unreadable(row: JournalRow | RowProblem, reason: str) -> TaskRecord:
+    """A final stand-in for a row that cannot be rebuilt: FAILED with why (what its row says, if it can)."""
+    state, error = TaskState.FAILED, ErrorInfo("Quarantined", f"its stored data cannot be read: {reason}")
+    if isinstance(row, JournalRow) and row.state in _FINAL_VALUES:
+        state = TaskState(row.state)
+        if row.error and len(row.error) == 3 and all(type(part) is str for part in row.error):
+            error = ErrorInfo(*row.error)
+    record = TaskRecord(TaskSpec(row.task_id, "unreadable:spec"), row.seq, state, journaled=True)
+    record.error = error
+    return record
+
+
+_FINAL_VALUES = frozenset(state.value for state in FINAL_STATES)
+
+
+def _named_ids(events: list[Any]) -> Iterable[str]:
+    """Task ids whose records the core reads for these events (a query reads the journal itself)."""
+    for event in events:
+        if type(event) is ev.TasksSubmitted:
+            for spec in event.tasks:
+                yield spec.task_id
+                if spec.deps or spec.kwargs or spec.args:
+                    yield from all_deps(spec)
+        elif type(event) is ev.WatchRequested:
+            yield from event.task_ids
+
+
+def _size(value: Any, pack: Callable[[Any], bytes]) -> int:
+    """Bytes ``value`` takes on the wire (exact for containers and strings, near enough for scalars)."""
+    if value is None or type(value) in (int, float, bool):
+        return 9
+    if type(value) in (str, bytes):
+        return len(value) + 5
+    return len(pack(value))

@@ -35,7 +35,7 @@ class ReadyTask:
     tags: tuple[str, ...]
     ready_at: float
     avoid: tuple[str, ...] = ()  # worker ids where earlier attempts failed: placed elsewhere if possible
-    since: float = 0.0  # when it first queued: its place in line (kept when a worker dies under it)
+    since: float = 0.0  # its place in line, fair between clients (kept when a worker dies under it)
     short: bool = False  # its name's measured run time is short: it may wait in a worker's prefetch
 
 

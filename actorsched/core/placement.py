@@ -2,12 +2,15 @@
 
 Theory of operation
 -------------------
-Ready tasks wait in two heaps ordered by ``(priority key, submit order)``: a smaller
-priority runs first, FIFO within a priority.  With ``aging_s_per_priority > 0`` a task
-gains one priority level per that many seconds of waiting; because every waiting
-task ages at the same rate, the aged order is fixed at insertion time
-(``priority + since / aging``), so the heap never needs re-sorting.  ``since`` is when
-the task first queued: a task whose worker died under it keeps its place in line.
+Ready tasks wait in two heaps ordered by ``(priority key, place in line, submit order)``:
+a smaller priority runs first, then the earlier place.  The TaskQueue gives each task
+its place (``since``), fair between clients: a client that arrives behind another's
+flood gets a place at the head of the line (see ``TaskQueueCore._take_place``).
+With ``aging_s_per_priority > 0`` a task gains one priority level per that many
+seconds of place; because every waiting task ages at the same rate, the aged order
+is fixed at insertion time
+(``priority + since / aging``), so the heap never needs re-sorting.  A task whose
+worker died under it keeps its place in line.
 
 Short and long tasks: the TaskQueue marks a task *short* when its name's measured run
 time is below ``short_task_s``.  A worker takes up to ``slots`` tasks of any kind plus
@@ -45,7 +48,7 @@ from actorsched.core.registry import load_score
 _MAX_SKIPPED = 1024  # tasks that cannot be placed now (tags, retries waiting), looked past per round
 TAKE_BACK_INTERVAL_S = 0.05  # at most one take-back request per worker per this long
 
-_HeapItem = tuple[float, int, int, str]  # (priority key, seq, attempt, task id)
+_HeapItem = tuple[float, float, int, int, str]  # (priority key, place in line, seq, attempt, task id)
 
 
 @dataclass(slots=True)
@@ -95,7 +98,7 @@ class DispatcherCore:
         for task in tasks:
             entries[task.task_id] = task
             key = task.priority + task.since / aging if aging > 0 else float(task.priority)
-            push(short_heap if task.short else heap, (key, task.seq, task.attempt, task.task_id))
+            push(short_heap if task.short else heap, (key, task.since, task.seq, task.attempt, task.task_id))
 
     def tasks_withdrawn(self, task_ids: list[str]) -> None:
         for task_id in task_ids:
@@ -153,8 +156,8 @@ class DispatcherCore:
             else:
                 break  # the best task waiting needs a free slot: nothing worse overtakes it
             item = heapq.heappop(source)
-            task = entries.get(item[3])
-            if task is None or task.attempt != item[2]:
+            task = entries.get(item[4])
+            if task is None or task.attempt != item[3]:
                 continue  # withdrawn or superseded
             index = self._pick(candidates, task, now, with_free_slot)
             if index < 0:

@@ -25,6 +25,13 @@ Invariants:
 
 Every method takes ``now`` (monotonic seconds) and returns commands; changed records
 are collected in :attr:`TaskQueueCore.dirty` for the journal.
+
+Memory: with a journal, a final task leaves memory once its final row is durable
+(:meth:`TaskQueueCore.forget`), unless an unfinished task still depends on it (its
+result may be an argument); the shell reads it back from the journal when a request
+names it (:meth:`TaskQueueCore.recall`).  Memory then holds the unfinished tasks only,
+and those are bounded by ``max_pending_tasks`` and ``max_pending_per_client``.
+:attr:`TaskQueueCore.counts` counts every task the journal knows, in memory or not.
 """
 
 from __future__ import annotations
@@ -85,6 +92,8 @@ _AVOIDED_OUTCOMES = frozenset({"failed", "worker lost"})
 _MAX_NAMES_TIMED = 10_000  # run-time averages kept; past that the table starts afresh
 _DURATION_WEIGHT = 0.2  # weight of the newest run in a name's moving average
 _JUDGE_BATCH = 4096  # successes for the breakers are sent in batches (failures at once)
+_FAIR_WINDOW_S = 60.0  # a new task's place in line is at most this long before now
+_STEP_S = (1e-6, 1e-3, 10.0)  # bounds and start of the measured time between placements
 
 
 @dataclass(slots=True)
@@ -109,7 +118,11 @@ class TaskRecord:
     finished_at: float = 0.0  # monotonic; for retention
     assigned_at: float = 0.0  # monotonic, of the current attempt
     has_refs: bool = False
-    since: float = -1.0  # when it first queued (monotonic): its place in line; -1 before
+    since: float = -1.0  # its place in line (monotonic seconds, see _take_place); -1 before it first queues
+    client: PeerKey = b""  # who submitted it (b"" after a restart), for the per-client bound
+    size: int = 0  # bytes of its packed spec, counted against max_pending_bytes while unfinished
+    packed: bytes | None = None  # its packed spec until the shell writes it to the journal
+    journaled: bool = False  # the shell wrote its spec: later rows are updates
 
 
 @dataclass(slots=True)
@@ -134,7 +147,8 @@ class TaskQueueCore:
         self.counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self.counters: dict[str, int] = {
             "submitted": 0, "stale_outcomes": 0, "retries": 0, "requeued_lost": 0, "rejected_batches": 0,
-            "purged": 0, "lost_assignments": 0, "take_back_asked": 0, "taken_back": 0,
+            "purged": 0, "lost_assignments": 0, "take_back_asked": 0, "taken_back": 0, "forgotten": 0,
+            "recalled": 0, "quarantined": 0, "never_started": 0,
         }
         self._seq = 0
         self._retry_heap: list[tuple[float, str]] = []  # (due, task id); stale items skipped
@@ -153,21 +167,35 @@ class TaskQueueCore:
         self._freed: dict[PeerKey, int] = {}
         self.durations: dict[str, float] = {}  # task name -> moving average of its run time, seconds
         self.short_task_s = config.short_task_s
+        self.open_by_client: dict[PeerKey, int] = {}  # unfinished tasks per submitting client
+        self.pending_bytes = 0  # packed spec bytes of the unfinished tasks
+        self._kept: set[str] = set()  # durable final tasks kept in memory for an unfinished dependent
+        self.worker_ids: dict[PeerKey, str] = {}  # live incarnation -> its worker id
+        self._places: dict[PeerKey, dict[int, float]] = {}  # client -> priority -> next place in line
+        self._head_place = 0.0  # the latest place in line of a task placed
+        self._step = _STEP_S[1]  # moving average of the time between placements while tasks wait
+        self._last_placed = -1.0
+        self._next_start_check = 0.0
 
     # ------------------------------------------------------------------ client events
 
     def submit(self, client: PeerKey, request_id: int, specs: list[TaskSpec], now: float,
-               watch: bool = False) -> list[Command]:
-        """Accept a batch atomically (or reject it whole); with ``watch``, also watch its tasks."""
+               watch: bool = False, packed: list[bytes] | None = None) -> list[Command]:
+        """Accept a batch atomically (or reject it whole); with ``watch``, also watch its tasks.
+
+        ``packed``: each spec as the journal stores it (its size counts against
+        ``max_pending_bytes`` while the task is unfinished).
+        """
         deps: dict[str, tuple[str, ...]] = {}
-        error = self._check_batch(specs, deps)
+        error = self._check_batch(specs, deps, client, packed)
         if error is not None:
             code, message = error
             self.counters["rejected_batches"] += 1
             return [SendToClient(client, ErrorReply(request_id, code, message))]
         new = {spec.task_id: spec for spec in specs if spec.task_id not in self.tasks}  # the rest: idempotent
+        blobs = dict(zip((s.task_id for s in specs), packed)) if packed is not None else {}
         for spec in _dependency_order(new, deps) if deps else new.values():
-            self._add(spec, deps.get(spec.task_id, ()), now)
+            self._add(spec, deps.get(spec.task_id, ()), now, client, blobs.get(spec.task_id))
         task_ids = [s.task_id for s in specs]
         self._out.append(SendToClient(client, SubmitReply(request_id, task_ids)))
         if watch:
@@ -251,7 +279,10 @@ class TaskQueueCore:
         """The Dispatcher placed these tasks on ``worker`` (the assign message is on its way)."""
         abandon: list[AttemptRef] = []
         held = self.held.get(worker)
+        head = self._head_place
         for ready in tasks:
+            if ready.since > head:
+                head = ready.since
             task = self.tasks.get(ready.task_id)
             if task is None or task.state is not S.QUEUED or task.attempt != ready.attempt:
                 # Cancelled (or requeued) while the placement was in flight.
@@ -266,15 +297,22 @@ class TaskQueueCore:
             else:  # the worker left (or is not admitted yet): the task goes back, fenced by a new attempt
                 abandon.append(AttemptRef(ready.task_id, ready.epoch, ready.attempt))
                 self._lost(ready.task_id, task, f"worker {worker_id} left before the assignment reached it", now)
+        self._head_place = head
+        if self.counts[S.QUEUED] and self._last_placed >= 0 and tasks:  # busy: a sample of the pace
+            sample = (now - self._last_placed) / len(tasks)
+            self._step = min(_STEP_S[2], max(_STEP_S[0], self._step + 0.1 * (sample - self._step)))
+        self._last_placed = now
         if abandon:
             self._free(worker, len(abandon))
             self._out.append(SendToWorker(worker, CancelTasks(abandon)))
         return self._flush()
 
-    def worker_admitted(self, worker: PeerKey) -> None:
+    def worker_admitted(self, worker: PeerKey, worker_id: str = "") -> None:
         """A worker incarnation joined: placements on it are real from now on."""
         self.held.setdefault(worker, {})
         self.done_by.setdefault(worker, 0)
+        if worker_id:
+            self.worker_ids[worker] = worker_id
 
     def take_back(self, worker: PeerKey, count: int) -> list[Command]:
         """Ask ``worker`` for up to ``count`` of its newest unstarted tasks (it answers with what it gave up)."""
@@ -337,7 +375,8 @@ class TaskQueueCore:
             if task is not None and self._in_doubt_attempt(task, outcome):
                 # The attempt we were waiting to hear of after a restart finished: its token
                 # proves it is the journal's last attempt, whichever connection reports it.
-                self._adopt(task, worker, task.worker_id, now)
+                # (The journal does not know who ran it: the reporting worker did.)
+                self._adopt(task, worker, self.worker_ids.get(worker, task.worker_id), now)
             if task is None or task.state not in (S.ASSIGNED, S.RUNNING) or not self._is_current(
                 task, worker, outcome
             ):
@@ -373,6 +412,7 @@ class TaskQueueCore:
         held = self.held.pop(worker, None) or {}
         self.done_by.pop(worker, None)
         self._freed.pop(worker, None)
+        self.worker_ids.pop(worker, None)
         return self.worker_lost(worker, worker_id, [t for t in held if t not in keep], reason, now, worker_died)
 
     def worker_lost(self, worker: PeerKey, worker_id: str, task_ids: Iterable[str], reason: str,
@@ -408,6 +448,7 @@ class TaskQueueCore:
         abandon: list[AttemptRef] = []
         held = self.held.setdefault(worker, {})
         self.done_by.setdefault(worker, 0)
+        self.worker_ids[worker] = worker_id
         for ref in attempts:
             task = self.tasks.get(ref.task_id)
             if task is not None and self._in_doubt_attempt(task, ref):
@@ -433,9 +474,13 @@ class TaskQueueCore:
         return self._flush()
 
     def tick(self, now: float) -> list[Command]:
-        """Fire due retry timers; send the breakers' pending judgments."""
+        """Fire due retry timers; take back attempts never started; send the breakers' pending judgments."""
+        taken = False
+        if now >= self._next_start_check:
+            self._next_start_check = now + min(5.0, self.config.start_timeout_s / 2)
+            taken = self._take_back_unstarted(now)
         heap = self._retry_heap
-        if not heap or heap[0][0] > now:
+        if not taken and (not heap or heap[0][0] > now):
             return self._flush(judge_now=True) if self._judged else []
         while heap and heap[0][0] <= now:
             due, task_id = heapq.heappop(heap)
@@ -450,10 +495,41 @@ class TaskQueueCore:
                 self._make_ready(task_id, task, now)
         return self._flush(judge_now=True)
 
-    def restore(self, records: list[TaskRecord], now: float) -> list[Command]:
+    def _take_back_unstarted(self, now: float) -> bool:
+        """Attempts assigned more than ``start_timeout_s`` ago and never started go back to the line.
+
+        A worker starts a task at once when a slot is free, and holds short ones in its
+        prefetch for well under a second, so an attempt unstarted this long is held by a
+        stuck or hoarding peer: it queues again under a new attempt (the worker is told
+        to drop the old one, whose late result would be stale).
+        """
+        cutoff = now - self.config.start_timeout_s
+        tasks = self.tasks
+        taken = False
+        for worker, held in self.held.items():
+            overdue = [t for t in held if tasks[t].state is S.ASSIGNED and tasks[t].assigned_at < cutoff]
+            if not overdue:
+                continue
+            worker_id = self.worker_ids.get(worker, "?")
+            refs = []
+            for task_id in overdue:
+                task = tasks[task_id]
+                refs.append(AttemptRef(task_id, task.epoch, task.attempt))
+                self._unhold(worker, task_id)
+                self.counters["never_started"] += 1
+                self._lost(task_id, task, f"worker {worker_id} did not start it within "
+                                          f"start_timeout_s={self.config.start_timeout_s:g}", now)
+            self._out.append(SendToWorker(worker, CancelTasks(refs)))
+            taken = True
+        return taken
+
+    def restore(self, records: list[TaskRecord], now: float,
+                finished_counts: dict[str, int] | None = None, last_seq: int = 0) -> list[Command]:
         """Rebuild from the journal at start, in submit order.
 
-        Final tasks keep their results.  A task whose last attempt may still be
+        With ``finished_counts`` (final tasks in the journal per state), ``records``
+        are the unfinished tasks plus the final ones they depend on, which are not
+        counted again; without it, every task.  Final tasks keep their results.  A task whose last attempt may still be
         running somewhere (QUEUED or later in the journal, which does not record
         assignments) stays QUEUED but is held back for ``restart_grace_s``: if its
         worker re-registers and reports it, :meth:`worker_reports_running` adopts the
@@ -467,10 +543,16 @@ class TaskQueueCore:
                 self._in_doubt.add(record.spec.task_id)
             record.states.append(record.state)
             self.tasks[record.spec.task_id] = record
-            self.counts[record.state] += 1
             self._seq = max(self._seq, record.seq)
             if record.state not in FINAL_STATES:
                 self.open_count += 1
+                self.counts[record.state] += 1
+                self.pending_bytes += record.size
+            elif finished_counts is None:
+                self.counts[record.state] += 1
+        for state, count in (finished_counts or {}).items():
+            self.counts[TaskState(state)] += count
+        self._seq = max(self._seq, last_seq)
         for record in records:
             task_id = record.spec.task_id
             if record.state in FINAL_STATES:
@@ -492,33 +574,90 @@ class TaskQueueCore:
         purged = [
             task_id for task_id, task in self.tasks.items()
             if task.state in FINAL_STATES and task.finished_at <= cutoff
-            and not any(self.tasks[d].state not in FINAL_STATES for d in task.dependents if d in self.tasks)
+            and not self._needed(task)
         ]
         for task_id in purged:
             task = self.tasks.pop(task_id)
             self.counts[task.state] -= 1
             self.dirty.discard(task_id)
+            self._kept.discard(task_id)
         self.counters["purged"] += len(purged)
         return purged
+
+    def forget(self, task_ids: Iterable[str]) -> None:
+        """These tasks' final rows are durable: drop them from memory (the journal answers for them).
+
+        One that an unfinished task still depends on stays until that one finishes.
+        """
+        tasks = self.tasks
+        for task_id in task_ids:
+            task = tasks.get(task_id)
+            if task is None or task.state not in FINAL_STATES:
+                continue
+            if task.dependents and self._needed(task):
+                self._kept.add(task_id)
+                continue
+            del tasks[task_id]
+            self._kept.discard(task_id)
+            self.counters["forgotten"] += 1
+
+    def purged_from_journal(self, counts: dict[str, int]) -> None:
+        """The journal deleted this many final tasks per state (none of them in memory and needed)."""
+        for state, count in counts.items():
+            self.counts[TaskState(state)] -= count
+            self.counters["purged"] += count
+
+    def kept_ids(self) -> list[str]:
+        """Final tasks an unfinished task still depends on: the journal must keep them too."""
+        return [t for t, task in self.tasks.items() if task.state in FINAL_STATES and self._needed(task)]
+
+    def recall(self, records: list[TaskRecord]) -> None:
+        """Final tasks read back from the journal for a request that names them (already counted).
+
+        The shell forgets them again once the request is handled (:meth:`forget`).
+        """
+        for record in records:
+            task_id = record.spec.task_id
+            if task_id in self.tasks or record.state not in FINAL_STATES:
+                continue  # only forgotten final tasks are recalled: memory wins
+            record.states.append(record.state)
+            self.tasks[task_id] = record
+            self.counters["recalled"] += 1
+
+    def _needed(self, task: TaskRecord) -> bool:
+        """An unfinished task in memory depends on ``task``."""
+        tasks = self.tasks
+        for dependent_id in task.dependents:
+            dependent = tasks.get(dependent_id)
+            if dependent is not None and dependent.state not in FINAL_STATES:
+                return True
+        return False
+
+    def _release_kept(self, deps: Iterable[str]) -> None:
+        """A dependent finished: a kept dependency no longer needed leaves memory."""
+        for dep in deps:
+            if dep in self._kept:
+                task = self.tasks.get(dep)
+                if task is None or not self._needed(task):
+                    self._kept.discard(dep)
+                    if task is not None:
+                        del self.tasks[dep]
+                        self.counters["forgotten"] += 1
 
     # ------------------------------------------------------------------ reads
 
     def info(self, task_id: str) -> TaskInfo:
-        task = self.tasks.get(task_id)
-        if task is None:
-            return TaskInfo(task_id, NOT_FOUND)
-        return _task_info(
-            task_id, task.state.value, task.spec.name, task.spec.priority, task.attempt, task.worker_id,
-            task.value, task.error, list(task.history),
-        )
+        return task_info(task_id, self.tasks.get(task_id))
 
     def stats(self) -> dict[str, Any]:
-        return {"tasks": len(self.tasks), "open": self.open_count, "epoch": self.epoch,
+        return {"tasks": sum(self.counts.values()), "in_memory": len(self.tasks), "open": self.open_count,
+                "pending_bytes": self.pending_bytes, "clients": len(self.open_by_client), "epoch": self.epoch,
                 "states": {state.value: n for state, n in self.counts.items()}, **self.counters}
 
     # ------------------------------------------------------------------ internals
 
-    def _check_batch(self, specs: list[TaskSpec], deps: dict[str, tuple[str, ...]]) -> tuple[str, str] | None:
+    def _check_batch(self, specs: list[TaskSpec], deps: dict[str, tuple[str, ...]],
+                     client: PeerKey = b"", packed: list[bytes] | None = None) -> tuple[str, str] | None:
         """The first reason to refuse the batch, or None; fills ``deps`` for new tasks that have some."""
         if len(specs) == 0:
             return "bad-request", "a submit batch must hold at least one task"
@@ -553,13 +692,29 @@ class TaskQueueCore:
         if self.open_count + new > self.config.max_pending_tasks:
             return "queue-full", (f"queue full: {self.open_count} tasks pending, batch adds {new}, "
                                   f"max_pending_tasks={self.config.max_pending_tasks}; retry later")
+        if packed is not None:
+            new_bytes = sum(len(blob) for spec, blob in zip(specs, packed) if spec.task_id not in self.tasks)
+            if self.pending_bytes + new_bytes > self.config.max_pending_bytes:
+                return "queue-full", (
+                    f"queue full: unfinished tasks hold {self.pending_bytes} bytes of arguments, batch adds "
+                    f"{new_bytes}, max_pending_bytes={self.config.max_pending_bytes}; retry later")
+        mine = self.open_by_client.get(client, 0)
+        if client and mine + new > self.config.max_pending_per_client:
+            return "queue-full", (f"queue full for this client: it has {mine} unfinished tasks, batch adds {new}, "
+                                  f"max_pending_per_client={self.config.max_pending_per_client}; wait for some "
+                                  f"to finish, then retry")
         return None
 
-    def _add(self, spec: TaskSpec, deps: tuple[str, ...], now: float) -> None:
+    def _add(self, spec: TaskSpec, deps: tuple[str, ...], now: float, client: PeerKey = b"",
+             packed: bytes | None = None) -> None:
         self._seq += 1
         task = TaskRecord(spec, self._seq, S.WAITING, epoch=self.epoch,
-                          has_refs=bool(deps) and bool(result_refs(spec)))
+                          has_refs=bool(deps) and bool(result_refs(spec)), client=client,
+                          size=len(packed) if packed is not None else 0, packed=packed)
+        self.pending_bytes += task.size
         task.states.append(S.WAITING)
+        if client:
+            self.open_by_client[client] = self.open_by_client.get(client, 0) + 1
         self.tasks[spec.task_id] = task
         self.counts[S.WAITING] += 1
         self.open_count += 1
@@ -591,7 +746,7 @@ class TaskQueueCore:
     def _queue(self, task_id: str, task: TaskRecord, now: float, keep_place: bool = False) -> None:
         """QUEUED for a new attempt, handed to the Dispatcher; ``keep_place``: in its old place in line."""
         if not keep_place or task.since < 0:
-            task.since = now
+            self._take_place(task, now)
         self._move(task, S.QUEUED)
         task.attempt += 1
         task.epoch = self.epoch
@@ -601,7 +756,7 @@ class TaskQueueCore:
     def _make_ready(self, task_id: str, task: TaskRecord, now: float) -> None:
         task.worker = b""
         if task.since < 0:
-            task.since = now
+            self._take_place(task, now)
         spec = task.spec
         args, kwargs = spec.args, spec.kwargs
         if task.has_refs:  # arguments reference results: hand over the values
@@ -618,6 +773,28 @@ class TaskQueueCore:
             tuple({h.worker_id for h in task.history if h.outcome in _AVOIDED_OUTCOMES}) if task.history else (),
             task.since, self.durations.get(spec.name, self.short_task_s) < self.short_task_s,
         ))
+
+    def _take_place(self, task: TaskRecord, now: float) -> None:
+        """Give ``task`` its place in line: fair between clients within a priority (start-time fair queuing).
+
+        A place is a time.  The line's head is the latest place of a task placed; a
+        client's tasks of one priority take places one *step* apart from there, the
+        step being the measured time between placements (so places track when tasks
+        will start).  A client arriving behind another's flood therefore gets a place
+        at the head of the line, not behind the flood, and between clients with tasks
+        waiting placements alternate.  When nothing waits the head is now.  No place
+        is earlier than ``_FAIR_WINDOW_S`` before now, so aging (a priority level per
+        ``aging_s_per_priority`` of place) still lifts a task that waits long.
+        """
+        tags = self._places.get(task.client)
+        if tags is None:
+            tags = self._places[task.client] = {}
+        priority = task.spec.priority
+        if not self.counts[S.QUEUED] and now > self._head_place:
+            self._head_place = now  # nothing waits: the line starts now
+        place = max(self._head_place, now - _FAIR_WINDOW_S, tags.get(priority, 0.0))
+        tags[priority] = place + self._step
+        task.since = place
 
     def _after_failure(self, task_id: str, task: TaskRecord, error: ErrorInfo, now: float,
                        worker_death: bool = False) -> None:
@@ -670,6 +847,17 @@ class TaskQueueCore:
         task.finished_at = now
         self._in_doubt.discard(task_id)
         self.open_count -= 1
+        self.pending_bytes -= task.size
+        client = task.client
+        if client:
+            left = self.open_by_client[client] - 1
+            if left:
+                self.open_by_client[client] = left
+            else:
+                del self.open_by_client[client]
+                self._places.pop(client, None)
+        if self._kept and (task.spec.deps or task.has_refs):
+            self._release_kept(all_deps(task.spec))
         self.dirty.add(task_id)
         watchers = self._watchers.pop(task_id, None)
         info = self.info(task_id) if watchers else None
@@ -692,8 +880,8 @@ class TaskQueueCore:
                 self._out.append(SendToClient(key[0], CancelReply(key[1], pending.cancelled)))
         task.cancel_waiters.clear()
         for dependent_id in task.dependents:
-            dependent = self.tasks[dependent_id]
-            if dependent.state is not S.WAITING:
+            dependent = self.tasks.get(dependent_id)
+            if dependent is None or dependent.state is not S.WAITING:  # (a forgotten one is final)
                 continue
             if state is S.SUCCEEDED:
                 dependent.waiting_on.discard(task_id)
@@ -714,10 +902,11 @@ class TaskQueueCore:
         stack = list(self.tasks[task_id].dependents)
         while stack:
             dependent_id = stack.pop()
-            if dependent_id in found or self.tasks[dependent_id].state in FINAL_STATES:
+            dependent = self.tasks.get(dependent_id)
+            if dependent_id in found or dependent is None or dependent.state in FINAL_STATES:
                 continue
             found[dependent_id] = None
-            stack.extend(self.tasks[dependent_id].dependents)
+            stack.extend(dependent.dependents)
         return list(found)
 
     def _now_cancelled(self, task_ids: list[str]) -> list[str]:
@@ -808,6 +997,16 @@ class TaskQueueCore:
                 out.append(SendToClient(client, TasksDone(request_id, infos)))
             self._done = {}
         return out
+
+
+def task_info(task_id: str, task: TaskRecord | None) -> TaskInfo:
+    """What a client is told of a task (in memory, or read back from the journal)."""
+    if task is None:
+        return TaskInfo(task_id, NOT_FOUND)
+    return _task_info(
+        task_id, task.state.value, task.spec.name, task.spec.priority, task.attempt, task.worker_id,
+        task.value, task.error, list(task.history),
+    )
 
 
 def _same_attempt(task: TaskRecord, ref: AttemptRef | TaskOutcome) -> bool:
