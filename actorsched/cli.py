@@ -2,7 +2,9 @@
 
 A thin shell over :class:`actorsched.client.Client`: parse argv, connect, make one
 call, print.  Exit codes: 0 ok; 1 a task failed, was cancelled or is unknown (or
-nothing was cancelled); 2 a usage error, a connection error or a wait that timed out.
+nothing was cancelled); 2 a usage error, a connection error (a refused CURVE key included:
+its message names the key file and the coordinator's folder it belongs in) or a wait
+that timed out.
 Expected errors print one line on stderr, never a traceback.
 """
 
@@ -247,7 +249,13 @@ Command = Callable[[Client, argparse.Namespace, TextIO, TextIO], int]
 
 
 def _curve_hint(args: argparse.Namespace) -> str:
-    """What else "no answer" may mean: ZeroMQ drops a CURVE handshake it refuses without a word."""
+    """What else "no answer" may mean.
+
+    A handshake the coordinator refused (key not accepted, keys missing) or hung up on
+    (wrong coordinator key) is named by the client itself, and its error does not start
+    with "no answer"; this covers what the socket monitor cannot see, like a firewall
+    that drops the packets of a coordinator that only admits CURVE peers.
+    """
     server_key = args.server_key or os.environ.get(SERVER_KEY_ENV, "")
     key = args.key or os.environ.get(CLIENT_KEY_ENV, "")
     if server_key and key:

@@ -27,6 +27,15 @@ the next request of the client ends that watch.  A socket monitor counts connect
 drops: a watch opened before one (the coordinator may have restarted) is not trusted,
 and waiting starts a new one.
 
+The same monitor tells a refusal from an outage.  A coordinator with CURVE keys that
+does not accept this client's key (or gets no key) fails the handshake, and ZeroMQ then
+never reconnects: waiting for an answer would only end in "is it running?".  So an
+authentication or protocol failure of the handshake ends every wait at once with a
+:class:`ConnectionFailed` that says the coordinator refused the key and how to fix it
+(:func:`describe_refusal`); the client stays refused, so once the key is in place make
+a new one.  A handshake the coordinator hangs up on (a wrong coordinator key) is
+retried by ZeroMQ, and named in the error when no answer comes within ``timeout_s``.
+
 Submits are validated completely before anything is sent (:class:`InvalidTask`), sent
 in chunks of at most :data:`SUBMIT_CHUNK` tasks, and pipelined: up to :data:`WINDOW`
 chunks are in flight while the replies come back.
@@ -92,6 +101,43 @@ FINAL_STATES = frozenset({state.value for state in core_states.FINAL_STATES} | {
 _SPEC_FIELDS = frozenset(f for f in TaskSpec.__dataclass_fields__)
 _DRAIN_LIMIT = 10_000  # messages read per poll before the lock is offered to others
 _R = TypeVar("_R", bound=Message)
+
+
+_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+def describe_refusal(event: int, value: int, endpoint: str, server_key_file: str, key_file: str) -> str:
+    """What a failed handshake means for this client and how to fix it, or "" for no refusal.
+
+    ``value`` is the ZAP status code of an authentication failure (400: key not
+    accepted) and a ``ZMQ_PROTOCOL_ERROR_*`` code of a protocol failure.  Both are
+    final: ZeroMQ does not reconnect after them.
+    """
+    curve = bool(server_key_file and key_file)
+    keys = ("pass --server-key COORDINATOR.key and --key NAME.key_secret (or set $ACTORSCHED_SERVER_KEY and "
+            "$ACTORSCHED_CLIENT_KEY, or Client(server_key_file=..., key_file=...))")
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        if value == 400:
+            public = key_file.removesuffix("_secret") if key_file.endswith(".key_secret") else f"{key_file}'s NAME.key"
+            return (f"coordinator at {endpoint} refused this client's CURVE key at the handshake (key not accepted, "
+                    f"ZAP status 400): {key_file} is not allowed there. Fix: copy its public half {public} into the "
+                    f"coordinator's [security] client_keys_dir and reload the coordinator (SIGHUP, or restart it), "
+                    f"or use a key whose NAME.key is there already")
+        return (f"coordinator at {endpoint} could not check this client's CURVE key (ZAP status {value}); "
+                f"see the coordinator's log")
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH and not curve:
+            return (f"coordinator at {endpoint} refused this client at the handshake: it requires CURVE keys and "
+                    f"this client has none. Fix: {keys}, with the public half NAME.key in the coordinator's "
+                    f"[security] client_keys_dir")
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            return (f"coordinator at {endpoint} refused this client at the handshake: it does not use CURVE and "
+                    f"this client has keys ({key_file}). Fix: connect without --server-key/--key (and without "
+                    f"$ACTORSCHED_SERVER_KEY/$ACTORSCHED_CLIENT_KEY), or give the coordinator [security] keys")
+        return (f"the handshake with coordinator at {endpoint} failed with ZeroMQ protocol error 0x{value:x}: is it "
+                f"an actorsched coordinator's client endpoint, of the same version?")
+    return ""
 
 
 def ref(task: str | TaskHandle) -> dict[str, str]:
@@ -316,6 +362,11 @@ class Client:
         self._abandoned: collections.deque[int] = collections.deque()  # watches of handles dropped unwaited
         self._refusals = 0
         self._refusal_reason = ""
+        self._handshake_refusal = ""  # set once for good: ZeroMQ does not reconnect after a refused handshake
+        self._hangups = 0  # handshakes the coordinator hung up on since the last one that succeeded
+        self._hangup_reason = ""
+        self._server_key_file = server_key_file or os.environ.get(SERVER_KEY_ENV, "")
+        self._key_file = key_file or os.environ.get(CLIENT_KEY_ENV, "")
         self._socket: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         self._wake_r, self._wake_w = socket.socketpair()
         try:
@@ -323,10 +374,11 @@ class Client:
             self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + 1024)
             self._socket.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
             # CURVE, when the coordinator listens beyond loopback: arguments, else the environment.
-            secure_client_socket(self._socket, server_key_file or os.environ.get(SERVER_KEY_ENV, ""),
-                                 key_file or os.environ.get(CLIENT_KEY_ENV, ""))
+            secure_client_socket(self._socket, self._server_key_file, self._key_file)
             # Disconnections: a watch opened before one may be gone (a restarted coordinator).
-            self._monitor: zmq.Socket[bytes] = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            # Handshakes: a refused one is an answer, not an outage.
+            self._monitor: zmq.Socket[bytes] = self._socket.get_monitor_socket(
+                zmq.EVENT_DISCONNECTED | _HANDSHAKE_EVENTS)
             self._drops = 0
             self._socket.connect(self.endpoint)
             self._wake_r.setblocking(False)
@@ -446,7 +498,7 @@ class Client:
     def _submit_error(self, reply: ErrorReply, count: int, accepted: int, total: int) -> SubmitRejected:
         if reply.code == "queue-full":
             head = (f"coordinator at {self.endpoint} is full (queue-full): {reply.message}; wait for tasks "
-                    f"to finish, or raise [tasks] max_pending_tasks")
+                    f"to finish, or raise the [tasks] setting it names")
         else:
             head = f"coordinator at {self.endpoint} rejected {count} task(s) ({reply.code}): {reply.message}"
         if total > count:
@@ -461,13 +513,21 @@ class Client:
     def query_many(self, task_ids: Iterable[str]) -> list[TaskInfo]:
         """The state of each task, in input order (NOT_FOUND for unknown ids)."""
         ids = [check_task_id(t) for t in task_ids]
-        requests = []
-        for start in range(0, len(ids), QUERY_CHUNK):
-            rid = next(self._ids)
-            requests.append((rid, protocol.encode(protocol.Query(rid, ids[start:start + QUERY_CHUNK]))))
         found: dict[str, TaskInfo] = {}
-        for reply in self._exchange(requests, "query"):
-            found.update((info.task_id, info) for info in self._expect(reply, protocol.QueryReply, "query").tasks)
+        pending = list(dict.fromkeys(ids))
+        while pending:  # a reply holds what fits in one message and names the rest (large results)
+            requests = []
+            for start in range(0, len(pending), QUERY_CHUNK):
+                rid = next(self._ids)
+                requests.append((rid, protocol.encode(protocol.Query(rid, pending[start:start + QUERY_CHUNK]))))
+            rest: list[str] = []
+            for reply in self._exchange(requests, "query"):
+                page = self._expect(reply, protocol.QueryReply, "query")
+                found.update((info.task_id, info) for info in page.tasks)
+                rest += page.rest
+            if len(rest) >= len(pending):
+                raise ProtocolError(f"coordinator at {self.endpoint} answered none of {len(pending)} queried tasks")
+            pending = rest
         return [found.get(t) or TaskInfo(t, "NOT_FOUND") for t in ids]
 
     def cancel(self, task_id: str, cascade: bool = True) -> bool:
@@ -616,10 +676,22 @@ class Client:
         return watch_ids
 
     def _count_drops(self) -> None:
-        """Count the connection drops the socket monitor reported (under a turn)."""
+        """Count the connection drops the socket monitor reported, and note refused handshakes (under a turn)."""
         while has_input(self._monitor):
-            if parse_monitor_message(self._monitor.recv_multipart())["event"] == zmq.EVENT_DISCONNECTED:
+            event = parse_monitor_message(self._monitor.recv_multipart())
+            kind, value = int(event["event"]), int(event["value"])
+            if kind == zmq.EVENT_DISCONNECTED:
                 self._drops += 1
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._hangups = 0
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                # ZeroMQ retries these itself; a run of them is named if no answer comes.
+                self._hangups += 1
+                self._hangup_reason = os.strerror(value) if value > 0 else f"error {value}"
+            elif not self._handshake_refusal:
+                self._handshake_refusal = describe_refusal(kind, value, self.endpoint, self._server_key_file,
+                                                           self._key_file)
+                log.debug("%s", self._handshake_refusal)  # the error raised to the caller says it
 
     def _end_abandoned_watches(self) -> None:
         """End the watches of handles dropped before their task was reported (under a turn)."""
@@ -749,11 +821,24 @@ class Client:
                             f"{type(reply).__name__}, expected {kind.__name__}")
 
     def _no_answer(self, what: str) -> ConnectionFailed:
+        if self._hangups:
+            if self._server_key_file and self._key_file:
+                return ConnectionFailed(
+                    f"coordinator at {self.endpoint} hung up on the CURVE handshake {self._hangups} time(s) "
+                    f"({self._hangup_reason}) and never answered ({what}): most likely "
+                    f"{self._server_key_file} is not its public key. Fix: use the NAME.key next to the "
+                    f"coordinator's [security] secret_key_file")
+            return ConnectionFailed(
+                f"coordinator at {self.endpoint} hung up on the handshake {self._hangups} time(s) "
+                f"({self._hangup_reason}) and never answered ({what}); is it an actorsched "
+                f"coordinator's client endpoint?")
         return ConnectionFailed(
             f"no answer from coordinator at {self.endpoint} within {self.timeout_s} s ({what}): is it running? "
             f"Start it with bin/coordinator, or point ACTORSCHED_COORDINATOR / --coordinator at it")
 
     def _check_refused(self, seen: int) -> None:
+        if self._handshake_refusal:
+            raise ConnectionFailed(self._handshake_refusal)
         if self._refusals != seen:
             raise ConnectionFailed(f"coordinator at {self.endpoint} refused this client: {self._refusal_reason}")
 
@@ -784,9 +869,14 @@ class Client:
             self._wake_w.send(b"\0")
 
     def _send(self, frames: list[bytes]) -> None:
+        if self._handshake_refusal:  # the socket has no connection left, and will never get one
+            raise ConnectionFailed(self._handshake_refusal)
         try:
             send_frames(self._socket, frames, block=True)
         except zmq.Again:
+            self._count_drops()  # a refused handshake leaves nothing to send to: say so
+            if self._handshake_refusal:
+                raise ConnectionFailed(self._handshake_refusal) from None
             raise ConnectionFailed(
                 f"could not send to coordinator at {self.endpoint} within {self.timeout_s} s (send queue full): "
                 f"is it running? Start it with bin/coordinator, or point ACTORSCHED_COORDINATOR / "
@@ -805,7 +895,7 @@ class Client:
         for _ in range(_DRAIN_LIMIT):
             if not has_input(self._socket):
                 break
-            self._dispatch(recv_bytes(self._socket))
+            self._dispatch(recv_bytes(self._socket, protocol.MAX_FRAMES))
         return True
 
     def _dispatch(self, frames: list[bytes]) -> None:

@@ -4,7 +4,10 @@ Thin by design: argv and the TOML file become one validated :class:`WorkerConfig
 logging is configured here (and only here), and SIGTERM/SIGINT handlers only count
 stop requests and wake the event loop through a wake-up fd.  Exit codes: 0 after a
 clean drain, 1 after a forced stop (second signal) or an unexpected error, 2 for a
-config error or when the coordinator refuses the worker.
+config error or when the coordinator refuses the worker's registration (``Refused``).
+A CURVE handshake the coordinator refuses (its key not allowed) does not end the
+worker: it logs the refusal with the fix and keeps trying, so adding the key to the
+coordinator's worker_keys_dir lets it in without a restart.
 """
 
 from __future__ import annotations

@@ -18,6 +18,28 @@ attempt still held.  A first stop request (SIGTERM/SIGINT) or ``Shutdown`` drain
 ``drain_timeout_s``, then ``Goodbye`` and exit 0.  A second stop request kills the
 children at once (exit 1).  ``Refused`` exits 2.  A bad frame from the coordinator is
 logged at WARNING, counted and dropped.
+
+One registration per reconnect.  The DEALER queues whatever is sent while the
+connection is down and delivers it all when it is back, and a coordinator that does not
+know the connection (it restarted, or it dropped the worker when the connection
+closed) answers each heartbeat with ``Reregister``: a worker that heartbeated into the
+queue for 40 s used to register ~40 times in a burst.  So the loop follows the
+connection through a socket monitor (handshake succeeded / disconnected): while it is
+down no heartbeat and no Register retry is sent (they would only pile up), and when it
+comes back after a drop the worker registers once, at once.  An unregistered worker
+always has a Register on its way, so a ``Reregister`` that arrives before the
+``Welcome`` only answers a heartbeat sent before that Register and is ignored.  ZeroMQ
+options were not enough: ``ZMQ_IMMEDIATE`` would also drop the Results of tasks that
+finished during an outage, and one socket has one send high-water mark for every kind of
+message.
+
+Refusals are not outages.  The same monitor reports a CURVE handshake the coordinator
+refused (key not in its worker_keys_dir, no key where one is required, a wrong server
+key).  Each distinct refusal is logged at ERROR once, naming the key and the fix, and
+again at most every :data:`REFUSAL_REMINDER_S`.  ZeroMQ never reconnects after an
+authentication or protocol failure, so the worker opens a new connection itself, backing
+off from ``reconnect_min_s`` to ``reconnect_max_s``: once an operator adds the key (and
+reloads or restarts the coordinator) the worker gets in without a restart of its own.
 """
 
 from __future__ import annotations
@@ -29,10 +51,12 @@ import socket
 import time
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from actorsched.config import WorkerConfig
 from actorsched.errors import ProtocolError
 from actorsched.protocol import (
+    MAX_FRAMES,
     TO_WORKER_MESSAGES,
     Assign,
     CancelTasks,
@@ -69,6 +93,10 @@ MAX_POLL_S = 1.0
 # after this delay.
 STARTED_DELAY_S = 0.005
 EXIT_OK, EXIT_FORCED, EXIT_REFUSED = 0, 1, 2
+REFUSAL_REMINDER_S = 60.0
+"""A refused handshake that keeps being refused is logged again at most this often."""
+_LINK_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 _incarnations = 0
 
@@ -82,6 +110,57 @@ def register_retry_delay_s(attempt: int, heartbeat_interval_s: float,
     """
     backoff = min(reconnect_max_s, reconnect_min_s * 2 ** max(0, attempt - 1))
     return max(2.0, 2 * heartbeat_interval_s) + backoff
+
+
+def public_key_file(secret_key_file: str) -> str:
+    """The ``NAME.key`` that goes with ``NAME.key_secret`` (what the coordinator's allowlist holds)."""
+    return secret_key_file.removesuffix("_secret") if secret_key_file.endswith(".key_secret") else secret_key_file
+
+
+def describe_handshake_failure(event: int, value: int, endpoint: str, server_key_file: str,
+                               secret_key_file: str) -> tuple[int, str]:
+    """(log level, message with the fix) for a handshake failure the socket monitor reported.
+
+    ``value`` is the ZAP status code for an authentication failure (400: key not
+    accepted), a ``ZMQ_PROTOCOL_ERROR_*`` code for a protocol failure and an errno for
+    one without detail.  An authentication or protocol failure is a refusal (ERROR); a
+    failure without detail is one only when this worker speaks CURVE, where it is what a
+    wrong coordinator key looks like (the coordinator cannot open our hello and hangs up).
+    """
+    curve = bool(server_key_file and secret_key_file)
+    retry = "; this worker keeps retrying"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        if value == 400:
+            return logging.ERROR, (
+                f"coordinator={endpoint} refused this worker's CURVE key at the handshake (ZAP status 400, key not "
+                f"accepted): {secret_key_file} is not allowed there. Fix: copy its public half "
+                f"{public_key_file(secret_key_file)} into the coordinator's [security] worker_keys_dir and reload "
+                f"the coordinator (SIGHUP, or restart it){retry}")
+        return logging.ERROR, (
+            f"coordinator={endpoint} could not check this worker's CURVE key (ZAP status {value}); see the "
+            f"coordinator's log{retry}")
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH and not curve:
+            return logging.ERROR, (
+                f"coordinator={endpoint} refused this worker at the handshake: it requires CURVE keys and this "
+                f"worker has none. Fix: pass --server-key COORDINATOR.key and --key NAME.key_secret (or set "
+                f"[connection] server_public_key_file and secret_key_file), and put NAME.key in the "
+                f"coordinator's [security] worker_keys_dir{retry}")
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            return logging.ERROR, (
+                f"coordinator={endpoint} refused this worker at the handshake: it does not use CURVE and this "
+                f"worker has keys ({secret_key_file}). Fix: drop --server-key/--key (and [connection] "
+                f"server_public_key_file/secret_key_file), or give the coordinator [security] keys{retry}")
+        return logging.ERROR, (
+            f"the handshake with coordinator={endpoint} failed with ZeroMQ protocol error 0x{value:x}: is it an "
+            f"actorsched coordinator's worker endpoint, of the same version?{retry}")
+    reason = os.strerror(value) if value > 0 else f"error {value}"
+    if curve:
+        return logging.ERROR, (
+            f"coordinator={endpoint} hung up during the CURVE handshake ({reason}): most likely "
+            f"{server_key_file} is not its public key. Fix: use the NAME.key next to the coordinator's "
+            f"[security] secret_key_file{retry}")
+    return logging.WARNING, f"the handshake with coordinator={endpoint} failed ({reason}); retrying"
 
 
 def routing_id(worker_id: str, pid: int) -> bytes:
@@ -138,9 +217,23 @@ class WorkerConnection:
         self._started_due = math.inf
         self.protocol_errors = 0
         self.dropped_sends = 0
+        self._heartbeats = 0
         self.ignored_assignments = 0
+        # the connection, as the socket monitor reports it
+        self._link_up = False
+        self._link_down_since = time.monotonic()
+        self._link_drops = 0
+        self._register_link: int | None = None  # the connection (by drops) the last Register left on
+        self.skipped_heartbeats = 0
+        self.ignored_reregisters = 0
+        self.handshake_failures = 0
+        self._failures_logged: dict[tuple[int, int], float] = {}  # distinct failure -> when last logged
+        self._reopen_at = math.inf
+        self._reopens = 0
+        self._hangups = 0  # handshakes hung up on (no detail) since the last one that succeeded
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
         self._socket: zmq.Socket[bytes] | None = None
+        self._monitor: zmq.Socket[bytes] | None = None
         self._poller = zmq.Poller()
         self._poller_version = -1
 
@@ -151,7 +244,7 @@ class WorkerConnection:
         self._executor.start()
         try:
             self._context = zmq.Context()
-            self._socket = self._open_socket()
+            self._open_socket()
             log.info("worker starting worker_id=%s slots=%s coordinator=%s", self.worker_id, self.slots,
                      self.endpoint)
             self._send_register(time.monotonic())
@@ -159,29 +252,48 @@ class WorkerConnection:
                 self._turn()
         finally:
             self._executor.stop()
-            if self._socket is not None:
-                self._socket.close(LINGER_MS)
+            self._close_socket(LINGER_MS)
             if self._context is not None:
                 self._context.term()
         log.info("worker stopped worker_id=%s exit_code=%s tasks_finished=%s protocol_errors=%s "
-                 "dropped_sends=%s ignored_assignments=%s", self.worker_id, self.exit_code,
-                 self._executor.tasks_finished, self.protocol_errors, self.dropped_sends, self.ignored_assignments)
+                 "dropped_sends=%s ignored_assignments=%s skipped_heartbeats=%s ignored_reregisters=%s "
+                 "handshake_failures=%s", self.worker_id, self.exit_code, self._executor.tasks_finished,
+                 self.protocol_errors, self.dropped_sends, self.ignored_assignments, self.skipped_heartbeats,
+                 self.ignored_reregisters, self.handshake_failures)
         return self.exit_code
 
-    def _open_socket(self) -> zmq.Socket[bytes]:
+    def _open_socket(self) -> None:
+        """A new DEALER (with a new routing id) and its monitor, connecting to the coordinator."""
         assert self._context is not None
         conn = self.config.connection
         sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.ROUTING_ID, routing_id(self.worker_id, os.getpid()))
-        sock.setsockopt(zmq.LINGER, LINGER_MS)
-        sock.setsockopt(zmq.RECONNECT_IVL, max(1, int(conn.reconnect_min_s * 1000)))
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, max(1, int(conn.reconnect_max_s * 1000)))
-        sock.setsockopt(zmq.MAXMSGSIZE, conn.max_message_bytes)
-        sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
-        secure_client_socket(sock, conn.server_public_key_file, conn.secret_key_file)
-        sock.connect(self.endpoint)
-        return sock
+        try:
+            sock.setsockopt(zmq.ROUTING_ID, routing_id(self.worker_id, os.getpid()))
+            sock.setsockopt(zmq.LINGER, LINGER_MS)
+            sock.setsockopt(zmq.RECONNECT_IVL, max(1, int(conn.reconnect_min_s * 1000)))
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, max(1, int(conn.reconnect_max_s * 1000)))
+            sock.setsockopt(zmq.MAXMSGSIZE, conn.max_message_bytes)
+            sock.setsockopt(zmq.SNDHWM, 100_000)
+            sock.setsockopt(zmq.RCVHWM, 100_000)
+            secure_client_socket(sock, conn.server_public_key_file, conn.secret_key_file)
+            self._monitor = sock.get_monitor_socket(_LINK_EVENTS)
+            sock.connect(self.endpoint)
+        except BaseException:  # a socket left open would block the context's term() forever
+            self._socket = sock
+            self._close_socket(0)
+            raise
+        self._socket = sock
+        self._link_up = False
+        self._poller_version = -1  # the poller holds the old sockets
+
+    def _close_socket(self, linger_ms: int) -> None:
+        if self._monitor is not None and self._socket is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(0)
+        self._monitor = None
+        if self._socket is not None:
+            self._socket.close(linger_ms)
+        self._socket = None
 
     # ------------------------------------------------------------- one turn
 
@@ -199,7 +311,9 @@ class WorkerConnection:
         now = time.monotonic()
         ready: list[int] = []
         for item, _event in events:
-            if item is self._socket:
+            if item is self._monitor:  # first: the poller lists it first
+                self._read_monitor(now)
+            elif item is self._socket:
                 self._read_socket(now)
             elif item == self._wakeup_fd:
                 self._drain_wakeup_fd()
@@ -233,6 +347,7 @@ class WorkerConnection:
 
     def _rebuild_poller(self) -> None:
         self._poller = zmq.Poller()
+        self._poller.register(self._monitor, zmq.POLLIN)
         self._poller.register(self._socket, zmq.POLLIN)
         if self._wakeup_fd is not None:
             self._poller.register(self._wakeup_fd, zmq.POLLIN)
@@ -241,7 +356,7 @@ class WorkerConnection:
         self._poller_version = self._executor.fds_version
 
     def _next_timer(self, task_deadline: float) -> float:
-        timer = min(task_deadline, self._drain_deadline,
+        timer = min(task_deadline, self._drain_deadline, self._reopen_at,
                     self._next_heartbeat_at if self.registered else self._next_register_at)
         return min(timer, self._started_due) if self._unreported else timer
 
@@ -255,15 +370,32 @@ class WorkerConnection:
     def _fire_timers(self, now: float) -> None:
         if self.exit_code is not None:
             return
+        if now >= self._reopen_at:
+            self._reopen(now)
         if self.registered and now >= self._next_heartbeat_at:
-            load = self._sampler.sample()
-            self._send(Heartbeat(load.cpu_percent, load.memory_percent, self._executor.held_task_ids()))
+            self._heartbeats += 1
+            if self._link_up:
+                load = self._sampler.sample()
+                self._send(Heartbeat(load.cpu_percent, load.memory_percent, self._executor.held_task_ids()))
+                if self._debug:
+                    log.debug("heartbeat n=%d sent", self._heartbeats)
+            else:  # it would wait in the queue, and each queued one would earn a Reregister
+                self.skipped_heartbeats += 1
+                if self._debug:
+                    log.debug("heartbeat n=%d not sent: no connection to coordinator=%s (skipped=%d)",
+                              self._heartbeats, self.endpoint, self.skipped_heartbeats)
             self._next_heartbeat_at = now + self.heartbeat_interval_s
         if not self.registered and now >= self._next_register_at:
             level = logging.INFO if self._register_attempts < 3 else logging.WARNING
-            log.log(level, "no Welcome from coordinator=%s after %s Register(s); sending Register again",
-                    self.endpoint, self._register_attempts)
-            self._send_register(now)
+            if self._link_up:
+                log.log(level, "no Welcome from coordinator=%s after %s Register(s); sending Register again",
+                        self.endpoint, self._register_attempts)
+                self._send_register(now)
+            else:  # the Register already sent waits in the queue and goes first once it connects
+                self._register_attempts += 1
+                log.log(level, "no Welcome from coordinator=%s: no connection to it for %.1f s; the queued "
+                        "Register goes when it answers", self.endpoint, now - self._link_down_since)
+                self._next_register_at = now + self._register_delay_s()
         if self.draining:
             if self._executor.is_empty():
                 log.info("drained worker_id=%s; saying goodbye", self.worker_id)
@@ -296,6 +428,98 @@ class WorkerConnection:
         self._send(Goodbye(reason))
         self.exit_code = exit_code
 
+    # ------------------------------------------------------------- the connection
+
+    def _read_monitor(self, now: float) -> None:
+        monitor = self._monitor
+        assert monitor is not None
+        while has_input(monitor):
+            event = parse_monitor_message(monitor.recv_multipart())
+            kind, value = int(event["event"]), int(event["value"])
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._on_link_up(now)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self._on_link_down(now)
+            else:
+                self._on_handshake_failed(now, kind, value)
+
+    def _on_link_up(self, now: float) -> None:
+        self._link_up = True
+        self._failures_logged.clear()  # a refusal after this one is news again
+        self._hangups = 0
+        self._reopens = 0
+        if self.registered:
+            # Back after a drop: the coordinator forgot this connection when it closed (or
+            # is a new process).  Register once, now, rather than heartbeat into Reregisters.
+            log.info("connection to coordinator=%s is back after %.1f s; registering again held=%s",
+                     self.endpoint, now - self._link_down_since, len(self._executor.held_task_ids()))
+            self.registered = False
+            self._register_attempts = 0
+            self._send_register(now)
+        elif self._register_link is not None and self._register_link != self._link_drops:
+            # The last Register left on a connection that dropped before its Welcome came.
+            log.info("connection to coordinator=%s is back; sending Register again", self.endpoint)
+            self._send_register(now)
+        else:
+            # The Register sent while there was no connection waited in the queue and goes
+            # out on this one; it is sent again only if no Welcome comes in the usual time.
+            if self._link_drops or self._debug:
+                log.log(logging.INFO if self._link_drops else logging.DEBUG,
+                        "connected to coordinator=%s; waiting for its Welcome", self.endpoint)
+            self._next_register_at = now + self._register_delay_s()
+
+    def _on_link_down(self, now: float) -> None:
+        if not self._link_up:
+            return  # a handshake that failed: its own event said why
+        self._link_up = False
+        self._link_down_since = now
+        self._link_drops += 1
+        log.warning("lost the connection to coordinator=%s (drops=%d); heartbeats pause and this worker "
+                    "registers again once it is back", self.endpoint, self._link_drops)
+
+    def _on_handshake_failed(self, now: float, kind: int, value: int) -> None:
+        self.handshake_failures += 1
+        conn = self.config.connection
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            # A hang-up may be a coordinator stopping mid-handshake; a wrong key repeats.
+            self._hangups += 1
+            if self._hangups < 2:
+                if self._debug:
+                    log.debug("handshake with coordinator=%s failed value=%d; ZeroMQ retries it", self.endpoint, value)
+                return
+        level, text = describe_handshake_failure(kind, value, self.endpoint, conn.server_public_key_file,
+                                                 conn.secret_key_file)
+        key = (kind, value)
+        last = self._failures_logged.get(key)
+        if last is None or now - last >= REFUSAL_REMINDER_S:
+            self._failures_logged[key] = now
+            log.log(level, "%s (handshake failures so far: %d)", text, self.handshake_failures)
+        elif self._debug:
+            log.debug("handshake with coordinator=%s failed again event=%d value=%d (failures=%d)",
+                      self.endpoint, kind, value, self.handshake_failures)
+        if kind != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self._reopen_at == math.inf:
+            # ZeroMQ never reconnects after an authentication or protocol failure.
+            conn_min, conn_max = conn.reconnect_min_s, conn.reconnect_max_s
+            self._reopen_at = now + min(conn_max, conn_min * 2 ** min(self._reopens, 30))
+
+    def _reopen(self, now: float) -> None:
+        """A new connection after a refused handshake, with a Register waiting in it."""
+        self._reopen_at = math.inf
+        self._reopens += 1
+        if self._debug:
+            log.debug("opening a new connection to coordinator=%s after a refused handshake (attempt %d)",
+                      self.endpoint, self._reopens)
+        self._close_socket(0)  # ZeroMQ dropped everything queued on it with the refused handshake
+        self._open_socket()
+        self.registered = False
+        self._register_attempts = 0
+        self._send_register(now)
+
+    def _register_delay_s(self) -> float:
+        conn = self.config.connection
+        return register_retry_delay_s(max(1, self._register_attempts), self.heartbeat_interval_s,
+                                      conn.reconnect_min_s, conn.reconnect_max_s)
+
     # ------------------------------------------------------------- inbound
 
     def _read_socket(self, now: float) -> None:
@@ -303,7 +527,7 @@ class WorkerConnection:
         assert sock is not None
         for _ in range(MAX_MESSAGES_PER_TURN):
             try:
-                frames = recv_bytes(sock)
+                frames = recv_bytes(sock, MAX_FRAMES)
             except zmq.Again:
                 return
             try:
@@ -342,6 +566,14 @@ class WorkerConnection:
             log.info("registered worker_id=%s coordinator=%s epoch=%s heartbeat_interval_s=%s",
                      self.worker_id, self.endpoint, self.epoch, self.heartbeat_interval_s)
         elif isinstance(message, Reregister):
+            if not self.registered:
+                # A Register is on its way already (an unregistered worker always has one
+                # out); this answers a heartbeat sent before it.  One Register per reconnect.
+                self.ignored_reregisters += 1
+                if self._debug:
+                    log.debug("ignoring a request to register again reason=%r: a Register is on its way "
+                              "(ignored=%d)", message.reason, self.ignored_reregisters)
+                return
             log.info("coordinator asked to register again reason=%r held=%s", message.reason,
                      len(self._executor.held_task_ids()))
             self.registered = False
@@ -392,10 +624,9 @@ class WorkerConnection:
 
     def _send_register(self, now: float) -> None:
         self._register_attempts += 1
-        self._next_register_at = now + register_retry_delay_s(
-            self._register_attempts, self.heartbeat_interval_s,
-            self.config.connection.reconnect_min_s, self.config.connection.reconnect_max_s,
-        )
+        self._next_register_at = now + self._register_delay_s()
+        # Sent on a live connection it is gone if that one drops; sent while down it waits in the queue.
+        self._register_link = self._link_drops if self._link_up else None
         self._send(Register(self.worker_id, socket.gethostname(), os.getpid(), self.slots,
                             list(self.config.worker.tags), self._executor.held(), self.prefetch))
 

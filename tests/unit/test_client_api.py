@@ -6,11 +6,13 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import zmq
 from test_client_fake import FakeCoordinator, fake  # noqa: F401  (fixture)
 
-from actorsched import protocol
+from actorsched import protocol, security
 from actorsched.client import PRIORITY_MAX, PRIORITY_MIN, SUBMIT_CHUNK, Client, InvalidTask, TaskHandle
 from actorsched.errors import (
     ActorschedError,
@@ -470,3 +472,35 @@ def test_a_rejected_submit_leaves_no_watch_behind(fake: FakeCoordinator, client:
     with pytest.raises(SubmitRejected, match="queue-full"):
         client.submit("a.b:c", task_id="refused")
     assert client._watches == {}  # white-box: a rejected submit must not keep a report box alive
+
+
+# ------------------------------------------------------------------ refused handshakes
+
+
+def test_a_refused_handshake_is_described_with_its_fix() -> None:
+    from actorsched.client import describe_refusal
+
+    endpoint = "tcp://10.0.0.1:7700"
+    text = describe_refusal(zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400, endpoint, "/k/coord.key", "/k/me.key_secret")
+    assert all(part in text for part in (endpoint, "refused this client's CURVE key", "key not accepted",
+                                         "/k/me.key_secret is not allowed", "public half /k/me.key ",
+                                         "client_keys_dir")), text
+    text = describe_refusal(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH,
+                            endpoint, "", "")
+    assert "requires CURVE keys and this client has none" in text and "ACTORSCHED_SERVER_KEY" in text
+    text = describe_refusal(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH,
+                            endpoint, "/k/coord.key", "/k/me.key_secret")
+    assert "does not use CURVE" in text
+    assert describe_refusal(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 32, endpoint, "", "") == ""
+
+
+def test_a_client_with_keys_against_a_coordinator_without_curve_is_told_at_once(
+        fake: FakeCoordinator, tmp_path: Path) -> None:  # noqa: F811
+    security.generate(tmp_path, "coordinator")
+    security.generate(tmp_path, "me")
+    with Client(fake.endpoint, timeout_s=10.0, server_key_file=str(tmp_path / "coordinator.key"),
+                key_file=str(tmp_path / "me.key_secret")) as keyed:
+        started = time.monotonic()
+        with pytest.raises(ConnectionFailed, match="does not use CURVE"):
+            keyed.stats()
+        assert time.monotonic() - started < 10.0

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+import zmq
 
 from actorsched.config import WorkerConfig
 from actorsched.worker import app
-from actorsched.worker.connection import StopRequests, register_retry_delay_s, routing_id
+from actorsched.worker.connection import (
+    StopRequests,
+    describe_handshake_failure,
+    public_key_file,
+    register_retry_delay_s,
+    routing_id,
+)
 from actorsched.worker.load import LoadSample, LoadSampler
 
 
@@ -67,3 +76,33 @@ def test_config_errors_exit_2_with_one_line(argv: list[str], fragment: str, caps
     assert app.main(argv) == 2
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1
+
+
+def test_the_public_key_of_a_key_pair_file_is_its_name_key() -> None:
+    assert public_key_file("/keys/gpu.key_secret") == "/keys/gpu.key"
+    assert public_key_file("/keys/odd-name") == "/keys/odd-name"
+
+
+EP = "tcp://10.0.0.1:7701"
+
+
+@pytest.mark.parametrize(("event", "value", "server_key", "key", "level", "fragments"), [
+    (zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400, "/k/coord.key", "/k/w.key_secret", logging.ERROR,
+     ["refused this worker's CURVE key", "/k/w.key_secret is not allowed", "copy its public half /k/w.key ",
+      "worker_keys_dir", "SIGHUP", "keeps retrying"]),
+    (zmq.EVENT_HANDSHAKE_FAILED_AUTH, 500, "/k/coord.key", "/k/w.key_secret", logging.ERROR, ["ZAP status 500"]),
+    (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH, "", "", logging.ERROR,
+     ["requires CURVE keys and this worker has none", "--server-key", "worker_keys_dir"]),
+    (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH, "/k/coord.key",
+     "/k/w.key_secret", logging.ERROR, ["does not use CURVE", "drop --server-key/--key"]),
+    (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC, "", "", logging.ERROR,
+     ["protocol error 0x"]),
+    (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 32, "/k/coord.key", "/k/w.key_secret", logging.ERROR,
+     ["hung up during the CURVE handshake", "/k/coord.key is not its public key"]),
+    (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 104, "", "", logging.WARNING, ["handshake", "failed"]),
+])
+def test_a_failed_handshake_is_described_with_its_fix(event: int, value: int, server_key: str, key: str, level: int,
+                                                      fragments: list[str]) -> None:
+    got_level, text = describe_handshake_failure(event, value, EP, server_key, key)
+    assert got_level == level
+    assert EP in text and all(fragment in text for fragment in fragments), text
