@@ -16,6 +16,7 @@ in pages: a reply stops growing at ``reply_budget_bytes`` and names the ids left
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -68,7 +69,7 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         clients' max_message_bytes); the rest of its ids are named for the next page."""
         super().__init__()
         self.reply_budget_bytes = reply_budget_bytes
-        self.core = TaskQueueCore(config, epoch, wall_offset_s=time.time() - clock())
+        self.core = TaskQueueCore(config, epoch, random.Random(), wall_offset_s=time.time() - clock())
         self.journal_config = journal_config or JournalConfig()
         self._next_compaction = clock() + self.journal_config.compaction_interval_s
         self.journal = journal

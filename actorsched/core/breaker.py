@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-from actorsched.config import BreakerConfig
+from actorsched.settings import BreakerConfig
 
 
 class BreakerState(Enum):

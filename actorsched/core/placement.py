@@ -41,9 +41,9 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-from actorsched.config import PlacementConfig
 from actorsched.core.commands import PeerKey, Placement, ReadyTask, TakeBack
 from actorsched.core.registry import load_score
+from actorsched.settings import PlacementConfig
 
 _MAX_SKIPPED = 1024  # tasks that cannot be placed now (tags, retries waiting), looked past per round
 TAKE_BACK_INTERVAL_S = 0.05  # at most one take-back request per worker per this long

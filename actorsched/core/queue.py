@@ -37,12 +37,10 @@ and those are bounded by ``max_pending_tasks`` and ``max_pending_per_client``.
 from __future__ import annotations
 
 import heapq
-import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from actorsched.config import TasksConfig
 from actorsched.core.commands import (
     Command,
     FreeSlots,
@@ -71,6 +69,7 @@ from actorsched.protocol import (
     TaskSpec,
 )
 from actorsched.recordcodec import record_builder
+from actorsched.settings import TasksConfig
 
 REF_KEY = "__actorsched_ref__"  # {REF_KEY: task_id} in arguments stands for that task's result
 PRIORITY_MIN = -1_000_000
@@ -94,6 +93,19 @@ _DURATION_WEIGHT = 0.2  # weight of the newest run in a name's moving average
 _JUDGE_BATCH = 4096  # successes for the breakers are sent in batches (failures at once)
 _FAIR_WINDOW_S = 60.0  # a new task's place in line is at most this long before now
 _STEP_S = (1e-6, 1e-3, 10.0)  # bounds and start of the measured time between placements
+
+
+class Jitter(Protocol):
+    """Where backoff jitter comes from (``random.Random`` in the coordinator)."""
+
+    def uniform(self, a: float, b: float) -> float: ...
+
+
+class _Midpoint:
+    """Jitter without randomness: the middle of the range (for tests and tools that pass none)."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return (a + b) / 2
 
 
 @dataclass(slots=True)
@@ -134,13 +146,13 @@ class _PendingCancel:
 class TaskQueueCore:
     """Task records and their lifecycle.  Not thread-safe: one actor owns it."""
 
-    def __init__(self, config: TasksConfig, epoch: int, rng: random.Random | None = None,
+    def __init__(self, config: TasksConfig, epoch: int, rng: Jitter | None = None,
                  wall_offset_s: float = 0.0) -> None:
         """``wall_offset_s``: wall clock minus the monotonic ``now``, to stamp attempt history."""
         self.config = config
         self.epoch = epoch
         self.wall_offset_s = wall_offset_s
-        self.rng = rng or random.Random()
+        self.rng: Jitter = rng or _Midpoint()  # the shell passes random.Random(): cores hold no randomness
         self.tasks: dict[str, TaskRecord] = {}
         self.dirty: set[str] = set()
         self.open_count = 0  # tasks not in a final state

@@ -34,7 +34,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from actorsched.config import BreakerConfig, LivenessConfig, PlacementConfig
 from actorsched.core.breaker import Breaker, BreakerState
 from actorsched.core.commands import (
     AddWorker,
@@ -50,6 +49,7 @@ from actorsched.core.commands import (
     UpdateLoad,
 )
 from actorsched.protocol import Refused, Register, Reregister, Shutdown, Welcome, WorkerInfo
+from actorsched.settings import BreakerConfig, LivenessConfig, PlacementConfig
 
 
 class WorkerState(Enum):

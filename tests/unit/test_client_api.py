@@ -120,8 +120,9 @@ def test_submit_many_rejects_unknown_fields_and_missing_names(client: Client) ->
 
 def test_queue_full_error_reply_raises_submit_rejected_naming_it(fake: FakeCoordinator,  # noqa: F811
                                                                 client: Client) -> None:
-    fake.handler = lambda f, m: [protocol.ErrorReply(m.request_id, "queue-full", "1000000 tasks pending")]  # type: ignore[attr-defined]
-    with pytest.raises(SubmitRejected, match="queue-full.*1000000 tasks pending.*max_pending_tasks"):
+    fake.handler = lambda f, m: [protocol.ErrorReply(  # type: ignore[attr-defined]
+        m.request_id, "queue-full", "1000000 tasks pending, max_pending_tasks=1000000")]
+    with pytest.raises(SubmitRejected, match="queue-full.*1000000 tasks pending.*max_pending_tasks.*setting it names"):
         client.submit("actorsched.tasks:noop")
 
 
