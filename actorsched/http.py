@@ -6,7 +6,9 @@ may wait a moment for an answer, the actors never wait for it.
 
 ``GET /healthz``  200 "ok" while the actors answer, 503 otherwise
 ``GET /status``   JSON: queue, worker and transport figures, and every worker
-``GET /metrics``  the same figures in the Prometheus text format
+``GET /metrics``  the same figures and the measured distributions, in the Prometheus
+                  text format (rendered by ``prometheus_client``, see
+                  :mod:`actorsched.coordinator.metrics`)
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from queue import SimpleQueue
 from typing import Any
 
 import pykka
+
+from actorsched.coordinator import metrics
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +207,11 @@ class StatusServer:
             return _reply(200, "text/plain", "ok\n")
         if path == "/status":
             return _reply(200, "application/json", json.dumps(snapshot, indent=2, default=str) + "\n")
-        return _reply(200, "text/plain; version=0.0.4", prometheus(snapshot))
+        try:
+            measured: Any = self.queue.ask("metrics", timeout=ASK_TIMEOUT_S)  # type: ignore[union-attr]
+        except (pykka.ActorDeadError, pykka.Timeout) as exc:
+            return _reply(503, "text/plain", f"coordinator not answering: {type(exc).__name__}\n")
+        return _reply(200, metrics.CONTENT_TYPE, metrics.render(snapshot, measured).decode())
 
 
 def _reply(code: int, content_type: str, body: str) -> bytes:
@@ -211,23 +219,3 @@ def _reply(code: int, content_type: str, body: str) -> bytes:
     head = (f"HTTP/1.1 {code} {HTTPStatus(code).phrase}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n")
     return head.encode("latin-1") + data
-
-
-def prometheus(snapshot: dict[str, Any]) -> str:
-    lines = ["# TYPE actorsched_tasks gauge"]
-    queue = snapshot["queue"]
-    for state, count in sorted(queue["states"].items()):
-        lines.append(f'actorsched_tasks{{state="{state}"}} {count}')
-    for name in ("submitted", "retries", "requeued_lost", "stale_outcomes", "rejected_batches", "purged"):
-        lines += [f"# TYPE actorsched_{name}_total counter", f"actorsched_{name}_total {queue.get(name, 0)}"]
-    lines += ["# TYPE actorsched_epoch gauge", f"actorsched_epoch {queue['epoch']}"]
-    lines.append("# TYPE actorsched_worker_running gauge")
-    for worker in snapshot["workers"]:
-        labels = f'worker="{worker["worker_id"]}",state="{worker["state"]}",breaker="{worker["breaker"]}"'
-        lines.append(f"actorsched_worker_running{{{labels}}} {worker['running']}")
-        lines.append(f"actorsched_worker_slots{{{labels}}} {worker['slots']}")
-        lines.append(f"actorsched_worker_load_score{{{labels}}} {worker['load_score']}")
-    lines.append("# TYPE actorsched_transport_total counter")
-    for name, value in sorted(snapshot["transport"].items()):
-        lines.append(f'actorsched_transport_total{{event="{name}"}} {value}')
-    return "\n".join(lines) + "\n"

@@ -27,12 +27,14 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgpack
 
+from actorsched.core.stats import Histogram
 from actorsched.errors import ActorschedError
 from actorsched.protocol import Pack, packer
 from actorsched.recordcodec import MAX_NESTING, check_depth
@@ -376,6 +378,7 @@ class JournalWriter:
         # writer's), so comparing them needs no lock.
         self._submitted = 0
         self._done = 0
+        self.commit_time = Histogram()  # seconds per group commit (written by the writer's thread only)
         self._thread.start()
 
     def submit(self, rows: list[JournalRow], then: Callable[[], None], deleted: list[str] | None = None) -> None:
@@ -422,7 +425,9 @@ class JournalWriter:
                     batch.append(item)
             if batch and not self._failed:
                 try:
+                    started = time.perf_counter()
                     self.journal.write_batches([(rows, deleted) for rows, deleted, _ in batch])
+                    self.commit_time.observe(time.perf_counter() - started)
                 except Exception as exc:  # disk full, I/O error: nothing more may be acknowledged
                     self._failed = True
                     log.critical("journal write failed, no further acknowledgements: %s", exc)

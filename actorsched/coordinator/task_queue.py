@@ -159,6 +159,9 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
             return core.stats()
         if message == "held":  # ask() from the registry, for the status page's worker list
             return core.held_counts()
+        if message == "metrics":  # ask() from the status page
+            commit = self.writer.commit_time.snapshot() if self.writer is not None else None
+            return {**core.metrics(), "journal_commit": commit}
         out: list[Command] = []
         if self.reader is not None:
             self._recall(_named_ids(message))

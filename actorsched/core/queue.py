@@ -53,6 +53,7 @@ from actorsched.core.commands import (
     WithdrawTasks,
 )
 from actorsched.core.states import FINAL_STATES, NOT_FOUND, TaskState, check_transition
+from actorsched.core.stats import Histogram, NameCounts, NamedHistograms
 from actorsched.protocol import (
     AttemptRecord,
     AttemptRef,
@@ -135,6 +136,7 @@ class TaskRecord:
     size: int = 0  # bytes of its packed spec, counted against max_pending_bytes while unfinished
     packed: bytes | None = None  # its packed spec until the shell writes it to the journal
     journaled: bool = False  # the shell wrote its spec: later rows are updates
+    submitted_at: float = -1.0  # monotonic, for the submit-to-result latency (-1: before a restart)
 
 
 @dataclass(slots=True)
@@ -188,6 +190,12 @@ class TaskQueueCore:
         self._step = _STEP_S[1]  # moving average of the time between placements while tasks wait
         self._last_placed = -1.0
         self._next_start_check = 0.0
+        # What /metrics shows: per attempt, ready -> placed; per outcome, the run time by name;
+        # per task, submit -> final; final outcomes and retries by name.
+        self.queue_wait = Histogram()
+        self.run_time = NamedHistograms()
+        self.latency = Histogram()
+        self.outcomes = NameCounts()
 
     # ------------------------------------------------------------------ client events
 
@@ -292,9 +300,11 @@ class TaskQueueCore:
         abandon: list[AttemptRef] = []
         held = self.held.get(worker)
         head = self._head_place
+        observe_wait = self.queue_wait.observe
         for ready in tasks:
             if ready.since > head:
                 head = ready.since
+            observe_wait(now - ready.ready_at)
             task = self.tasks.get(ready.task_id)
             if task is None or task.state is not S.QUEUED or task.attempt != ready.attempt:
                 # Cancelled (or requeued) while the placement was in flight.
@@ -402,6 +412,7 @@ class TaskQueueCore:
                 durations.clear()
             durations[name] = outcome.duration_s if average is None else (
                 average + _DURATION_WEIGHT * (outcome.duration_s - average))
+            self.run_time.observe(name, outcome.duration_s)
             if outcome.ok:
                 task.value = outcome.value
                 self._end_attempt(task, "succeeded", None, now, outcome.duration_s)
@@ -661,6 +672,11 @@ class TaskQueueCore:
     def info(self, task_id: str) -> TaskInfo:
         return task_info(task_id, self.tasks.get(task_id))
 
+    def metrics(self) -> dict[str, Any]:
+        """Copies of the distributions and outcome counts (for /metrics and the dashboard)."""
+        return {"queue_wait": self.queue_wait.snapshot(), "run_time": self.run_time.snapshot(),
+                "latency": self.latency.snapshot(), "outcomes": self.outcomes.snapshot()}
+
     def stats(self) -> dict[str, Any]:
         return {"tasks": sum(self.counts.values()), "in_memory": len(self.tasks), "open": self.open_count,
                 "pending_bytes": self.pending_bytes, "clients": len(self.open_by_client), "epoch": self.epoch,
@@ -722,7 +738,7 @@ class TaskQueueCore:
         self._seq += 1
         task = TaskRecord(spec, self._seq, S.WAITING, epoch=self.epoch,
                           has_refs=bool(deps) and bool(result_refs(spec)), client=client,
-                          size=len(packed) if packed is not None else 0, packed=packed)
+                          size=len(packed) if packed is not None else 0, packed=packed, submitted_at=now)
         self.pending_bytes += task.size
         task.states.append(S.WAITING)
         if client:
@@ -831,6 +847,7 @@ class TaskQueueCore:
             self._finish(task_id, S.FAILED, error, now)
             return
         self.counters["retries"] += 1
+        self.outcomes.add(task.spec.name, "retried")
         if worker_death or error.type in WORKER_DEATHS:
             # A process death is not the task's error: no backoff, and it keeps its place in line.
             task.error = error
@@ -857,6 +874,9 @@ class TaskQueueCore:
         self._move(task, state)
         task.error = error
         task.finished_at = now
+        self.outcomes.add(task.spec.name, state.value.lower())
+        if task.submitted_at >= 0:
+            self.latency.observe(now - task.submitted_at)
         self._in_doubt.discard(task_id)
         self.open_count -= 1
         self.pending_bytes -= task.size
