@@ -1,6 +1,6 @@
 """Chaos against the coordinator: kill -9 and restart from the journal, SIGSTOP, a damaged journal.
 
-Guarantees under test (DESIGN.md section 6): an acknowledged task survives ``kill -9`` of
+Guarantees under test (docs/architecture.md, "Guarantees"): an acknowledged task survives ``kill -9`` of
 the coordinator and ends SUCCEEDED exactly once after a restart; a finished task keeps
 its result; a coordinator that was paused does not convict its healthy workers; a
 journal it cannot trust stops it at start with a message saying what to do.

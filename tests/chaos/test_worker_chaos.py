@@ -1,7 +1,7 @@
 """Chaos against workers: kill -9 and SIGSTOP of real ``bin/worker`` processes, tasks that kill their worker.
 
 Every test runs a real coordinator and real workers (``make_cluster``), drives them with a
-seeded workload and checks the guarantees of DESIGN.md section 6 from the coordinator's
+seeded workload and checks the guarantees of docs/architecture.md ("Guarantees") from the coordinator's
 own records: every acknowledged task ends SUCCEEDED, at most one result is committed per
 task, a lost worker's tasks run again elsewhere, a task that kills workers is quarantined.
 
