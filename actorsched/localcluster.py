@@ -1,9 +1,17 @@
 """A coordinator and workers as real processes on this machine, for demos, tests and benchmarks.
 
-``LocalCluster`` starts ``bin/coordinator`` on free loopback ports, reads the endpoints
-it prints, starts ``bin/worker`` processes against it, and on ``stop()`` ends every
-process it started, by PID, escalating from SIGTERM to SIGKILL.  It is a context
-manager so that a failing test or an interrupted demo still cleans up.
+``LocalCluster`` starts the coordinator (``python -m actorsched.coordinator``, the same
+``main`` as the ``actorsched-coordinator`` command and ``bin/coordinator``) on free
+loopback ports, reads the endpoints it prints, starts workers (``python -m
+actorsched.worker``) against it, and on ``stop()`` ends every process it started, by PID,
+escalating from SIGTERM to SIGKILL.  It is a context manager so that a failing test or an
+interrupted demo still cleans up.
+
+It needs only the installed package, not a checkout: the processes run as modules of
+``python`` (the current interpreter by default).  From a source checkout they run in the
+checkout's root with it on ``PYTHONPATH``, as ``bin/*`` do, so that ``bench`` and
+``tests`` modules are importable as tasks; an installed package runs them in the
+caller's working directory (or ``cwd``).
 """
 
 from __future__ import annotations
@@ -23,7 +31,13 @@ from typing import Any
 from actorsched.errors import ActorschedError
 
 ROOT = Path(__file__).resolve().parent.parent
+"""The folder that holds the ``actorsched`` package: a source checkout's root, or site-packages once installed."""
 BIN = ROOT / "bin"
+"""The checkout's launchers (``bin/coordinator``, ``bin/worker``); they do not exist in an installed package."""
+FROM_CHECKOUT = (ROOT / "pyproject.toml").is_file()
+"""Whether this package is imported from a source checkout (an editable install included)."""
+COORDINATOR_MODULE = "actorsched.coordinator"
+WORKER_MODULE = "actorsched.worker"
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.02) -> Any:
@@ -49,6 +63,8 @@ class LocalCluster:
     worker_args: list[str] = field(default_factory=list)
     log_dir: str | None = None
     python: str = sys.executable
+    cwd: str | None = None
+    """Working directory of the processes: default the checkout's root, or the caller's once installed."""
     client_endpoint: str = ""
     worker_endpoint: str = ""
     http_endpoint: str = ""
@@ -87,9 +103,9 @@ class LocalCluster:
         assert self.log_dir is not None and self.state_dir is not None
         log = open(os.path.join(self.log_dir, "coordinator.log"), "ab")
         self.coordinator = subprocess.Popen(
-            [self.python, str(BIN / "coordinator"), "--bind", bind, "--worker-bind", worker_bind,
+            [self.python, "-m", COORDINATOR_MODULE, "--bind", bind, "--worker-bind", worker_bind,
              "--state-dir", self.state_dir, "--http", self.http_endpoint or "127.0.0.1:0", *self.coordinator_args],
-            stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=log, cwd=self._cwd(), env=self._env(),
         )
         log.close()
         line = _read_line(self.coordinator, timeout_s)
@@ -110,13 +126,26 @@ class LocalCluster:
         worker_id = f"worker-{self._worker_count}"
         log = open(os.path.join(self.log_dir, f"{worker_id}.log"), "ab")
         proc = subprocess.Popen(
-            [self.python, str(BIN / "worker"), "--connect", self.worker_endpoint,
+            [self.python, "-m", WORKER_MODULE, "--connect", self.worker_endpoint,
              "--slots", str(slots or self.slots), "--worker-id", worker_id, *self.worker_args, *extra_args],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})},
+            stdout=log, stderr=subprocess.STDOUT, cwd=self._cwd(), env=self._env(env),
         )
         log.close()
         self.worker_procs.append(proc)
         return proc
+
+    def _cwd(self) -> str | None:
+        if self.cwd is not None:
+            return self.cwd
+        return str(ROOT) if FROM_CHECKOUT else None
+
+    def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment of a process: ours, the checkout first on PYTHONPATH (as ``bin/*`` put it), ``extra``."""
+        env = dict(os.environ)
+        if FROM_CHECKOUT:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        env.update(extra or {})
+        return env
 
     def kill_coordinator(self, sig: int = signal.SIGKILL) -> None:
         assert self.coordinator is not None
