@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from actorsched.config import BreakerConfig, LivenessConfig, PlacementConfig, TasksConfig
-from actorsched.core.breaker import Breaker, BreakerState
+from actorsched.core.breaker import SLICES, Breaker, BreakerState
 from actorsched.core.commands import JudgeAttempts, ReadyTask, SetAccepting
 from actorsched.core.placement import DispatcherCore
 from actorsched.core.queue import TaskQueueCore
@@ -91,3 +91,18 @@ def test_only_failures_of_tasks_that_succeeded_elsewhere_are_judged_against_a_wo
     run("bad-everywhere", b"k2", "w2", False, 3.0)
     # The success counts for w2; w1 is blamed only for the task that then succeeded on w2.
     assert judged == [("w2", True), ("w1", False)]
+
+
+def test_the_window_holds_counts_per_slice_not_an_entry_per_attempt() -> None:
+    """Issue 9 #7: at 5,000 attempts/s the window used to hold 300,000 entries (~19 MB per worker)."""
+    config = BreakerConfig(window_s=60.0, min_attempts=10, failure_ratio=0.5)
+    breaker = Breaker()
+    for i in range(300_000):
+        breaker.judge(True, i / 5000, config)
+    assert len(breaker.judged) <= SLICES + 1 and breaker.attempts <= 300_000
+    assert 60 * 5000 - 2 * 5000 <= breaker.attempts <= 60 * 5000  # one minute's worth, to a slice
+    for i in range(300_000, 300_000 + 400_000):  # mostly failures for 80 s: the old successes age out
+        state = breaker.judge(i % 5 == 0, i / 5000, config)
+        if state is not None:
+            break
+    assert breaker.state.value == "open"
