@@ -1,21 +1,32 @@
-"""The ``actorsched`` command: submit, inspect, wait for and cancel tasks from a shell.
+"""The ``actorsched`` command: submit, list, inspect, wait for and cancel tasks from a shell.
 
 A thin shell over :class:`actorsched.client.Client`: parse argv, connect, make one
 call, print.  Exit codes: 0 ok; 1 a task failed, was cancelled or is unknown (or
 nothing was cancelled); 2 a usage error, a connection error (a refused CURVE key included:
 its message names the key file and the coordinator's folder it belongs in) or a wait
 that timed out.
-Expected errors print one line on stderr, never a traceback.
+Expected errors print one line on stderr, never a traceback, naming the command
+(``actorsched status: ...``).  Before its command each invocation checks, within ~2 s
+(``--connect-timeout`` when given), that something completes a ZeroMQ handshake at the
+coordinator's address, so a coordinator that is not running (or a wrong port) is named
+at once rather than after the 10 s an answer may take.
+
+Arguments of ``submit`` are JSON (a string is ``'"text"'``); one that is not is a usage
+error showing how to quote it.  ``wait`` draws a progress bar (:class:`Progress`) on a
+terminal and writes a plain line at most every few seconds otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import dataclasses
 import json
 import logging
+import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,13 +41,18 @@ from actorsched.config import (
     is_loopback_host,
     parse_endpoint,
 )
+from actorsched.core.states import TaskState
 from actorsched.errors import ActorschedError, ConfigError, ConnectionFailed, SubmitRejected, Timeout
-from actorsched.protocol import TaskInfo
+from actorsched.protocol import MAX_LIST_LIMIT, TaskInfo
 
 EXIT_OK = 0
 EXIT_TASK = 1
 EXIT_ERROR = 2
 _BAD_STATES = ("FAILED", "CANCELLED", "NOT_FOUND")
+_FAILED_STATES = ("FAILED", "CANCELLED")
+REACH_TIMEOUT_S = 2.0
+"""How long a command waits for a connection to the coordinator before it says none is there."""
+_STATES = tuple(state.value for state in TaskState)
 
 
 class _UsageError(ActorschedError):
@@ -56,12 +72,14 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, default=_json_default, sort_keys=False)
 
 
-def _parse_value(text: str) -> Any:
-    """JSON if ``text`` is valid JSON, else the string itself."""
+def _parse_value(text: str, what: str) -> Any:
+    """``text`` parsed as JSON; a usage error showing how to quote a string if it is not JSON."""
     try:
         return json.loads(text)
-    except ValueError:
-        return text
+    except json.JSONDecodeError as exc:
+        raise _UsageError(
+            f"{what} {text!r} is not valid JSON ({exc.msg} at column {exc.colno}); arguments are JSON, so a "
+            f"string goes in double quotes inside the shell's quotes: {shlex.quote(json.dumps(text))}") from None
 
 
 def _error_text(info: TaskInfo) -> str:
@@ -93,10 +111,11 @@ def _cmd_submit(client: Client, args: argparse.Namespace, out: TextIO, err: Text
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise _UsageError(f"--kw must look like KEY=VALUE, got {item!r}")
-        kwargs[key] = _parse_value(text)
-    spec = {"name": args.name, "args": [_parse_value(a) for a in args.args], "kwargs": kwargs,
-            "priority": args.priority, "task_id": args.id, "deps": args.dep or [],
-            "timeout_s": args.timeout_s, "max_attempts": args.max_attempts}
+        kwargs[key] = _parse_value(text, f"--kw {key}")
+    spec = {"name": args.name, "args": [_parse_value(a, f"argument {i}") for i, a in enumerate(args.args, 1)],
+            "kwargs": kwargs, "priority": args.priority, "task_id": args.id, "deps": args.dep or [],
+            "timeout_s": args.timeout_s, "max_attempts": args.max_attempts, "retry_on": args.retry_on or [],
+            "tags": args.tag or []}
     (handle,) = client.submit_many([spec])
     print(_dumps({"task_id": handle.task_id}) if args.json else handle.task_id, file=out)
     return EXIT_OK
@@ -115,6 +134,8 @@ def _cmd_status(client: Client, args: argparse.Namespace, out: TextIO, err: Text
             rows.append(("error", _error_text(info)))
         if info.state == "SUCCEEDED":
             rows.append(("value", _dumps(info.value)))
+        if info.output:
+            rows.append(("output", f"{len(info.output.encode())} bytes (actorsched logs {info.task_id})"))
         for key, value in rows:
             print(f"{key:<9} {value}", file=out)
         for record in info.history:
@@ -123,9 +144,10 @@ def _cmd_status(client: Client, args: argparse.Namespace, out: TextIO, err: Text
             print(f"attempt {record.attempt}: {record.outcome} on {record.worker_id or '-'} at {started}, "
                   f"{record.ended_at - record.started_at:.3f} s{error}", file=out)
     if info.state == "NOT_FOUND":
-        print(f"actorsched: task {info.task_id!r} is not known to the coordinator at {client.endpoint}", file=err)
+        print(f"actorsched status: task {info.task_id!r} is not known to the coordinator at {client.endpoint}",
+              file=err)
         return EXIT_TASK
-    return EXIT_OK
+    return EXIT_TASK if info.state in _FAILED_STATES else EXIT_OK
 
 
 def _cmd_result(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -134,7 +156,7 @@ def _cmd_result(client: Client, args: argparse.Namespace, out: TextIO, err: Text
         for _ in client.as_completed([handle], timeout=args.timeout):
             pass
     except Timeout:
-        print(f"actorsched: task {args.id!r} is not finished after {args.timeout} s; it keeps running "
+        print(f"actorsched result: task {args.id!r} is not finished after {args.timeout} s; it keeps running "
               f"(see: actorsched status {args.id})", file=err)
         return EXIT_ERROR
     info = handle.info()
@@ -144,7 +166,7 @@ def _cmd_result(client: Client, args: argparse.Namespace, out: TextIO, err: Text
         print(_dumps(info.value), file=out)
     if info.state == "SUCCEEDED":
         return EXIT_OK
-    print(f"actorsched: task {info.task_id!r} {info.state}: {_error_text(info)}", file=err)
+    print(f"actorsched result: task {info.task_id!r} {info.state}: {_error_text(info)}", file=err)
     return EXIT_TASK
 
 
@@ -165,30 +187,21 @@ def _cmd_cancel(client: Client, args: argparse.Namespace, out: TextIO, err: Text
         reason = f"it is {info.state} and unfinished tasks depend on it; drop --no-cascade to cancel them too"
     else:
         reason = f"it is {info.state}; its worker did not confirm the cancel in time, see `actorsched status`"
-    print(f"actorsched: nothing cancelled: task {args.id!r}: {reason}", file=err)
+    print(f"actorsched cancel: nothing cancelled: task {args.id!r}: {reason}", file=err)
     return EXIT_TASK
 
 
 def _cmd_wait(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     handles = [client.handle(task_id) for task_id in dict.fromkeys(args.ids)]
-    live = err.isatty()
-    done = failed = 0
-
-    def progress(end: str) -> None:
-        text = f"{done}/{len(handles)} done" + (f", {failed} failed" if failed else "")
-        print(f"\r{text}" if live else text, end=end, file=err, flush=True)
-
+    progress = Progress(len(handles), err)
     timed_out = False
     try:
         for handle in client.as_completed(handles, timeout=args.timeout):
-            done += 1
-            failed += handle.status() in _BAD_STATES
-            if live:
-                progress("")
+            state = handle.status()
+            progress.update(failed=state in _FAILED_STATES, not_found=state == "NOT_FOUND")
     except Timeout:
         timed_out = True
-    if live or timed_out or failed:
-        progress("\n")
+    progress.close()
     pending = [h.task_id for h in handles if not h.done()] if timed_out else []
     current = dict(zip(pending, client.query_many(pending), strict=True))
     infos = [current.get(h.task_id) or h.info() for h in handles]
@@ -198,11 +211,71 @@ def _cmd_wait(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO
         for info in infos:
             print(_task_line(info) if info.state in FINAL_STATES else f"{info.task_id} {info.state} (not finished)",
                   file=out)
+    if progress.not_found:
+        unknown = [i.task_id for i in infos if i.state == "NOT_FOUND"]
+        shown = ", ".join(repr(t) for t in unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+        print(f"actorsched wait: {len(unknown)} id(s) not known to the coordinator at {client.endpoint} (NOT_FOUND): "
+              f"{shown}", file=err)
     if timed_out:
-        print(f"actorsched: {len(handles) - done} of {len(handles)} task(s) not finished after {args.timeout} s; "
-              f"they keep running", file=err)
+        print(f"actorsched wait: {len(handles) - progress.done} of {len(handles)} task(s) not finished after "
+              f"{args.timeout} s; they keep running", file=err)
         return EXIT_ERROR
-    return EXIT_TASK if failed else EXIT_OK
+    return EXIT_TASK if progress.failed or progress.not_found else EXIT_OK
+
+
+_TASK_COLUMNS = ("id", "state", "name", "attempt", "worker", "age")
+
+
+def _age(updated_at: float, now: float) -> str:
+    if updated_at <= 0:
+        return "-"
+    seconds = max(0.0, now - updated_at)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}" if seconds >= 10 * size else f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+
+
+def _cmd_tasks(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    listing = client.list_tasks(state=args.state, name=args.name, worker=args.worker, id_prefix=args.id,
+                                limit=args.limit)
+    if args.json:
+        print(_dumps([dataclasses.asdict(info) for info in listing]), file=out)
+    else:
+        now = time.time()
+        rows = [_TASK_COLUMNS] + [(i.task_id, i.state, i.name, str(i.attempt), i.worker_id or "-",
+                                   _age(i.updated_at, now)) for i in listing]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(_TASK_COLUMNS))]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
+        if not listing:
+            print("(no tasks)", file=out)
+    if listing.cut:
+        print("actorsched tasks: the coordinator stopped searching its journal at its bound; older tasks may "
+              "match too: narrow the search with --state, --name, --worker or --id", file=err)
+    return EXIT_OK
+
+
+def _cmd_logs(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    info = client.query(args.id)
+    if info.state == "NOT_FOUND":
+        print(f"actorsched logs: task {info.task_id!r} is not known to the coordinator at {client.endpoint}; "
+              f"check the id (actorsched tasks lists recent ones)", file=err)
+        return EXIT_TASK
+    if args.json:
+        print(_dumps({"task_id": info.task_id, "state": info.state, "attempt": info.attempt,
+                      "output": info.output}), file=out)
+        return EXIT_OK
+    if info.output:
+        out.write(info.output)
+        if not info.output.endswith("\n"):
+            out.write("\n")
+        out.flush()
+    elif info.state in FINAL_STATES or info.history:
+        print(f"(task {info.task_id} is {info.state}; its last attempt wrote nothing to stdout or stderr)", file=err)
+    else:
+        print(f"(task {info.task_id} is {info.state}; what it writes shows here once an attempt ends)", file=err)
+    return EXIT_OK
 
 
 _WORKER_COLUMNS = ("id", "host", "pid", "slots", "running", "load", "state", "breaker", "heartbeat_age")
@@ -248,6 +321,128 @@ def _cmd_purge(client: Client, args: argparse.Namespace, out: TextIO, err: TextI
 Command = Callable[[Client, argparse.Namespace, TextIO, TextIO], int]
 
 
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """``done/total`` on ``stream``: a bar redrawn in place on a terminal, plain lines otherwise.
+
+    On a terminal (``stream.isatty()``, or ``live=True``) one line is redrawn with
+    ``\\r`` at most every ``redraw_s`` (0.1 s): a bar, done/total, percent, the rate
+    over the last ``window_s`` seconds, the ETA at that rate, failures so far.  Elsewhere
+    (a file, a pipe, a CI log) a full line is written every ``every_s`` seconds at most
+    (the first after ``every_s``), and one at the end: a log stays readable and short.
+    """
+
+    def __init__(self, total: int, stream: TextIO, live: bool | None = None, what: str = "tasks",
+                 clock: Callable[[], float] = time.monotonic, redraw_s: float = 0.1, every_s: float = 5.0,
+                 window_s: float = 10.0) -> None:
+        self.total = total
+        self.stream = stream
+        self.live = _isatty(stream) if live is None else live
+        self.what = what
+        self.clock = clock
+        self.interval = redraw_s if self.live else every_s
+        self.window_s = window_s
+        self.done = self.failed = self.not_found = 0
+        self.started = clock()
+        self._shown_at = -math.inf if self.live else self.started  # a first plain line only after every_s
+        self._shown_done = -1
+        self._samples: collections.deque[tuple[float, int]] = collections.deque([(self.started, 0)])
+        self._drawn = False  # a bar is on the terminal's current line
+
+    def update(self, count: int = 1, failed: bool = False, not_found: bool = False) -> None:
+        """``count`` more finished (failed, or unknown ids), redrawn if it is time."""
+        self.done += count
+        self.failed += count if failed else 0
+        self.not_found += count if not_found else 0
+        now = self.clock()
+        if now - self._shown_at >= self.interval:
+            self._show(now)
+
+    def note(self, text: str) -> None:
+        """A line of its own (above the bar on a terminal)."""
+        if self.live and self._drawn:
+            self.stream.write("\r\x1b[K")
+        self.stream.write(text + "\n")
+        if self.live and self._drawn:
+            self._draw(self.clock())
+        self.stream.flush()
+
+    def close(self) -> None:
+        """The final figures: the bar ends its line, or a last plain line (unless one says it all)."""
+        now = self.clock()
+        if self.live:
+            self._draw(now)
+            self.stream.write("\n")
+            self._drawn = False
+        elif self._shown_done != self.done:
+            self.stream.write(self.line(now) + "\n")
+        self.stream.flush()
+
+    def rate(self, now: float) -> float:
+        """Finished per second over the last ``window_s`` seconds (since the start, at first)."""
+        samples = self._samples
+        samples.append((now, self.done))
+        while len(samples) > 2 and now - samples[1][0] >= self.window_s:
+            samples.popleft()
+        then, done_then = samples[0]
+        return (self.done - done_then) / (now - then) if now > then else 0.0
+
+    def line(self, now: float) -> str:
+        """The figures as one line: ``120/3000 done, 2 failed, 812 tasks/s, ETA 0:04, 0:01 elapsed``."""
+        rate = self.rate(now)
+        parts = [f"{self.done}/{self.total} done", f"{self.failed} failed"]
+        if self.not_found:
+            parts.append(f"{self.not_found} not found")
+        parts.append(f"{rate:,.0f} {self.what}/s")
+        if self.done < self.total:
+            parts.append(f"ETA {_clock_text((self.total - self.done) / rate) if rate > 0 else '?'}")
+        parts.append(f"{_clock_text(now - self.started)} elapsed")
+        return ", ".join(parts)
+
+    def _show(self, now: float) -> None:
+        if self.live:
+            self._draw(now)
+        else:
+            self.stream.write(self.line(now) + "\n")
+        self._shown_at = now
+        self._shown_done = self.done
+        self.stream.flush()
+
+    def _draw(self, now: float) -> None:
+        fraction = self.done / self.total if self.total else 1.0
+        text = f" {fraction:4.0%} {self.line(now)}"
+        width = max(10, min(40, _columns(self.stream) - len(text) - 3))
+        filled = int(round(width * fraction))
+        self.stream.write(f"\r[{'#' * filled}{'-' * (width - filled)}]{text}\x1b[K")
+        self._drawn = True
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or odd stream
+        return False
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 80
+
+
+def _clock_text(seconds: float) -> str:
+    """``m:ss`` (``h:mm:ss`` past an hour)."""
+    if not math.isfinite(seconds) or seconds > 99 * 3600:
+        return "?"
+    whole = int(seconds + 0.5)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def _curve_hint(args: argparse.Namespace) -> str:
     """What else "no answer" may mean.
 
@@ -281,6 +476,22 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _state(text: str) -> str:
+    if text.upper() not in _STATES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(_STATES)}, got {text!r}")
+    return text.upper()
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= MAX_LIST_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_LIST_LIMIT}, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="actorsched", description="Submit and inspect actorsched tasks.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log DEBUG messages on stderr")
@@ -302,13 +513,17 @@ def build_parser() -> argparse.ArgumentParser:
     # No --timeout here: on submit it would read as the task's timeout (that is --timeout-s).
     p = sub.add_parser("submit", parents=[common], help="submit one task and print its id")
     p.add_argument("name", help="task function as package.module:function")
-    p.add_argument("args", nargs="*", metavar="ARG", help="positional arguments (JSON if valid, else strings)")
+    p.add_argument("args", nargs="*", metavar="ARG",
+                   help="positional arguments, each JSON: 5, [1, 2], '\"a string\"'")
     p.add_argument("--priority", type=int, default=0, help="smaller runs first (default 0)")
     p.add_argument("--id", default=None, help="task id (default: a random uuid); resubmitting an id is a no-op")
-    p.add_argument("--kw", action="append", metavar="KEY=VALUE", help="keyword argument (repeatable)")
+    p.add_argument("--kw", action="append", metavar="KEY=VALUE", help="keyword argument, VALUE JSON (repeatable)")
     p.add_argument("--timeout-s", type=float, default=None, help="task timeout in seconds (0: none)")
     p.add_argument("--max-attempts", type=int, default=None, help="attempts before the task FAILS")
     p.add_argument("--dep", action="append", metavar="ID", help="a task that must succeed first (repeatable)")
+    p.add_argument("--retry-on", action="append", metavar="ERROR",
+                   help="retry only failures of this exception type, e.g. ConnectionError (repeatable)")
+    p.add_argument("--tag", action="append", metavar="TAG", help="a tag of the task (repeatable)")
     p.set_defaults(run=_cmd_submit)
 
     p = sub.add_parser("status", parents=[common, connect], help="show a task's state")
@@ -332,6 +547,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
                    help="give up waiting after S seconds (exit 2); the tasks keep running")
     p.set_defaults(run=_cmd_wait)
+
+    p = sub.add_parser("tasks", parents=[common, connect], help="list tasks, newest first")
+    p.add_argument("--state", type=_state, default=None, metavar="STATE",
+                   help=f"only tasks in this state: {', '.join(_STATES)}")
+    p.add_argument("--name", default=None, metavar="NAME",
+                   help="only this task name, its function part (echo) or a shell pattern ('*.tasks:e*')")
+    p.add_argument("--worker", default=None, metavar="ID", help="only tasks whose last attempt ran on this worker")
+    p.add_argument("--id", default=None, metavar="PREFIX", help="only tasks whose id starts with PREFIX")
+    p.add_argument("--limit", type=_limit, default=100, metavar="K",
+                   help=f"at most K tasks (default 100, at most {MAX_LIST_LIMIT:,})")
+    p.set_defaults(run=_cmd_tasks)
+
+    p = sub.add_parser("logs", parents=[common, connect],
+                       help="print what a task wrote to stdout and stderr (its last attempt)")
+    p.add_argument("id")
+    p.set_defaults(run=_cmd_logs)
 
     p = sub.add_parser("workers", parents=[common, connect], help="list workers")
     p.set_defaults(run=_cmd_workers)
@@ -364,28 +595,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             public, secret = security.generate(args.dir, args.name, replace=args.force)
         except ConfigError as exc:
-            print(f"actorsched: {exc}", file=sys.stderr)
+            print(f"actorsched keygen: {exc}", file=sys.stderr)
             return EXIT_ERROR
         print(f"public key (hand it to the coordinator's allowlist): {public}\nsecret key (keep it): {secret}")
         return EXIT_OK
-    connect_timeout = args.connect_timeout or getattr(args, "connect_timeout_alias", None) or 10.0
+    given_timeout = args.connect_timeout or getattr(args, "connect_timeout_alias", None)
     run: Command = args.run
+    prefix = f"actorsched {args.command}"
     try:
-        with Client(args.coordinator, timeout_s=connect_timeout, server_key_file=args.server_key,
+        with Client(args.coordinator, timeout_s=given_timeout or 10.0, server_key_file=args.server_key,
                     key_file=args.key) as client:
+            client.wait_connected(given_timeout or REACH_TIMEOUT_S)
             return run(client, args, sys.stdout, sys.stderr)
     except ConnectionFailed as exc:
-        silent = str(exc).startswith("no answer")  # rather than a Refused with its reason
-        print(f"actorsched: {exc}{_curve_hint(args) if silent else ''}", file=sys.stderr)
+        silent = str(exc).startswith(("no answer", "no connection"))  # rather than a Refused with its reason
+        print(f"{prefix}: {exc}{_curve_hint(args) if silent else ''}", file=sys.stderr)
         return EXIT_ERROR
     except (ConfigError, SubmitRejected, _UsageError) as exc:
-        print(f"actorsched: {exc}", file=sys.stderr)
+        print(f"{prefix}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except ActorschedError as exc:
-        print(f"actorsched: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{prefix}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("actorsched: interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -39,6 +39,12 @@ retried by ZeroMQ, and named in the error when no answer comes within ``timeout_
 Submits are validated completely before anything is sent (:class:`InvalidTask`), sent
 in chunks of at most :data:`SUBMIT_CHUNK` tasks, and pipelined: up to :data:`WINDOW`
 chunks are in flight while the replies come back.
+
+:meth:`Client.list_tasks` asks for light rows of the newest tasks matching filters
+(``ListTasks``/``TaskList``); ``TaskInfo.output`` of a query is what the task's last
+attempt wrote to stdout and stderr.  :meth:`Client.wait_connected` waits for the
+connection's handshake only (the socket monitor reports it), so a tool can say within a
+couple of seconds that nothing answers at an address instead of waiting out ``timeout_s``.
 """
 
 from __future__ import annotations
@@ -77,7 +83,7 @@ from actorsched.errors import (
     TaskNotFound,
     Timeout,
 )
-from actorsched.protocol import ErrorReply, Message, TaskInfo, TaskSpec, WorkerInfo
+from actorsched.protocol import ErrorReply, Message, TaskInfo, TaskListing, TaskSpec, WorkerInfo
 from actorsched.security import secure_client_socket
 from actorsched.zmqio import has_input, recv_bytes, send_frames
 
@@ -97,6 +103,7 @@ CLIENT_KEY_ENV = "ACTORSCHED_CLIENT_KEY"
 """Environment variable: this client's CURVE ``NAME.key_secret`` file."""
 FINAL_STATES = frozenset({state.value for state in core_states.FINAL_STATES} | {core_states.NOT_FOUND})
 """States after which a task never changes again (NOT_FOUND: the coordinator does not know it)."""
+_TASK_STATES = frozenset(state.value for state in core_states.TaskState)
 
 _SPEC_FIELDS = frozenset(f for f in TaskSpec.__dataclass_fields__)
 _DRAIN_LIMIT = 10_000  # messages read per poll before the lock is offered to others
@@ -378,8 +385,10 @@ class Client:
             # Disconnections: a watch opened before one may be gone (a restarted coordinator).
             # Handshakes: a refused one is an answer, not an outage.
             self._monitor: zmq.Socket[bytes] = self._socket.get_monitor_socket(
-                zmq.EVENT_DISCONNECTED | _HANDSHAKE_EVENTS)
+                zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED | _HANDSHAKE_EVENTS)
             self._drops = 0
+            self._link_up = False  # the handshake succeeded and the connection has not dropped since
+            self._tcp_connected = False  # a TCP connection was made at least once
             self._socket.connect(self.endpoint)
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)
@@ -549,14 +558,14 @@ class Client:
     def workers(self) -> list[WorkerInfo]:
         """Every worker the coordinator knows, with its load and state."""
         rid = next(self._ids)
-        (reply,) = self._exchange([(rid, protocol.encode(protocol.ListWorkers(rid)))], "list-workers")
-        return self._expect(reply, protocol.WorkersReply, "list-workers").workers
+        (reply,) = self._exchange([(rid, protocol.encode(protocol.ListWorkers(rid)))], "workers")
+        return self._expect(reply, protocol.WorkersReply, "workers").workers
 
     def stats(self) -> dict[str, Any]:
         """The coordinator's counters (tasks by state, workers, throughput...)."""
         rid = next(self._ids)
-        (reply,) = self._exchange([(rid, protocol.encode(protocol.GetStats(rid)))], "get-stats")
-        return self._expect(reply, protocol.StatsReply, "get-stats").stats
+        (reply,) = self._exchange([(rid, protocol.encode(protocol.GetStats(rid)))], "stats")
+        return self._expect(reply, protocol.StatsReply, "stats").stats
 
     def purge(self, older_than_s: float = 0.0) -> int:
         """Forget finished tasks that finished at least ``older_than_s`` ago; returns how many.
@@ -569,6 +578,64 @@ class Client:
         rid = next(self._ids)
         (reply,) = self._exchange([(rid, protocol.encode(protocol.Purge(rid, float(older_than_s))))], "purge")
         return self._expect(reply, protocol.PurgeReply, "purge").purged
+
+    def list_tasks(self, state: str | None = None, name: str | None = None, worker: str | None = None,
+                   id_prefix: str | None = None, limit: int = 100) -> TaskListing:
+        """The newest ``limit`` tasks (1..10,000) matching every filter given, newest first.
+
+        Light rows: no value, output or attempt history, errors without their traceback
+        (:meth:`query` a task for all of it).  ``state``: ``"FAILED"``, ``"RUNNING"``...;
+        ``name``: the task name, its function part (``"echo"``) or a shell pattern
+        (``"*.tasks:e*"``); ``worker``: the worker id of its last attempt (or a pattern);
+        ``id_prefix``: the start of its id.  The coordinator reads finished tasks back from
+        its journal, newest first, up to a bound: ``.cut`` on the answer is True when it
+        stopped there, so older matches may exist (narrow the filters to reach them).
+        """
+        if state is not None:
+            if type(state) is not str or state.upper() not in _TASK_STATES:
+                raise ActorschedError(f"state must be one of {', '.join(sorted(_TASK_STATES))}, got {state!r}")
+            state = state.upper()
+        for label, text in (("name", name), ("worker", worker), ("id_prefix", id_prefix)):
+            if text is not None and type(text) is not str:
+                raise ActorschedError(f"{label} must be a string or None, got {text!r}")
+        if type(limit) is not int or not 1 <= limit <= protocol.MAX_LIST_LIMIT:
+            raise ActorschedError(f"limit must be an integer in [1, {protocol.MAX_LIST_LIMIT}], got {limit!r}")
+        rid = next(self._ids)
+        request = protocol.ListTasks(rid, state, name, worker, id_prefix or None, limit)
+        (reply,) = self._exchange([(rid, protocol.encode(request))], "tasks")
+        page = self._expect(reply, protocol.TaskList, "tasks")
+        return TaskListing(page.tasks, page.cut)
+
+    def wait_connected(self, timeout_s: float = 2.0) -> None:
+        """Return once the connection to the coordinator is up (its handshake done), else raise
+        :class:`ConnectionFailed` within ``timeout_s``, saying what was found at the address.
+
+        Tells "nothing there" from "slow to answer" in a couple of seconds: the other calls
+        wait ``timeout_s`` of the client (10 s by default) for an answer.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._turn():
+            while True:
+                self._count_drops()
+                if self._handshake_refusal:
+                    raise ConnectionFailed(self._handshake_refusal)
+                if self._link_up:
+                    return
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                self._poll(deadline - now)
+        if self._hangups:  # a connection was made and hung up on in the handshake: say why, as _no_answer does
+            raise self._no_answer("")
+        if self._tcp_connected:
+            raise ConnectionFailed(
+                f"no connection to coordinator at {self.endpoint} within {timeout_s:g} s: something accepts "
+                f"connections there but does not complete a ZeroMQ handshake; is it an actorsched coordinator's "
+                f"client endpoint? Point ACTORSCHED_COORDINATOR / --coordinator at it")
+        raise ConnectionFailed(
+            f"no connection to coordinator at {self.endpoint} within {timeout_s:g} s (nothing accepted a "
+            f"connection there): is it running, on that host and port? Start it with bin/coordinator, or point "
+            f"ACTORSCHED_COORDINATOR / --coordinator at it")
 
     def handle(self, task_id: str) -> TaskHandle:
         """A handle for a task submitted earlier (by this or any other client)."""
@@ -682,8 +749,12 @@ class Client:
             kind, value = int(event["event"]), int(event["value"])
             if kind == zmq.EVENT_DISCONNECTED:
                 self._drops += 1
+                self._link_up = False
+            elif kind == zmq.EVENT_CONNECTED:
+                self._tcp_connected = True
             elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._hangups = 0
+                self._link_up = True
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
                 # ZeroMQ retries these itself; a run of them is named if no answer comes.
                 self._hangups += 1
@@ -825,16 +896,16 @@ class Client:
             if self._server_key_file and self._key_file:
                 return ConnectionFailed(
                     f"coordinator at {self.endpoint} hung up on the CURVE handshake {self._hangups} time(s) "
-                    f"({self._hangup_reason}) and never answered ({what}): most likely "
+                    f"({self._hangup_reason}) and never answered: most likely "
                     f"{self._server_key_file} is not its public key. Fix: use the NAME.key next to the "
                     f"coordinator's [security] secret_key_file")
             return ConnectionFailed(
                 f"coordinator at {self.endpoint} hung up on the handshake {self._hangups} time(s) "
-                f"({self._hangup_reason}) and never answered ({what}); is it an actorsched "
+                f"({self._hangup_reason}) and never answered; is it an actorsched "
                 f"coordinator's client endpoint?")
         return ConnectionFailed(
-            f"no answer from coordinator at {self.endpoint} within {self.timeout_s} s ({what}): is it running? "
-            f"Start it with bin/coordinator, or point ACTORSCHED_COORDINATOR / --coordinator at it")
+            f"no answer from coordinator at {self.endpoint} within {self.timeout_s:g} s (to a {what} request): is "
+            f"it running? Start it with bin/coordinator, or point ACTORSCHED_COORDINATOR / --coordinator at it")
 
     def _check_refused(self, seen: int) -> None:
         if self._handshake_refusal:
@@ -906,7 +977,7 @@ class Client:
             log.warning("dropping undecodable frame from coordinator endpoint=%s reason=%s", self.endpoint, exc)
             return
         if isinstance(message, protocol.Refused):
-            log.warning("coordinator refused this client endpoint=%s reason=%s", self.endpoint, message.reason)
+            log.info("coordinator refused this client endpoint=%s reason=%s", self.endpoint, message.reason)
             self._refusals += 1
             self._refusal_reason = message.reason
             return

@@ -3,9 +3,10 @@
 A coordinator (with its SQLite journal) and four worker processes start on this
 machine.  A few thousand tasks of mixed kinds and priorities go in through the client
 API; when about a third are done, one worker is killed with SIGKILL.  Its tasks run
-again elsewhere.  A progress line shows while it runs and a summary follows: tasks per
-worker, retries, wall time, tasks/s.  Exit status 0 means every task succeeded and
-every process started here was stopped.
+again elsewhere.  Progress shows while it runs (a bar redrawn in place on a terminal,
+a plain line every few seconds when the output goes to a file or a pipe) and a summary
+follows: tasks per worker, retries, wall time, tasks/s.  Exit status 0 means every task
+succeeded and every process started here was stopped.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 from typing import Any
 
+from actorsched.cli import Progress
 from actorsched.localcluster import LocalCluster
 
 FINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -62,19 +64,16 @@ def main(argv: list[str] | None = None) -> int:
         victim = cluster.worker_procs[0]
         killed_at: float | None = None
         done: dict[str, Any] = {}
+        progress = Progress(len(handles), sys.stdout)
         for handle in client.as_completed(handles, timeout=600):
-            done[handle.task_id] = handle.info()
+            info = done[handle.task_id] = handle.info()
+            progress.update(failed=info.state != "SUCCEEDED")
             if killed_at is None and len(done) >= len(handles) // 3:
                 victim.send_signal(signal.SIGKILL)
                 killed_at = time.monotonic() - started
-                sys.stdout.write(f"\nkilled worker-1 (pid {victim.pid}) with SIGKILL at {killed_at:.2f} s\n")
-            if len(done) % 50 == 0 or len(done) == len(handles):
-                elapsed = time.monotonic() - started
-                sys.stdout.write(f"\r{len(done)}/{len(handles)} done  {elapsed:6.2f} s  "
-                                 f"{len(done) / max(elapsed, 1e-9):7.0f} tasks/s")
-                sys.stdout.flush()
+                progress.note(f"killed worker-1 (pid {victim.pid}) with SIGKILL at {killed_at:.2f} s")
+        progress.close()
         wall = time.monotonic() - started
-        print()
         infos = list(done.values())
         stats = client.stats()
     return summarize(infos, stats, wall)

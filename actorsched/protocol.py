@@ -41,16 +41,23 @@ Message kinds
 -------------
 worker -> coordinator: Register, Heartbeat, Started, Results, Released, Draining, Goodbye
 coordinator -> worker: Welcome, Assign, CancelTasks, Release, Reregister, Shutdown, Refused
-client -> coordinator: Submit, Cancel, Query, Watch, Unwatch, ListWorkers, GetStats, Purge
+client -> coordinator: Submit, Cancel, Query, Watch, Unwatch, ListWorkers, GetStats, Purge, ListTasks
 coordinator -> client: SubmitReply, CancelReply, QueryReply, TasksDone,
-WorkersReply, StatsReply, ErrorReply, PurgeReply, Refused
+WorkersReply, StatsReply, ErrorReply, PurgeReply, TaskList, Refused
+
+Captured output (AS4): ``TaskOutcome.output`` is what the attempt wrote to stdout and
+stderr, at most :data:`MAX_OUTPUT_BYTES` (the last ones, after a ``…[N bytes cut]``
+line when cut); ``TaskInfo.output`` is that of the task's last finished attempt.
+Listing (AS4): ``ListTasks`` asks for light rows (no value, output, history or
+traceback), newest first, at most :data:`MAX_LIST_LIMIT`; ``TaskList.cut`` says the
+coordinator stopped looking (its scan bound) before it had examined every task it knows.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -60,7 +67,8 @@ from actorsched.errors import ProtocolError
 from actorsched.recordcodec import MAX_NESTING, Decoder, bounds, check_depth, nesting, record_decoder, record_encoder
 
 VERSION = b"AS4"  # AS2: Submit gained `watch`; AS3: prefetch, Release/Released, Assignment.priority;
-# AS4: QueryReply.rest (query replies are paged)
+# AS4: QueryReply.rest (query replies are paged); TaskOutcome.output, TaskInfo.output/updated_at,
+# ListTasks/TaskList (unreleased, so still AS4)
 TASK_NAME_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 """A task name, ``package.module:function``; use with ``fullmatch``."""
 MAX_FRAMES = 3
@@ -81,6 +89,10 @@ MAX_PERCENT = 100.0
 """Host CPU and memory use, as psutil reports them system-wide."""
 MAX_FLOAT = 1.7976931348623157e308
 """Figures the coordinator computes (load score, times): any finite number, never NaN or infinite."""
+MAX_OUTPUT_BYTES = 64 * 1024
+"""What one attempt's captured stdout and stderr keep: the last this many bytes (see the worker's executor)."""
+MAX_LIST_LIMIT = 10_000
+"""Most rows one ``ListTasks`` may ask for."""
 
 _COUNT = bounds(0, MAX_COUNT)
 _PRIORITY = bounds(-MAX_COUNT, MAX_COUNT)  # the TaskQueue checks the real range and answers with it
@@ -153,6 +165,7 @@ class TaskOutcome:
     value: Any
     error: ErrorInfo | None
     duration_s: float = field(metadata=_SECONDS)
+    output: str = ""  # what it wrote to stdout and stderr, the last MAX_OUTPUT_BYTES at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +182,12 @@ class AttemptRecord:
 
 @dataclass(frozen=True, slots=True)
 class TaskInfo:
-    """A task's state as the coordinator knows it.  ``state`` NOT_FOUND for unknown ids."""
+    """A task's state as the coordinator knows it.  ``state`` NOT_FOUND for unknown ids.
+
+    ``output``: what the task's last finished attempt wrote to stdout and stderr.
+    ``updated_at``: wall-clock unix seconds of the last change the coordinator knows of
+    (finished, the current attempt placed, the last attempt ended, submitted); 0 unknown.
+    """
 
     task_id: str
     state: str
@@ -180,6 +198,22 @@ class TaskInfo:
     value: Any = None
     error: ErrorInfo | None = None
     history: list[AttemptRecord] = field(default_factory=list)
+    output: str = ""
+    updated_at: float = field(default=0.0, metadata=_FINITE)
+
+
+class TaskListing(list[TaskInfo]):
+    """A list of light :class:`TaskInfo` rows, newest first, that also says whether the search was ``cut``.
+
+    ``cut``: the coordinator stopped looking (its scan bound) before it had seen every task,
+    so older matches may exist; narrow the filters to reach them.
+    """
+
+    cut: bool = False
+
+    def __init__(self, items: Iterable[TaskInfo] = (), cut: bool = False) -> None:
+        super().__init__(items)
+        self.cut = cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +406,34 @@ class Purge(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class ListTasks(Message):
+    """Light rows of the tasks matching every given filter, newest first (``TaskList``).
+
+    ``state``: one state (``FAILED``...); ``name``: the task name, its function part
+    (``echo``) or a shell pattern (``*:echo*``); ``worker``: the worker id of its last
+    attempt (or a pattern); ``id_prefix``: the start of its id.  None: no filter.
+    """
+
+    KIND: ClassVar[bytes] = b"list-tasks"
+    request_id: int = field(metadata=_COUNT)
+    state: str | None
+    name: str | None
+    worker: str | None
+    id_prefix: str | None
+    limit: int = field(default=100, metadata=bounds(1, MAX_LIST_LIMIT))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskList(Message):
+    """Answer to ``ListTasks``: light rows (no value, output, history or traceback), newest first."""
+
+    KIND: ClassVar[bytes] = b"task-list"
+    request_id: int = field(metadata=_COUNT)
+    tasks: list[TaskInfo]
+    cut: bool = False  # the coordinator stopped looking before it had seen every task
+
+
+@dataclass(frozen=True, slots=True)
 class PurgeReply(Message):
     KIND: ClassVar[bytes] = b"purge-reply"
     request_id: int = field(metadata=_COUNT)
@@ -437,13 +499,14 @@ class ErrorReply(Message):
 
 WORKER_MESSAGES: tuple[type[Message], ...] = (Register, Heartbeat, Started, Results, Released, Draining, Goodbye)
 CLIENT_MESSAGES: tuple[type[Message], ...] = (
-    Submit, Cancel, Query, Watch, Unwatch, ListWorkers, GetStats, Purge,
+    Submit, Cancel, Query, Watch, Unwatch, ListWorkers, GetStats, Purge, ListTasks,
 )
 TO_WORKER_MESSAGES: tuple[type[Message], ...] = (
     Welcome, Assign, CancelTasks, Release, Reregister, Shutdown, Refused,
 )
 TO_CLIENT_MESSAGES: tuple[type[Message], ...] = (
-    SubmitReply, CancelReply, QueryReply, TasksDone, WorkersReply, StatsReply, ErrorReply, PurgeReply, Refused,
+    SubmitReply, CancelReply, QueryReply, TasksDone, WorkersReply, StatsReply, ErrorReply, PurgeReply, TaskList,
+    Refused,
 )
 
 

@@ -80,3 +80,36 @@ def fail_if_env(variable: str, value: Any = None) -> Any:
     if os.environ.get(variable):
         raise RuntimeError(f"this worker is broken on purpose (${variable} is set)")
     return value
+
+
+def shout(text: str, times: int = 1, stream: str = "stdout") -> int:
+    """Writes ``text`` (a line) ``times`` times to ``stream``: "stdout", "stderr", "both" (stdout, then
+    stderr) or "fd" (straight to file descriptors 1 and 2, as C code would); returns the bytes written.
+
+    For tests of captured output (``actorsched logs``).
+    """
+    import sys
+
+    line = text + "\n"
+    written = 0
+    for _ in range(times):
+        if stream in ("stdout", "both"):
+            sys.stdout.write(line)
+            written += len(line.encode())
+        if stream in ("stderr", "both"):
+            sys.stderr.write(line)
+            written += len(line.encode())
+        if stream == "fd":
+            data = line.encode()
+            os.write(1, data)
+            os.write(2, data)
+            written += 2 * len(data)
+    if stream not in ("stdout", "stderr", "both", "fd"):
+        raise ValueError(f"stream must be 'stdout', 'stderr', 'both' or 'fd', got {stream!r}")
+    return written
+
+
+def fail_after_printing(text: str) -> None:
+    """Prints ``text`` (a line) to stdout, then raises RuntimeError: a failed task with something to show."""
+    print(text, flush=True)
+    raise RuntimeError(f"failed on purpose after printing {len(text) + 1} bytes")

@@ -3,6 +3,10 @@
 Facts in the past tense.  Every tell carries a *list* of events so that one actor hop
 moves a whole batch: the Transport collects everything it decoded in one poll turn
 and tells each actor once.
+
+Asks are questions, one at a time (not in a list), answered by the actor's
+``on_receive``: :class:`ListTasks` and :class:`TaskDetail` to the TaskQueue, from the
+status page (``queue_ref.ask(ev.ListTasks(...), timeout=2.0)``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,50 @@ class QueryRequested:
     client: PeerKey
     request_id: int
     task_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ListRequested:
+    """A client's ``ListTasks``: answered with a ``TaskList`` (see :class:`ListTasks` for the filters)."""
+
+    client: PeerKey
+    request_id: int
+    state: str | None
+    name: str | None
+    worker: str | None
+    id_prefix: str | None
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListTasks:
+    """Ask of the TaskQueue: light rows of the newest tasks matching every filter given.
+
+    Answered with a :class:`~actorsched.protocol.TaskListing` (a ``list[TaskInfo]``, newest
+    first by submit order, with ``.cut`` True when the journal scan stopped at its bound):
+    no value, output or history, errors without their traceback.  ``state``: a state name
+    (``"FAILED"``); ``name``: the task name, its function part (``"echo"``) or a shell
+    pattern (``"*:echo*"``); ``worker``: the worker id of its last attempt (or a pattern);
+    ``id_prefix``: the start of its id; ``limit``: 1..10,000 rows.  None: no filter.
+    """
+
+    state: str | None = None
+    name: str | None = None
+    worker: str | None = None
+    id_prefix: str | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDetail:
+    """Ask of the TaskQueue: one task in full, answered with ``(TaskSpec | None, TaskInfo)``.
+
+    The TaskInfo has the value, the output and every attempt; the spec is None (and the
+    state ``NOT_FOUND``) for an id neither memory nor the journal knows, None too for a
+    stored task whose spec cannot be read.
+    """
+
+    task_id: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,13 @@ to peers that must wait for them, to :class:`JournalWriter`; the writer applies
 everything waiting in one transaction and one fsync (:meth:`Journal.write_batches`), in
 order, and only then sends those messages.
 
+Results: the ``result`` column holds msgpack ``[value, error, history, output]``, or
+``[value, error, history]`` when the task wrote no output (what journals written before
+output was captured hold, and still read): an older coordinator can read every row of a
+task that printed nothing.  New rows are inserted in submit order (``seq``), so the table's
+own order (``rowid``) is submit order and a listing reads the newest rows first without an
+index of its own (:meth:`JournalReader.newest`), examining at most a bounded number.
+
 Start: :meth:`Journal.open` checks the file (``PRAGMA quick_check``), refuses a newer
 schema, creates a missing one, and reads the next coordinator epoch;
 :meth:`Journal.commit_epoch` stores it once the coordinator is really up (every socket
@@ -23,12 +30,13 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import operator
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -62,6 +70,21 @@ class JournalRow(NamedTuple):
     value: Any
     error: list[Any] | None
     history: list[Any]
+    output: str = ""  # what the last reported attempt wrote to stdout and stderr
+
+
+class ListedRow(NamedTuple):
+    """The light view of a stored task that a listing shows (no value, output, history or args)."""
+
+    task_id: str
+    seq: int
+    state: str
+    attempt: int
+    name: str
+    priority: int
+    worker_id: str  # who ran its last attempt ("" if none did)
+    error: list[Any] | None  # [type, message, traceback]
+    updated_at: float  # wall clock: finished, else the end of its last attempt (0: unknown)
 
 
 _SCHEMA = """
@@ -267,10 +290,12 @@ class Journal:
     def _apply(self, db: sqlite3.Connection, inserts: dict[str, JournalRow], updates: dict[str, JournalRow]) -> None:
         pack = self._pack
         if inserts:
+            # In submit order, so that the table's rowid order is submit order (listings read it newest first).
+            rows = sorted(inserts.values(), key=_SEQ) if len(inserts) > 1 else inserts.values()
             db.executemany("INSERT OR REPLACE INTO tasks(task_id, seq, state, attempt, epoch, deaths, "
                            "finished_at, spec, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            [(r.task_id, r.seq, r.state, r.attempt, r.epoch, r.deaths, r.finished_at, r.spec,
-                             _pack_result(r, pack)) for r in inserts.values()])
+                             _pack_result(r, pack)) for r in rows])
         if updates:
             db.executemany("UPDATE tasks SET state=?, attempt=?, epoch=?, deaths=?, finished_at=?, "
                            "result=? WHERE task_id=?",
@@ -285,6 +310,7 @@ class Journal:
 
 
 _COLUMNS = "task_id, seq, state, attempt, epoch, deaths, finished_at, spec, result"
+_SEQ = operator.attrgetter("seq")
 
 
 class RowProblem(NamedTuple):
@@ -298,10 +324,22 @@ class RowProblem(NamedTuple):
 def _row(raw: tuple[Any, ...]) -> JournalRow | RowProblem:
     task_id, seq, state, attempt, epoch, deaths, finished_at, spec, result = raw
     try:
-        value, error, history = unpack_stored(result) if result else (None, None, [])
+        value, error, history, output = _result_parts(unpack_stored(result)) if result else (None, None, [], "")
     except Exception as exc:  # whatever the bytes hold, one task's data must not stop the coordinator
         return RowProblem(task_id, seq, f"its stored result cannot be read ({type(exc).__name__}: {exc})")
-    return JournalRow(task_id, seq, state, attempt, epoch, deaths, finished_at, spec, value, error, history)
+    return JournalRow(task_id, seq, state, attempt, epoch, deaths, finished_at, spec, value, error, history, output)
+
+
+def _result_parts(stored: Any) -> tuple[Any, Any, Any, str]:
+    """``[value, error, history]`` (older rows, and tasks without output) or ``[value, error, history, output]``."""
+    if type(stored) is not list or len(stored) not in (3, 4):
+        raise ValueError(f"expected [value, error, history] or [value, error, history, output], "
+                         f"got {type(stored).__name__} of {len(stored) if type(stored) is list else '?'} items")
+    if len(stored) == 3:
+        return stored[0], stored[1], stored[2], ""
+    if type(stored[3]) is not str:
+        raise ValueError(f"stored output must be a string, got {type(stored[3]).__name__}")
+    return stored[0], stored[1], stored[2], stored[3]
 
 
 class JournalReader:
@@ -332,22 +370,96 @@ class JournalReader:
                     return rows, [t for t in task_ids[start:] if t not in read]
         return rows, []
 
+    def newest(self, state: str | None = None, spec_contains: str = "", result_contains: str = "",
+               id_prefix: str = "", max_rows: int = 100_000) -> Generator[ListedRow | None, None, None]:
+        """Stored tasks, newest first, that match ``state`` and whose stored spec (result) holds the
+        text ``spec_contains`` (``result_contains``) and whose id starts with ``id_prefix``.
+
+        The text tests are prefilters for the caller's exact ones (a name is in the spec, a
+        worker id in the result's history), run by SQLite so that rows that cannot match are
+        never decoded here.  At most the newest ``max_rows`` rows are examined (by rowid,
+        which is submit order); when older ones were left out the iterator ends with one
+        ``None``.  Rows that cannot be read are skipped.
+        """
+        db = self._db
+        top, low = db.execute("SELECT coalesce(max(rowid), 0), coalesce(min(rowid), 0) FROM tasks").fetchone()
+        bottom = top - max_rows
+        where = ["rowid > ?"]
+        params: list[Any] = [bottom]
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        if spec_contains:
+            where.append("instr(spec, ?) > 0")
+            params.append(spec_contains.encode())
+        if result_contains:
+            where.append("instr(result, ?) > 0")
+            params.append(result_contains.encode())
+        if id_prefix:
+            where.append("substr(task_id, 1, ?) = ?")
+            params += [len(id_prefix), id_prefix]
+        cursor = db.execute(f"SELECT task_id, seq, state, attempt, finished_at, spec, result FROM tasks "
+                            f"WHERE {' AND '.join(where)} ORDER BY rowid DESC", params)
+        try:
+            for raw in cursor:
+                listed = _listed(raw)
+                if listed is not None:
+                    yield listed
+        finally:
+            cursor.close()
+        if low <= bottom:
+            yield None
+
     def close(self) -> None:
         self._db.close()
+
+
+def _listed(raw: tuple[Any, ...]) -> ListedRow | None:
+    """The light view of a stored row, decoding only the fields it needs (None if unreadable)."""
+    task_id, seq, state, attempt, finished_at, spec, result = raw
+    try:
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(spec) + 1)
+        unpacker.feed(spec)
+        unpacker.read_array_header()
+        unpacker.skip()  # task_id
+        name = unpacker.unpack()
+        unpacker.skip()  # args
+        unpacker.skip()  # kwargs
+        priority = unpacker.unpack()
+        error, history = None, []
+        if result:
+            unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(result) + 1)
+            unpacker.feed(result)
+            unpacker.read_array_header()
+            unpacker.skip()  # the value, however large
+            error = unpacker.unpack()
+            history = unpacker.unpack()
+        last = history[-1] if history else None
+        worker_id = last[1] if last else ""
+        updated = finished_at if finished_at is not None else (last[5] if last else 0.0)
+        if type(name) is not str or type(priority) is not int or type(worker_id) is not str or not isinstance(
+                updated, (int, float)) or (error is not None and (type(error) is not list or len(error) != 3 or not all(
+                type(part) is str for part in error))):
+            return None
+    except Exception:  # a damaged row: the listing shows the others
+        return None
+    return ListedRow(task_id, seq, state, attempt, name, priority, worker_id, error, float(updated))
 
 
 _CHUNK = 500  # ids per SELECT ... IN (...) (SQLite allows 32,766 parameters)
 
 
 def unpack_stored(blob: bytes) -> Any:
-    """A stored result blob: ``[value, error, history]``, refused (ProtocolError) if nested past
-    what any peer may send, since code walking it must never recurse without bound."""
+    """A stored result blob: ``[value, error, history]`` or ``[value, error, history, output]``, refused
+    (ProtocolError) if nested past what any peer may send, since code walking it must never recurse without bound."""
     stored = msgpack.unpackb(blob, raw=False)
     check_depth(stored, MAX_NESTING + 2, "a stored result")
     return stored
 
 
 def _pack_result(row: JournalRow, pack: Pack) -> bytes | None:
+    if row.output:
+        return pack([row.value, row.error, row.history, row.output])
     if row.value is None and row.error is None and not row.history:
         return None
     return pack([row.value, row.error, row.history])

@@ -16,6 +16,7 @@ in pages: a reply stops growing at ``reply_budget_bytes`` and names the ids left
 from __future__ import annotations
 
 import logging
+import operator
 import random
 import time
 from collections import deque
@@ -43,15 +44,27 @@ from actorsched.core.commands import (
     WithdrawTasks,
 )
 from actorsched.core.liveness import TimersDue
-from actorsched.core.queue import TaskQueueCore, TaskRecord, all_deps, task_info
-from actorsched.core.states import FINAL_STATES, TaskState
+from actorsched.core.queue import (
+    TaskQueueCore,
+    TaskRecord,
+    all_deps,
+    light_info,
+    literal_part,
+    name_matches,
+    task_info,
+    text_matches,
+)
+from actorsched.core.states import FINAL_STATES, NOT_FOUND, TaskState
 from actorsched.protocol import (
+    MAX_LIST_LIMIT,
     AttemptRecord,
     ErrorInfo,
     PurgeReply,
     QueryReply,
     StatsReply,
     TaskInfo,
+    TaskList,
+    TaskListing,
     TaskSpec,
     pack_record,
     packer,
@@ -60,15 +73,25 @@ from actorsched.protocol import (
 
 log = logging.getLogger(__name__)
 
+LIST_SCAN_ROWS = 100_000
+"""Most journal rows one listing examines (newest first): beyond, its answer says it was cut."""
+LIST_SCAN_S = 0.5
+"""Most seconds one listing reads the journal: the TaskQueue answers nothing else meanwhile."""
+_SEQ = operator.itemgetter(0)
+
 
 class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
     def __init__(self, config: TasksConfig, journal: Journal | None, epoch: int,
                  journal_config: JournalConfig | None = None, clock: Callable[[], float] = time.monotonic,
-                 reply_budget_bytes: int = 8 * 1024 * 1024) -> None:
+                 reply_budget_bytes: int = 8 * 1024 * 1024, list_scan_rows: int = LIST_SCAN_ROWS,
+                 list_scan_s: float = LIST_SCAN_S) -> None:
         """``reply_budget_bytes``: a query reply stops growing past this (keep it under the
-        clients' max_message_bytes); the rest of its ids are named for the next page."""
+        clients' max_message_bytes); the rest of its ids are named for the next page.
+        ``list_scan_rows``, ``list_scan_s``: bounds of one listing's journal scan."""
         super().__init__()
         self.reply_budget_bytes = reply_budget_bytes
+        self.list_scan_rows = list_scan_rows
+        self.list_scan_s = list_scan_s
         self.core = TaskQueueCore(config, epoch, random.Random(), wall_offset_s=time.time() - clock())
         self.journal_config = journal_config or JournalConfig()
         self._next_compaction = clock() + self.journal_config.compaction_interval_s
@@ -162,6 +185,13 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         if message == "metrics":  # ask() from the status page
             commit = self.writer.commit_time.snapshot() if self.writer is not None else None
             return {**core.metrics(), "journal_commit": commit}
+        if type(message) is not list:  # the other asks (the status page's)
+            if type(message) is ev.ListTasks:
+                return self._list(message.state, message.name, message.worker, message.id_prefix, message.limit)
+            if type(message) is ev.TaskDetail:
+                return self._detail(message.task_id)
+            log.error("TaskQueue got an unknown ask %r", message)
+            return None
         out: list[Command] = []
         if self.reader is not None:
             self._recall(_named_ids(message))
@@ -206,6 +236,9 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
                     out += core.worker_reports_running(worker, worker_id, attempts, now)
                 case ev.QueryRequested(client, request_id, task_ids):
                     out.append(self._query(client, request_id, task_ids))
+                case ev.ListRequested(client, request_id, state, name, worker, id_prefix, limit):
+                    listing = self._list(state, name, worker, id_prefix, limit)
+                    out.append(SendToClient(client, TaskList(request_id, listing, listing.cut)))
                 case ev.WatchRequested(client, request_id, task_ids):
                     out += core.watch(client, request_id, task_ids)
                 case ev.WatchDropped(client, request_id):
@@ -269,8 +302,9 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
             elif spent > budget:
                 rest.append(task_id)
             else:
-                spent += _size(task.value, pack) + (len(task.error.traceback) if task.error else 0) + 64
-                infos.append(task_info(task_id, task))
+                spent += (_size(task.value, pack) + (len(task.error.traceback) if task.error else 0)
+                          + len(task.output) + 64)
+                infos.append(task_info(task_id, task, core.wall_offset_s))
         if out_of_memory and spent > budget:
             rest += out_of_memory
         elif out_of_memory:
@@ -280,11 +314,83 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
             for row in rows:
                 record = _record_from_row(row, now, wall_now)
                 found[row.task_id] = task_info(row.task_id, _unreadable(row, record) if isinstance(
-                    record, str) else record)
+                    record, str) else record, core.wall_offset_s)
             rest += unread
             skipped = set(unread)
             infos += [found.get(t) or task_info(t, None) for t in out_of_memory if t not in skipped]
         return SendToClient(client, QueryReply(request_id, infos, rest))
+
+    def _list(self, state: str | None, name: str | None, worker: str | None, id_prefix: str | None,
+              limit: int) -> TaskListing:
+        """Light rows of the newest ``limit`` tasks matching every filter given, from memory and the
+        journal (see the module docstring); ``cut`` if the journal scan stopped at its bound."""
+        core = self.core
+        offset = core.wall_offset_s
+        limit = max(1, min(int(limit), MAX_LIST_LIMIT))
+        matches, cut = core.matching(state, name, worker, id_prefix, limit, self.list_scan_rows)
+        found: list[tuple[int, TaskInfo]] = [(seq, light_info(task_id, task, offset))
+                                             for seq, task_id, task in matches]
+        if self.reader is not None and (state is None or state in _FINAL_VALUES):  # (open tasks are all in memory)
+            cut = self._list_journal(found, state, name, worker, id_prefix, limit) or cut
+        found.sort(key=_SEQ, reverse=True)
+        rows, spent = [], 0
+        for _, info in found[:limit]:
+            spent += 96 + len(info.task_id) + len(info.name) + len(info.worker_id) + (
+                len(info.error.type) + len(info.error.message) if info.error is not None else 0)
+            if spent > self.reply_budget_bytes:
+                cut = True
+                break
+            rows.append(info)
+        return TaskListing(rows, cut)
+
+    def _list_journal(self, found: list[tuple[int, TaskInfo]], state: str | None, name: str | None,
+                      worker: str | None, id_prefix: str | None, limit: int) -> bool:
+        """Add the newest matches that only the journal holds to ``found``; True if the scan was cut."""
+        assert self.reader is not None
+        tasks = self.core.tasks
+        deadline = time.monotonic() + self.list_scan_s
+        added = examined = 0
+        rows = self.reader.newest(state, literal_part(name) if name else "", literal_part(worker) if worker else "",
+                                  id_prefix or "", self.list_scan_rows)
+        try:
+            for row in rows:
+                if row is None:
+                    return True
+                examined += 1
+                if examined & 255 == 0 and time.monotonic() > deadline:
+                    log.info("listing stopped reading the journal after %.2f s and %d rows", self.list_scan_s,
+                             examined)
+                    return True
+                if row.task_id in tasks:
+                    continue  # memory is newer, and was searched
+                if name is not None and not name_matches(row.name, name):
+                    continue
+                if worker is not None and not text_matches(row.worker_id, worker):
+                    continue
+                error = ErrorInfo(row.error[0], row.error[1]) if row.error else None
+                found.append((row.seq, TaskInfo(row.task_id, row.state, row.name, row.priority, row.attempt,
+                                                row.worker_id, None, error, [], "", row.updated_at)))
+                added += 1
+                if added >= limit:
+                    return False
+        finally:
+            rows.close()
+        return False
+
+    def _detail(self, task_id: str) -> tuple[TaskSpec | None, TaskInfo]:
+        """One task in full (spec, value, output, attempts), from memory or the journal."""
+        core = self.core
+        task = core.tasks.get(task_id)
+        if task is not None:
+            return task.spec, task_info(task_id, task, core.wall_offset_s)
+        if self.reader is not None:
+            rows, _ = self.reader.fetch([task_id])
+            for row in rows:
+                record = _record_from_row(row, self.clock(), time.time())
+                if isinstance(record, str):
+                    return None, task_info(task_id, _unreadable(row, record), core.wall_offset_s)
+                return record.spec, task_info(task_id, record, core.wall_offset_s)
+        return None, TaskInfo(task_id, NOT_FOUND)
 
     def _carry_out(self, out: list[Command]) -> None:
         """Tell the Dispatcher and the Registry at once; send to peers once the changes are durable.
@@ -357,7 +463,7 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
                 task_id, task.seq, task.state.value, task.attempt, task.epoch, task.deaths, finished_at, spec,
                 task.value,
                 _error_list(task.error), [[h.attempt, h.worker_id, h.outcome, _error_list(h.error), h.started_at,
-                                           h.ended_at] for h in task.history],
+                                           h.ended_at] for h in task.history], task.output,
             ))
         return rows
 
@@ -376,6 +482,7 @@ def _record_from_row(row: JournalRow | RowProblem, now: float, wall_now: float) 
         record = TaskRecord(spec, row.seq, TaskState(row.state), attempt=row.attempt, epoch=row.epoch,
                             deaths=row.deaths, size=len(row.spec), journaled=True)
         record.value = row.value
+        record.output = row.output
         record.error = ErrorInfo(*row.error) if row.error else None
         record.history = [AttemptRecord(a, w, o, ErrorInfo(*e) if e else None, *times)
                           for a, w, o, e, *times in row.history]

@@ -36,6 +36,9 @@ Limits on input, so that no peer can stop or swell the coordinator:
   ``ErrorReply(bad-request)`` with the reason, a bad ``Register`` gets ``Refused``; other
   bad frames are counted and dropped.
 
+A peer on the wrong endpoint (a client pointed at the worker port, or a worker at the
+client port) gets a ``Refused`` naming the right one, rather than silence.
+
 Outbound: a batch whose frame would exceed ``max_message_bytes`` (which the peer would
 drop, connection and all) is split; a single task too large to send fails as
 ``TaskTooLarge``.  With ``[security]`` keys both sockets are CURVE servers behind a ZAP
@@ -82,6 +85,8 @@ _BATCH_FIELDS: dict[type, str] = {
     p.CancelTasks: "attempts", p.SubmitReply: "task_ids", p.CancelReply: "cancelled",
 }
 _WARN_EVERY_S = 5.0
+_CLIENT_KINDS = frozenset(cls.KIND for cls in p.CLIENT_MESSAGES)
+_WORKER_KINDS = frozenset(cls.KIND for cls in p.WORKER_MESSAGES)
 _SEEN_EVERY_S = 0.1
 
 
@@ -399,6 +404,8 @@ class Transport:
                     queue_events.append(ev.WorkersRequested(peer, request_id))
                 case p.GetStats(request_id):
                     registry_events.append(ev.StatsRequested(peer, request_id, {"transport": dict(self.counters)}))
+                case p.ListTasks(request_id, state, name, worker, id_prefix, limit):
+                    queue_events.append(ev.ListRequested(peer, request_id, state, name, worker, id_prefix, limit))
 
     def _read_monitor(self, registry_events: list[Any]) -> None:
         while True:
@@ -462,6 +469,12 @@ class Transport:
         reason = str(exc)[:_REPLY_REASON_CHARS]
         if version != p.VERSION:
             self._refuse(sock, peer, reason)
+        elif side == "worker" and kind in _CLIENT_KINDS:  # a client pointed at the worker port: say so at once
+            self._refuse(sock, peer, f"this is the coordinator's worker endpoint; clients connect to its client "
+                                     f"endpoint {self.client_endpoint}")
+        elif side == "client" and kind in _WORKER_KINDS:
+            self._refuse(sock, peer, f"this is the coordinator's client endpoint; workers connect to its worker "
+                                     f"endpoint {self.worker_endpoint}")
         elif isinstance(exc, p.BadRequest):  # the client would otherwise wait and call us unreachable
             self._answer(sock, peer, p.ErrorReply(exc.request_id, "bad-request", reason))
         elif side == "worker" and kind == p.Register.KIND:  # a worker cannot work unregistered: say why

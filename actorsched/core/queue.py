@@ -32,11 +32,20 @@ result may be an argument); the shell reads it back from the journal when a requ
 names it (:meth:`TaskQueueCore.recall`).  Memory then holds the unfinished tasks only,
 and those are bounded by ``max_pending_tasks`` and ``max_pending_per_client``.
 :attr:`TaskQueueCore.counts` counts every task the journal knows, in memory or not.
+
+Output: each reported outcome's captured stdout and stderr (bounded by the worker)
+replaces the task's :attr:`TaskRecord.output`, so a task holds its last attempt's only;
+it is journaled with the result and leaves memory with it.  Listings read the records
+through :meth:`TaskQueueCore.matching` and :func:`light_info` (no value, output, history
+or traceback); :func:`name_matches` and :func:`text_matches` are the filters, shared
+with the shell's journal scan.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import heapq
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -82,6 +91,8 @@ NOT_RETRYABLE = frozenset({"TaskNotAllowed", "TaskNotFound", "ResultNotSerializa
 WORKER_DEATHS = frozenset({"ChildProcessDied"})
 
 S = TaskState
+_STATE_VALUES = frozenset(state.value for state in TaskState)
+_FIRST = operator.itemgetter(0)
 # Positional constructors that skip a frozen dataclass's per-field __setattr__ (built per task).
 _task_info = record_builder(TaskInfo)
 _ready_task = record_builder(ReadyTask)
@@ -137,6 +148,7 @@ class TaskRecord:
     packed: bytes | None = None  # its packed spec until the shell writes it to the journal
     journaled: bool = False  # the shell wrote its spec: later rows are updates
     submitted_at: float = -1.0  # monotonic, for the submit-to-result latency (-1: before a restart)
+    output: str = ""  # what its last reported attempt wrote to stdout and stderr (bounded by the worker)
 
 
 @dataclass(slots=True)
@@ -413,6 +425,7 @@ class TaskQueueCore:
             durations[name] = outcome.duration_s if average is None else (
                 average + _DURATION_WEIGHT * (outcome.duration_s - average))
             self.run_time.observe(name, outcome.duration_s)
+            task.output = outcome.output
             if outcome.ok:
                 task.value = outcome.value
                 self._end_attempt(task, "succeeded", None, now, outcome.duration_s)
@@ -670,7 +683,43 @@ class TaskQueueCore:
     # ------------------------------------------------------------------ reads
 
     def info(self, task_id: str) -> TaskInfo:
-        return task_info(task_id, self.tasks.get(task_id))
+        return task_info(task_id, self.tasks.get(task_id), self.wall_offset_s)
+
+    def matching(self, state: str | None, name: str | None, worker: str | None, id_prefix: str | None,
+                 limit: int, max_examined: int) -> tuple[list[tuple[int, str, TaskRecord]], bool]:
+        """``(seq, task id, record)`` of the newest ``limit`` tasks in memory that match every filter given
+        (see :func:`name_matches`), newest first, and whether the search stopped after ``max_examined``
+        records first.  A ``state`` that is no state matches nothing.
+
+        Memory holds tasks in submit order (they are added as submitted, restored in order,
+        and tasks read back for a request are forgotten after it), so the search walks it
+        backwards and stops at the ``limit``-th match; only finished tasks read back and kept
+        for an unfinished dependent sit out of order, so that many more are looked for.
+        """
+        if state is not None and state not in _STATE_VALUES:
+            return [], False
+        found: list[tuple[int, str, TaskRecord]] = []
+        wanted = limit + len(self._kept)
+        examined = 0
+        for task_id, task in reversed(self.tasks.items()):
+            examined += 1
+            if examined > max_examined:
+                return found, True
+            if state is not None and task.state.value != state:
+                continue
+            if id_prefix and not task_id.startswith(id_prefix):
+                continue
+            if name is not None and not name_matches(task.spec.name, name):
+                continue
+            if worker is not None and not text_matches(task.worker_id, worker):
+                continue
+            found.append((task.seq, task_id, task))
+            if len(found) >= wanted:
+                break
+        if len(found) > limit:
+            found.sort(key=_FIRST, reverse=True)
+            del found[limit:]
+        return found, False
 
     def metrics(self) -> dict[str, Any]:
         """Copies of the distributions and outcome counts (for /metrics and the dashboard)."""
@@ -1031,14 +1080,70 @@ class TaskQueueCore:
         return out
 
 
-def task_info(task_id: str, task: TaskRecord | None) -> TaskInfo:
-    """What a client is told of a task (in memory, or read back from the journal)."""
+def task_info(task_id: str, task: TaskRecord | None, wall_offset_s: float | None = None) -> TaskInfo:
+    """What a client is told of a task (in memory, or read back from the journal).
+
+    ``wall_offset_s``: wall clock minus the monotonic clock of the record's times, for
+    ``updated_at`` (0, unknown, without it).
+    """
     if task is None:
         return TaskInfo(task_id, NOT_FOUND)
     return _task_info(
         task_id, task.state.value, task.spec.name, task.spec.priority, task.attempt, task.worker_id,
-        task.value, task.error, list(task.history),
+        task.value, task.error, list(task.history), task.output, updated_at(task, wall_offset_s),
     )
+
+
+def light_info(task_id: str, task: TaskRecord, wall_offset_s: float | None = None) -> TaskInfo:
+    """A listing's row of a task: no value, output or history, an error without its traceback."""
+    error = task.error
+    if error is not None and error.traceback:
+        error = ErrorInfo(error.type, error.message)
+    return _task_info(task_id, task.state.value, task.spec.name, task.spec.priority, task.attempt, task.worker_id,
+                      None, error, [], "", updated_at(task, wall_offset_s))
+
+
+def updated_at(task: TaskRecord, wall_offset_s: float | None) -> float:
+    """Wall-clock seconds of the task's last change that its record shows (0: unknown)."""
+    if wall_offset_s is None:
+        return 0.0
+    state = task.state
+    if state in FINAL_STATES:
+        moment = task.finished_at
+    elif state is S.ASSIGNED or state is S.RUNNING:
+        moment = task.assigned_at
+    elif task.history:
+        return task.history[-1].ended_at
+    else:
+        moment = task.submitted_at
+    return round(moment + wall_offset_s, 3) if moment > 0 else 0.0
+
+
+_WILDCARDS = frozenset("*?[")
+
+
+def text_matches(text: str, pattern: str) -> bool:
+    """``text`` is ``pattern``, or matches it as a shell pattern (``gpu-*``) when it has wildcards."""
+    if text == pattern:
+        return True
+    return not _WILDCARDS.isdisjoint(pattern) and fnmatch.fnmatchcase(text, pattern)
+
+
+def name_matches(name: str, pattern: str) -> bool:
+    """A task name filter: the whole name, its function part (``echo`` for ``pkg.mod:echo``), or a
+    shell pattern matching the whole name (``*:echo*``)."""
+    return text_matches(name, pattern) or (":" not in pattern and name.rpartition(":")[2] == pattern)
+
+
+def literal_part(pattern: str) -> str:
+    """The longest run of ``pattern`` without wildcards: text every match contains (for a prefilter)."""
+    parts = [""]
+    for char in pattern:
+        if char in _WILDCARDS:
+            parts.append("")
+        else:
+            parts[-1] += char
+    return max(parts, key=len)
 
 
 def _same_attempt(task: TaskRecord, ref: AttemptRef | TaskOutcome) -> bool:

@@ -664,4 +664,4 @@ class WorkerConnection:
 
 def _replace_error(outcome: TaskOutcome, error_type: str, message: str) -> TaskOutcome:
     return TaskOutcome(outcome.task_id, outcome.epoch, outcome.attempt, False, None,
-                       ErrorInfo(error_type, message), outcome.duration_s)
+                       ErrorInfo(error_type, message), outcome.duration_s, outcome.output)

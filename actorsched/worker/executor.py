@@ -8,8 +8,19 @@ queued jobs to idle children over a pair of one-way pipes.  A job the coordinato
 *short* (its name's measured run time is small) and without a timeout takes other
 such jobs along, up to an even share of the queue: the child runs the batch in order
 and writes each job's reply as soon as it ends, one msgpack-encoded
-``[ok, value, error_type, error_message, traceback, duration_s]`` per job.  Packing
+``[ok, value, error_type, error_message, traceback, duration_s, output]`` per job.  Packing
 the reply in the child doubles as the check that the value can travel on the wire.
+
+Captured output: each child points its file descriptors 1 and 2 at one pipe of its own
+and replaces ``sys.stdout``/``sys.stderr`` with text streams that write into the same
+bounded buffer (:class:`_Capture`), so both ``print`` and C-level or subprocess writes
+are caught, in order.  A job's output is the last :data:`MAX_OUTPUT_BYTES` bytes of
+what was written while it ran (after ``…[N bytes cut]`` when more was).  A pump thread
+reads the pipe only while something is written to it (it sleeps in ``poll`` otherwise),
+so a task can write any amount without filling the pipe; when a job ends the child reads
+what is left itself.  A job that writes nothing costs one ``ioctl(FIONREAD)``: about a
+microsecond.  What a child killed by a timeout, a cancel or
+its own death had written is lost with it.
 
 Each message on a pipe is an 8-byte big-endian length and then the payload; an empty
 payload tells an idle child to exit.  Both sides use plain ``os.read``/``os.write`` on
@@ -38,15 +49,22 @@ child, so none outlives the worker.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import fnmatch
 import heapq
 import importlib
+import io
 import logging
 import math
 import multiprocessing
 import os
+import select
 import signal
 import struct
+import sys
+import termios
+import threading
 import time
 import traceback
 from collections import deque
@@ -59,7 +77,14 @@ from typing import Any
 import msgpack
 
 from actorsched import context
-from actorsched.protocol import DEFAULT_MAX_MESSAGE_BYTES, TASK_NAME_RE, AttemptRef, ErrorInfo, TaskOutcome
+from actorsched.protocol import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_OUTPUT_BYTES,
+    TASK_NAME_RE,
+    AttemptRef,
+    ErrorInfo,
+    TaskOutcome,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +94,7 @@ _STOP = b""  # sent to an idle child: exit cleanly
 _HEADER = struct.Struct("!Q")  # the payload's length in bytes
 _READ_BYTES = 64 * 1024  # a pipe's default capacity: most messages arrive in one read
 MAX_BATCH = 64  # short jobs one child takes at a time
+# MAX_OUTPUT_BYTES (from the protocol): the last bytes of stdout and stderr kept per attempt
 
 
 # ----------------------------------------------------------------- pure policy
@@ -129,6 +155,11 @@ def failed(job: Job, error_type: str, message: str, duration_s: float = 0.0) -> 
     return TaskOutcome(job.task_id, job.epoch, job.attempt, False, None, ErrorInfo(error_type, message), duration_s)
 
 
+def _with_output(outcome: TaskOutcome, output: str) -> TaskOutcome:
+    return TaskOutcome(outcome.task_id, outcome.epoch, outcome.attempt, outcome.ok, outcome.value, outcome.error,
+                       outcome.duration_s, output)
+
+
 # ----------------------------------------------------------------- child side
 
 
@@ -149,27 +180,187 @@ class _TaskNotFound(Exception):
     """Child side only: the task's module or function does not exist."""
 
 
+def cut_output(data: bytes | bytearray, total: int, limit: int = MAX_OUTPUT_BYTES) -> str:
+    """The text of captured output: the last ``limit`` bytes of ``data``, which are the last of
+    ``total`` bytes written, after a ``…[N bytes cut]`` line when some were cut."""
+    if total <= limit and len(data) == total:
+        return bytes(data).decode("utf-8", "replace")
+    kept = bytes(data[-limit:])
+    start = 0
+    while start < min(3, len(kept)) and 0x80 <= kept[start] < 0xC0:  # a character cut in half at the front
+        start += 1
+    return f"…[{total - len(kept) + start} bytes cut]\n" + kept[start:].decode("utf-8", "replace")
+
+
+class _Capture:
+    """Child side only: what the running job writes to stdout and stderr, bounded; see the module docstring.
+
+    File descriptors 1 and 2 become the write end of one pipe (so C code and subprocesses
+    write there), and ``sys.stdout``/``sys.stderr`` text streams that append to the buffer
+    directly, after reading whatever the pipe holds, so that the two kinds of writes keep
+    their order.  Only the last ``2 * limit`` bytes are ever held.
+    """
+
+    def __init__(self, limit: int = MAX_OUTPUT_BYTES) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._data = bytearray()
+        self._total = 0  # bytes written since the last take(), kept or not
+        self._count = array.array("i", [0])  # FIONREAD's answer
+        self._pumping = False  # the pump thread woke to read
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, 1)
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        self._fd = read_fd
+        self._stdout = sys.stdout = _CapturedStream(self, 1)
+        self._stderr = sys.stderr = _CapturedStream(self, 2)
+        threading.Thread(target=self._pump, name="actorsched-output", daemon=True).start()
+
+    def append(self, data: bytes) -> None:
+        """A write through ``sys.stdout``/``sys.stderr``: after what the pipe holds, so in order."""
+        with self._lock:
+            self._drain()
+            self._keep(data)
+
+    def take(self) -> str:
+        """Everything written since the last call (bounded), and start afresh.
+
+        Also puts the captured streams back as ``sys.stdout``/``sys.stderr``, should the job
+        have replaced them for good, so that the next job's prints are caught too.
+        """
+        sys.stdout, sys.stderr = self._stdout, self._stderr
+        if not self._total and not self._pumping:  # the common case, a job that wrote nothing: no lock
+            fcntl.ioctl(self._fd, termios.FIONREAD, self._count)
+            if not self._count[0]:
+                return ""
+        with self._lock:
+            self._drain()
+            if not self._total:
+                return ""
+            text = cut_output(self._data, self._total, self.limit)
+            self._data.clear()
+            self._total = 0
+            return text
+
+    def _keep(self, data: bytes) -> None:
+        self._data += data
+        self._total += len(data)
+        if len(self._data) > 2 * self.limit:
+            del self._data[:-self.limit]
+
+    def _drain(self) -> None:
+        """Read what the pipe holds (under the lock); nothing at all when it is empty."""
+        count = self._count
+        try:
+            fcntl.ioctl(self._fd, termios.FIONREAD, count)
+            while count[0] > 0:
+                data = os.read(self._fd, max(count[0], 65536))
+                if not data:
+                    return
+                self._keep(data)
+                fcntl.ioctl(self._fd, termios.FIONREAD, count)
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _pump(self) -> None:
+        """Keep the pipe from filling while a job writes more than it holds; sleeps otherwise."""
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        while True:
+            try:
+                events = poller.poll()
+            except InterruptedError:
+                continue
+            # Set before reading, so that take() never finds the pipe empty and nothing kept while
+            # what was in it is on its way here.
+            self._pumping = True
+            try:
+                with self._lock:
+                    self._drain()
+            finally:
+                self._pumping = False
+            if any(event & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, event in events):
+                return  # every write end closed (the job closed fds 1 and 2): nothing more can come
+
+
+class _CapturedStream(io.TextIOBase):
+    """``sys.stdout`` or ``sys.stderr`` of a child: text goes into the job's captured output."""
+
+    def __init__(self, capture: _Capture, fd: int) -> None:
+        super().__init__()
+        self._capture = capture
+        self._fd = fd
+        self.buffer = _CapturedBytes(capture)
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "backslashreplace"
+
+    def write(self, text: str) -> int:
+        if type(text) is not str:
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._capture.append(text.encode("utf-8", "backslashreplace"))
+        return len(text)
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:  # faulthandler and the like write to the descriptor: the same pipe
+        return self._fd
+
+    def flush(self) -> None:
+        pass
+
+
+class _CapturedBytes(io.RawIOBase):
+    """``sys.stdout.buffer`` of a child: bytes go into the job's captured output."""
+
+    def __init__(self, capture: _Capture) -> None:
+        super().__init__()
+        self._capture = capture
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        self._capture.append(data)
+        return len(data)
+
+
 def _run_one(name: str, args: list[Any], kwargs: dict[str, Any], cache: dict[str, Callable[..., Any]],
-             pack: Callable[[Any], bytes]) -> bytes:
+             pack: Callable[[Any], bytes], capture: _Capture | None = None) -> bytes:
     started = time.perf_counter()
     try:
         function = cache.get(name) or _resolve(name, cache)
         value = function(*args, **kwargs)
     except _TaskNotFound as exc:
-        return pack([False, None, "TaskNotFound", str(exc), "", time.perf_counter() - started])
+        return pack([False, None, "TaskNotFound", str(exc), "", time.perf_counter() - started,
+                     capture.take() if capture is not None else ""])
     except BaseException as exc:  # noqa: B036 - a task's SystemExit must be reported, not kill the slot
-        return pack([False, None, error_type_name(exc), str(exc), traceback.format_exc(),
-                     time.perf_counter() - started])
+        trace = traceback.format_exc()
+        return pack([False, None, error_type_name(exc), str(exc), trace, time.perf_counter() - started,
+                     capture.take() if capture is not None else ""])
     duration_s = time.perf_counter() - started
+    output = capture.take() if capture is not None else ""
     try:
-        return pack([True, value, "", "", "", duration_s])
+        return pack([True, value, "", "", "", duration_s, output])
     except (TypeError, ValueError, OverflowError) as exc:
         message = (f"task {name!r} returned a value of type {type(value).__name__} that cannot be sent "
                    f"({exc}); return plain data: {_PLAIN_DATA}")
-        return pack([False, None, "ResultNotSerializable", message, "", duration_s])
+        return pack([False, None, "ResultNotSerializable", message, "", duration_s, output])
 
 
-def _child_main(from_parent: Connection, to_parent: Connection) -> None:
+def _child_main(from_parent: Connection, to_parent: Connection, capture_output: bool = True) -> None:
     """Body of one child process: run batches of jobs from ``from_parent`` until it closes or says stop.
 
     Each job's reply is written as soon as the job ends, so the parent knows which job of
@@ -179,6 +370,10 @@ def _child_main(from_parent: Connection, to_parent: Connection) -> None:
     read_fd, write_fd = from_parent.fileno(), to_parent.fileno()
     pack = msgpack.Packer(use_bin_type=True).pack  # reused: a failed pack resets its buffer
     cache: dict[str, Callable[..., Any]] = {}
+    try:
+        capture: _Capture | None = _Capture(MAX_OUTPUT_BYTES) if capture_output else None
+    except OSError:  # out of file descriptors, say: the tasks still run, their output goes to the worker's
+        capture = None
     while True:
         try:
             data = _read_message(read_fd)
@@ -189,7 +384,7 @@ def _child_main(from_parent: Connection, to_parent: Connection) -> None:
         for task_id, epoch, attempt, name, args, kwargs in msgpack.unpackb(data, raw=False, strict_map_key=False):
             context._enter(task_id, epoch, attempt)
             try:
-                _write_message(write_fd, _run_one(name, args, kwargs, cache, pack))
+                _write_message(write_fd, _run_one(name, args, kwargs, cache, pack, capture))
             except OSError:
                 return
 
@@ -278,12 +473,15 @@ class Executor:
     def __init__(self, slots: int, start_method: str = "forkserver",
                  preload: Sequence[str] = DEFAULT_PRELOAD,
                  max_result_bytes: int = DEFAULT_MAX_MESSAGE_BYTES - 64 * 1024,
-                 max_batch: int = MAX_BATCH) -> None:
+                 max_batch: int = MAX_BATCH, capture_output: bool = True) -> None:
+        """``capture_output``: children capture what each job writes to stdout and stderr (else it
+        goes where the worker's own output goes)."""
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.slots = slots
         self.max_result_bytes = max_result_bytes
         self.max_batch = max(1, max_batch)
+        self.capture_output = capture_output
         self._context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             self._context.set_forkserver_preload(list(preload))
@@ -348,7 +546,8 @@ class Executor:
         from_parent, to_child = self._context.Pipe(duplex=False)
         from_child, to_parent = self._context.Pipe(duplex=False)
         process: BaseProcess = self._context.Process(  # type: ignore[attr-defined]  # typeshed: BaseContext
-            target=_child_main, args=(from_parent, to_parent), name=f"actorsched-child-{index}", daemon=True,
+            target=_child_main, args=(from_parent, to_parent, self.capture_output), name=f"actorsched-child-{index}",
+            daemon=True,
         )
         process.start()
         from_parent.close()
@@ -592,14 +791,20 @@ class Executor:
         if not slot.jobs:
             self._idle.append(slot)
         try:
-            ok, value, error_type, message, trace, duration_s = msgpack.unpackb(reply, raw=False,
-                                                                                strict_map_key=True)
+            ok, value, error_type, message, trace, duration_s, *rest = msgpack.unpackb(
+                reply, raw=False, strict_map_key=True)
         except ValueError as exc:  # e.g. a dict with int keys: msgpack packs it, the protocol refuses it
-            return failed(job, "ResultNotSerializable",
-                          f"task {job.name!r} returned a value that cannot be sent ({exc}); "
-                          f"return plain data: {_PLAIN_DATA}", now - started_at)
+            outcome = failed(job, "ResultNotSerializable",
+                             f"task {job.name!r} returned a value that cannot be sent ({exc}); "
+                             f"return plain data: {_PLAIN_DATA}", now - started_at)
+            try:  # what it printed still helps to find out why
+                output = msgpack.unpackb(reply, raw=False, strict_map_key=False)[6]
+            except Exception:  # an unreadable reply: there is nothing more to get from it
+                return outcome
+            return _with_output(outcome, output) if type(output) is str else outcome
         error = None if ok else ErrorInfo(error_type, message, trace)
-        return TaskOutcome(job.task_id, job.epoch, job.attempt, ok, value, error, duration_s)
+        output = rest[0] if rest else ""  # (a reply without output: a child that captures nothing)
+        return TaskOutcome(job.task_id, job.epoch, job.attempt, ok, value, error, duration_s, output)
 
     def expire(self, now: float) -> list[TaskOutcome]:
         """Kill the children whose task ran past its timeout; their outcomes."""

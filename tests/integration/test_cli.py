@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -68,13 +69,25 @@ def test_submit_then_result_as_real_processes_prints_the_id_then_the_value(endpo
 
 def test_a_coordinator_that_is_not_running_exits_2_with_a_one_line_reason_in_a_real_process(
         dead_endpoint: str) -> None:
-    finished = run_cli_process("status", "some-id", "--coordinator", dead_endpoint, "--connect-timeout", "0.5")
+    started = time.monotonic()
+    finished = run_cli_process("status", "some-id", "--coordinator", dead_endpoint)
+    took = time.monotonic() - started
     assert finished.returncode == 2
     assert finished.stdout == ""
     lines = finished.stderr.strip().splitlines()
     assert len(lines) == 1, finished.stderr
-    assert lines[0].startswith("actorsched: ") and dead_endpoint in lines[0] and "running" in lines[0]
+    assert lines[0].startswith(f"actorsched status: no connection to coordinator at {dead_endpoint} within 2 s")
+    assert "running" in lines[0] and "get-stats" not in lines[0]
     assert "Traceback" not in finished.stderr
+    assert took < 8.0, took  # ~2 s and the interpreter's start, not the 10 s an answer may take
+
+
+def test_a_client_pointed_at_the_worker_endpoint_is_told_the_client_endpoint(shared_cluster: LocalCluster,
+                                                                             endpoint: str) -> None:
+    finished = run_cli_process("workers", "--coordinator", shared_cluster.worker_endpoint)
+    assert finished.returncode == 2
+    assert finished.stderr.startswith("actorsched workers: coordinator at " + shared_cluster.worker_endpoint)
+    assert f"clients connect to its client endpoint {endpoint}" in finished.stderr
 
 
 # ------------------------------------------------------------------ submit, result, status
@@ -88,7 +101,7 @@ def test_submit_prints_an_id_and_result_prints_the_value(capsys: pytest.CaptureF
 
 def test_submit_passes_json_arguments_keywords_and_a_chosen_id(capsys: pytest.CaptureFixture[str],
                                                                endpoint: str) -> None:
-    task_id = submit(capsys, endpoint, "actorsched.tasks:echo", "[1, 2]", "plain text", "--kw", 'opts={"a": null}',
+    task_id = submit(capsys, endpoint, "actorsched.tasks:echo", "[1, 2]", '"plain text"', "--kw", 'opts={"a": null}',
                      "--id", "cli-chosen-id", "--priority", "-3")
     assert task_id == "cli-chosen-id"
     code, out, _ = run_cli(capsys, "result", task_id, "--coordinator", endpoint, "--timeout", str(TASK_TIMEOUT_S))
@@ -125,9 +138,25 @@ def test_status_of_an_unknown_id_exits_1(capsys: pytest.CaptureFixture[str], end
     assert "cli-unknown-id" in err and "not known" in err
 
 
+def test_an_argument_that_is_not_json_is_refused_showing_how_to_quote_it(capsys: pytest.CaptureFixture[str],
+                                                                        endpoint: str) -> None:
+    code, out, err = run_cli(capsys, "submit", "--coordinator", endpoint, "actorsched.tasks:echo", '{"a": 1')
+    assert code == 2 and out == ""
+    assert err.startswith("actorsched submit: argument 1 '{\"a\": 1' is not valid JSON")
+    assert """'"{\\"a\\": 1"'""" in err
+
+
+def test_status_of_a_failed_task_exits_1(capsys: pytest.CaptureFixture[str], endpoint: str) -> None:
+    task_id = submit(capsys, endpoint, "actorsched.tasks:fail", "--max-attempts", "3", "--retry-on", "KeyError",
+                     "--timeout-s", "20")  # a RuntimeError is not retried
+    assert run_cli(capsys, "result", task_id, "--coordinator", endpoint, "--timeout", str(TASK_TIMEOUT_S))[0] == 1
+    code, out, _ = run_cli(capsys, "status", task_id, "--coordinator", endpoint)
+    assert code == 1 and "state     FAILED" in out and "attempts  1" in out
+
+
 def test_result_of_a_failed_task_exits_1_with_the_error_on_stderr(capsys: pytest.CaptureFixture[str],
                                                                    endpoint: str) -> None:
-    task_id = submit(capsys, endpoint, "actorsched.tasks:fail", "cli boom", "--max-attempts", "1")
+    task_id = submit(capsys, endpoint, "actorsched.tasks:fail", '"cli boom"', "--max-attempts", "1")
     code, out, err = run_cli(capsys, "result", task_id, "--coordinator", endpoint, "--timeout", str(TASK_TIMEOUT_S))
     assert code == 1
     assert out == ""

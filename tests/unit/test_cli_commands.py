@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 
 import pytest
 from test_client_fake import FakeCoordinator, fake  # noqa: F401  (fixture)
@@ -23,14 +25,31 @@ def silent(_fake: FakeCoordinator, _message: Message) -> list[Message] | None:
 
 def test_submit_parses_json_args_and_keywords_and_prints_the_id(fake: FakeCoordinator,  # noqa: F811
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    code = run(fake, "submit", "actorsched.tasks:echo", "1", "[2, 3]", "hello", '"4"', "-5",
-               "--priority", "-3", "--id", "s1", "--kw", "n=7", "--kw", "label=x y", "--timeout-s", "2.5",
-               "--max-attempts", "2", "--dep", "d1", "--dep", "d2")
+    code = run(fake, "submit", "actorsched.tasks:echo", "1", "[2, 3]", '"hello"', '"4"', "-5",
+               "--priority", "-3", "--id", "s1", "--kw", "n=7", "--kw", 'label="x y"', "--timeout-s", "2.5",
+               "--max-attempts", "2", "--dep", "d1", "--dep", "d2", "--retry-on", "OSError",
+               "--retry-on", "mod.Flaky", "--tag", "gpu", "--tag", "big")
     assert code == 0
     assert capsys.readouterr().out == "s1\n"
     (spec,) = fake.next_of(protocol.Submit).tasks
     assert spec == protocol.TaskSpec("s1", "actorsched.tasks:echo", [1, [2, 3], "hello", "4", -5],
-                                     {"n": 7, "label": "x y"}, -3, ["d1", "d2"], 2.5, 2, [], [])
+                                     {"n": 7, "label": "x y"}, -3, ["d1", "d2"], 2.5, 2, ["OSError", "mod.Flaky"],
+                                     ["gpu", "big"])
+
+
+@pytest.mark.parametrize(("argv", "bad", "hint"), [
+    (["a.b:c", '{"a": 1'], """'{"a": 1'""", """'"{\\"a\\": 1"'"""),
+    (["a.b:c", "hello"], "'hello'", """'"hello"'"""),
+    (["a.b:c", "--kw", "who=plain text"], "'plain text'", """'"plain text"'"""),
+])
+def test_an_argument_that_is_not_json_exits_2_showing_how_to_quote_a_string(
+        fake: FakeCoordinator, capsys: pytest.CaptureFixture[str],  # noqa: F811
+        argv: list[str], bad: str, hint: str) -> None:
+    assert run(fake, "submit", *argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("actorsched submit: ") and err.count("\n") == 1
+    assert f"{bad} is not valid JSON" in err and err.rstrip().endswith(hint), err
+    assert fake.received.empty()
 
 
 def test_submit_json_prints_the_task_id_as_an_object(fake: FakeCoordinator,  # noqa: F811
@@ -79,14 +98,17 @@ def test_unreachable_coordinator_exits_2_with_a_hint(fake: FakeCoordinator,  # n
     assert "no answer from coordinator" in err and "ACTORSCHED_COORDINATOR" in err and "Traceback" not in err
 
 
-def test_status_prints_the_task_and_exits_1_when_not_found(fake: FakeCoordinator,  # noqa: F811
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    fake.finish("st", "FAILED", error=ErrorInfo("RuntimeError", "boom"))
-    assert run(fake, "status", "st") == 0
+def test_status_prints_the_task_and_exits_1_when_failed_or_not_found(fake: FakeCoordinator,  # noqa: F811
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    fake.finish("st", "FAILED", error=ErrorInfo("RuntimeError", "boom"), output="oops\n")
+    fake.finish("ok", value=3)
+    assert run(fake, "status", "st") == 1  # as the README says: 1 for a failed task
     out = capsys.readouterr().out
     assert "state     FAILED" in out and "error     RuntimeError: boom" in out and "worker    w1" in out
-    assert run(fake, "status", "st", "--json") == 0
+    assert "output    5 bytes (actorsched logs st)" in out
+    assert run(fake, "status", "st", "--json") == 1
     assert json.loads(capsys.readouterr().out)["error"]["type"] == "RuntimeError"
+    assert run(fake, "status", "ok") == 0
     assert run(fake, "status", "ghost") == 1
     assert "not known" in capsys.readouterr().err
 
@@ -136,6 +158,17 @@ def test_wait_prints_one_line_per_task_and_exits_1_if_any_failed(fake: FakeCoord
     assert "3/3 done, 2 failed" in captured.err
 
 
+def test_wait_reports_unknown_ids_as_not_found_not_as_failures(fake: FakeCoordinator,  # noqa: F811
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    fake.finish("k1", value=1)
+    assert run(fake, "wait", "k1", "ghost-1", "ghost-2", "--timeout", "5") == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["k1 SUCCEEDED 1", "ghost-1 NOT_FOUND no such task",
+                                         "ghost-2 NOT_FOUND no such task"]
+    assert "3/3 done, 0 failed, 2 not found" in captured.err
+    assert "2 id(s) not known to the coordinator" in captured.err and "'ghost-1', 'ghost-2'" in captured.err
+
+
 def test_wait_for_successes_exits_0_and_json_lists_infos(fake: FakeCoordinator,  # noqa: F811
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     fake.finish("ok1", value="a")
@@ -176,3 +209,72 @@ def test_submit_rejected_by_the_coordinator_exits_2(fake: FakeCoordinator,  # no
     fake.handler = lambda f, m: [protocol.ErrorReply(m.request_id, "queue-full", "full")]  # type: ignore[attr-defined]
     assert run(fake, "submit", "a.b:c") == 2
     assert "queue-full" in capsys.readouterr().err
+
+
+def test_tasks_prints_a_table_newest_first_and_json_rows(fake: FakeCoordinator,  # noqa: F811
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    now = time.time()
+    fake.finish("older", value=1, updated_at=now - 125)
+    fake.finish("newer", "FAILED", error=ErrorInfo("ValueError", "bad"), updated_at=now - 3)
+    assert run(fake, "tasks") == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["id", "state", "name", "attempt", "worker", "age"]
+    assert [row.split() for row in rows] == [["newer", "FAILED", "actorsched.tasks:echo", "1", "w1", "3.0s"],
+                                             ["older", "SUCCEEDED", "actorsched.tasks:echo", "1", "w1", "2.1m"]]
+    assert run(fake, "tasks", "--state", "failed", "--json", "--limit", "5") == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["task_id"], row["state"], row["error"]["type"]) == ("newer", "FAILED", "ValueError")
+    first = fake.next_of(protocol.ListTasks)
+    second = fake.next_of(protocol.ListTasks)
+    assert (first.state, first.limit) == (None, 100)
+    assert (second.state, second.name, second.limit) == ("FAILED", None, 5)
+
+
+def test_tasks_says_when_the_coordinator_cut_its_search(fake: FakeCoordinator,  # noqa: F811
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    for n in range(3):
+        fake.finish(f"t{n}", value=n)
+    assert run(fake, "tasks", "--limit", "2", "--id", "t") == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 3
+    assert "stopped searching" in captured.err and "--state" in captured.err
+
+
+@pytest.mark.parametrize("argv", [["tasks", "--state", "DONE"], ["tasks", "--limit", "0"],
+                                  ["tasks", "--limit", "10001"]])
+def test_tasks_refuses_a_bad_state_or_limit_as_a_usage_error(capsys: pytest.CaptureFixture[str],
+                                                             argv: list[str]) -> None:
+    assert cli.main(argv) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_logs_prints_the_captured_output_and_exits_1_for_an_unknown_id(fake: FakeCoordinator,  # noqa: F811
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    fake.finish("talker", value=None, output="line one\nline two")
+    fake.finish("quiet", value=None)
+    assert run(fake, "logs", "talker") == 0
+    assert capsys.readouterr().out == "line one\nline two\n"
+    assert run(fake, "logs", "quiet") == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "wrote nothing" in captured.err
+    assert run(fake, "logs", "talker", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["output"] == "line one\nline two"
+    assert run(fake, "logs", "nobody") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("actorsched logs: ") and "'nobody' is not known" in err
+
+
+def test_a_command_names_itself_and_the_address_when_nothing_listens(capsys: pytest.CaptureFixture[str]) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+    try:
+        endpoint = f"tcp://127.0.0.1:{holder.getsockname()[1]}"
+        started = time.monotonic()
+        assert cli.main(["workers", "--coordinator", endpoint]) == 2
+        took = time.monotonic() - started
+    finally:
+        holder.close()
+    err = capsys.readouterr().err
+    assert err.startswith("actorsched workers: no connection to coordinator at " + endpoint), err
+    assert "is it running" in err and err.count("\n") == 1 and "stats" not in err
+    assert took < 5.0  # ~2 s, not the 10 s an answer may take

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -378,7 +379,7 @@ def test_a_dead_coordinator_during_a_wait_raises_connection_failed(fake: FakeCoo
     with Client(fake.endpoint, timeout_s=0.2) as client:
         handle = client.submit("a.b:c", task_id="orphan")
         fake.handler = silent
-        with pytest.raises(ConnectionFailed, match="get-stats"):
+        with pytest.raises(ConnectionFailed, match="no answer from coordinator"):
             handle.result()
 
 
@@ -505,3 +506,38 @@ def test_a_client_with_keys_against_a_coordinator_without_curve_is_told_at_once(
         with pytest.raises(ConnectionFailed, match="does not use CURVE"):
             keyed.stats()
         assert time.monotonic() - started < 10.0
+
+
+def test_list_tasks_sends_the_filters_and_returns_rows_that_say_whether_the_search_was_cut(
+        fake: FakeCoordinator, client: Client) -> None:  # noqa: F811
+    for n in range(3):
+        fake.finish(f"l{n}", value=n)
+    listing = client.list_tasks(state="succeeded", id_prefix="l", limit=2)
+    assert [i.task_id for i in listing] == ["l2", "l1"] and listing.cut
+    request = fake.next_of(protocol.ListTasks)
+    assert (request.state, request.name, request.worker, request.id_prefix, request.limit) == (
+        "SUCCEEDED", None, None, "l", 2)
+    assert not client.list_tasks(limit=10).cut
+
+
+@pytest.mark.parametrize("kwargs", [{"state": "DONE"}, {"limit": 0}, {"limit": 10_001}, {"limit": True},
+                                    {"name": 5}])
+def test_list_tasks_refuses_bad_filters_before_sending(fake: FakeCoordinator, client: Client,  # noqa: F811
+                                                      kwargs: dict[str, object]) -> None:
+    with pytest.raises(ActorschedError):
+        client.list_tasks(**kwargs)  # type: ignore[arg-type]
+    assert fake.received.empty()
+
+
+def test_wait_connected_returns_once_connected_and_fails_fast_where_nothing_listens(
+        fake: FakeCoordinator, client: Client) -> None:  # noqa: F811
+    client.wait_connected(5.0)
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # bound, never listening: connects are refused
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    with holder, Client(f"tcp://127.0.0.1:{port}", timeout_s=10) as nowhere:
+        started = time.monotonic()
+        with pytest.raises(ConnectionFailed, match=f"no connection to coordinator at tcp://127.0.0.1:{port} "
+                                                   f"within 0.5 s .*is it running"):
+            nowhere.wait_connected(0.5)
+        assert time.monotonic() - started < 3.0

@@ -109,6 +109,13 @@ class FakeCoordinator:
                 "w1", "host-a", 4242, 4, 1, 0.25, 12.5, 40.0, "ALIVE", [], 0.4, 17, "closed")])]
         if isinstance(message, protocol.GetStats):
             return [protocol.StatsReply(message.request_id, {"tasks_queued": 3, "workers": {"alive": 1}})]
+        if isinstance(message, protocol.ListTasks):  # newest first: the last known first
+            rows = [protocol.TaskInfo(i.task_id, i.state, i.name, i.priority, i.attempt, i.worker_id, None,
+                                      i.error, [], "", i.updated_at)
+                    for i in reversed(self.tasks.values())
+                    if message.state in (None, i.state) and message.name in (None, i.name)
+                    and message.worker in (None, i.worker_id) and i.task_id.startswith(message.id_prefix or "")]
+            return [protocol.TaskList(message.request_id, rows[:message.limit], len(rows) > message.limit)]
         return None
 
     def _finish(self, info: TaskInfo) -> None:
@@ -127,8 +134,9 @@ class FakeCoordinator:
         self._calls.put(function)
 
     def finish(self, task_id: str, state: str = "SUCCEEDED", value: Any = None,
-               error: protocol.ErrorInfo | None = None) -> None:
-        self.run(lambda: self._finish(TaskInfo(task_id, state, "actorsched.tasks:echo", 0, 1, "w1", value, error)))
+               error: protocol.ErrorInfo | None = None, output: str = "", updated_at: float = 0.0) -> None:
+        self.run(lambda: self._finish(TaskInfo(task_id, state, "actorsched.tasks:echo", 0, 1, "w1", value, error,
+                                               [], output, updated_at)))
 
     def next_message(self, timeout_s: float = 5.0) -> Message:
         return self.received.get(timeout=timeout_s)

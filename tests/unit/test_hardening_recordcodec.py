@@ -102,7 +102,7 @@ def test_task_arguments_at_the_limit_decode() -> None:
 
 @pytest.mark.parametrize("depth", [MAX_NESTING + 1, 1000])
 def test_a_result_value_nested_past_the_limit_is_refused(depth: int) -> None:
-    outcome = ["t-1", 1, 1, True, _deep("map", depth), None, 0.5]
+    outcome = ["t-1", 1, 1, True, _deep("map", depth), None, 0.5, ""]
     with pytest.raises(ProtocolError, match=rf"TaskOutcome.value: lists and maps nest more than {MAX_NESTING}"):
         p.Codec(p.WORKER_MESSAGES).decode([p.VERSION, p.Results.KIND, msgpack.packb([[outcome]])])
 
@@ -144,7 +144,7 @@ def test_a_stored_spec_nested_too_deep_is_the_decode_error_for_the_journal_to_qu
 INF, NAN = float("inf"), float("nan")
 REGISTER = ["w-1", "host", 1234, 4, [], [], 64]
 HEARTBEAT = [10.0, 20.0, []]
-OUTCOME = ["t-1", 1, 1, True, None, None, 0.5]
+OUTCOME = ["t-1", 1, 1, True, None, None, 0.5, ""]
 
 
 def _with(body: list[Any], index: int, value: Any) -> list[Any]:

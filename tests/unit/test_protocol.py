@@ -18,12 +18,13 @@ SPEC_DEFAULTS = p.TaskSpec("t-2", "actorsched.tasks:noop")
 ASSIGNMENT = p.Assignment("t-1", "actorsched.tasks:add", [1, 2], {"a": 1}, epoch=7, attempt=2, timeout_s=None)
 ERROR = p.ErrorInfo("ValueError", "bad value", "Traceback (most recent call last): ...")
 OUTCOME_OK = p.TaskOutcome("t-1", 7, 2, True, {"sum": [3, 4.5]}, None, 0.25)
-OUTCOME_FAILED = p.TaskOutcome("t-2", 7, 1, False, None, ERROR, 1.0)
+OUTCOME_FAILED = p.TaskOutcome("t-2", 7, 1, False, None, ERROR, 1.0, "…[12 bytes cut]\nlast words\n")
 REF = p.AttemptRef("t-1", 7, 2)
 INFO = p.TaskInfo(
     "t-1", "FAILED", "actorsched.tasks:add", 5, 2, "w-1", None, ERROR,
     [p.AttemptRecord(1, "w-1", "worker lost", p.ErrorInfo("WorkerLost", "gone")),
      p.AttemptRecord(2, "w-2", "failed", ERROR)],
+    "printed\n", 1767225600.5,
 )
 INFO_NOT_FOUND = p.TaskInfo("nope", "NOT_FOUND")
 WORKER_INFO = p.WorkerInfo("w-1", "host-a", 1234, 8, 3, 0.42, 12.5, 40.0, "ALIVE", ["gpu"], 0.3, 17, "closed")
@@ -59,6 +60,9 @@ SAMPLES: dict[type[p.Message], p.Message] = {
     p.Purge: p.Purge(9, 3600.0),
     p.PurgeReply: p.PurgeReply(9, 12),
     p.ErrorReply: p.ErrorReply(7, "queue-full", "queue full; retry later"),
+    p.ListTasks: p.ListTasks(10, "FAILED", "*:add", None, "t-", 50),
+    p.TaskList: p.TaskList(10, [p.TaskInfo("t-1", "FAILED", "m:add", 0, 2, "w-1", None, p.ErrorInfo("E", "m"))],
+                           True),
 }
 
 DIRECTIONS = {
@@ -218,10 +222,10 @@ def test_a_nested_record_of_the_wrong_shape_is_rejected(spec_body: object) -> No
 
 
 def test_a_nested_error_record_of_the_wrong_shape_is_rejected() -> None:
-    outcome = ["t-1", 7, 1, False, None, ["ValueError"], 0.1]  # ErrorInfo with one field of three
+    outcome = ["t-1", 7, 1, False, None, ["ValueError"], 0.1, ""]  # ErrorInfo with one field of three
     with pytest.raises(ProtocolError, match="ErrorInfo"):
         p.Codec(p.WORKER_MESSAGES).decode(frames(b"results", [[outcome]]))
-    outcome = ["t-1", 7, 1, False, None, "ValueError: boom", 0.1]  # a str instead of a record
+    outcome = ["t-1", 7, 1, False, None, "ValueError: boom", 0.1, ""]  # a str instead of a record
     with pytest.raises(ProtocolError):
         p.Codec(p.WORKER_MESSAGES).decode(frames(b"results", [[outcome]]))
 

@@ -224,6 +224,53 @@ def test_a_timed_task_whose_child_dies_leaves_no_deadline_or_held_task_behind(ex
     assert after.ok and after.value == 1
 
 
+def shout(task_id: str, text: str, times: int = 1, stream: str = "stdout") -> Job:
+    return Job(task_id, 7, 1, f"{TASKS}:shout", [text], {"times": times, "stream": stream})
+
+
+def test_what_a_task_prints_comes_back_with_its_outcome_stdout_stderr_and_file_descriptors(
+        executor: Executor) -> None:
+    jobs = [shout("py", "hello", 2, "both"), shout("fd", "from C", 1, "fd"), job("quiet", "echo", 1),
+            Job("sub", 7, 1, f"{TASKS}:fail", ["after printing"], {})]
+    for item in jobs:
+        executor.submit(item)
+    outcomes = by_id(drive(executor, count(4)))
+    assert outcomes["py"].output == "hello\nhello\nhello\nhello\n" and outcomes["py"].value == 24
+    assert outcomes["fd"].output == "from C\nfrom C\n"  # os.write(1) and os.write(2): what C code does
+    assert outcomes["quiet"].output == "" and outcomes["quiet"].value == 1
+    assert outcomes["sub"].output == "" and not outcomes["sub"].ok
+    executor.submit(Job("child", 7, 1, f"{TASKS}:shout", ["x"], {"stream": "nowhere"}))
+    (failed,) = drive(executor, count(1))
+    assert failed.error is not None and failed.error.type == "ValueError" and failed.output == ""
+
+
+def test_output_past_the_bound_keeps_its_last_64_kib_after_a_cut_marker_and_never_leaks_into_the_next_job(
+        executor: Executor) -> None:
+    line = "y" * 99  # 100 bytes a line: 1 MB through print and 1 MB through the descriptors
+    executor.submit(shout("big-py", line, 10_000))
+    executor.submit(shout("big-fd", line, 5_000, "fd"))
+    outcomes = by_id(drive(executor, count(2), timeout_s=60))
+    for task_id in ("big-py", "big-fd"):
+        output = outcomes[task_id].output
+        marker, _, kept = output.partition("\n")
+        assert marker == f"…[{1_000_000 - 64 * 1024} bytes cut]", marker
+        assert len(kept.encode()) == 64 * 1024 and kept.endswith(line + "\n")
+    for index in range(4):  # the same children run the next jobs: nothing of the above is left in them
+        executor.submit(job(f"after-{index}", "noop"))
+    assert all(o.output == "" for o in drive(executor, count(4)))
+
+
+def test_a_pool_without_capture_leaves_output_alone() -> None:
+    pool = Executor(1, capture_output=False)
+    pool.start()
+    try:
+        pool.submit(shout("free", "to the worker's log"))
+        (outcome,) = drive(pool, count(1))
+        assert outcome.ok and outcome.output == ""
+    finally:
+        pool.stop()
+
+
 def test_a_pipe_closed_mid_message_is_end_of_file() -> None:
     read_fd, write_fd = os.pipe()
     try:
