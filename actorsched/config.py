@@ -67,7 +67,10 @@ class SecurityConfig:
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
+    """The status page and dashboard (actorsched.http)."""
+
     endpoint: str = "127.0.0.1:7702"  # HOST:PORT of the status page; "" turns it off
+    token_file: str = ""  # a file holding a random token every request must carry; required beyond loopback
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +296,7 @@ def _check_relations(config: Any, source: str) -> None:
             raise ConfigError(f"retry_backoff_cap_s must be >= retry_backoff_base_s ({source} [tasks])")
         ends = config.endpoints
         _check_security(config, source)
-        http_address(config.http.endpoint, f"{source} [http]")
+        http_address(config.http.endpoint, f"{source} [http]", config.http.token_file)
         if ends.client_endpoint == ends.worker_endpoint and not ends.client_endpoint.endswith(":0"):
             raise ConfigError(f"client_endpoint and worker_endpoint must differ, both are "
                               f"{ends.client_endpoint!r}; port 0 picks a free port ({source} [endpoints])")
@@ -323,8 +326,17 @@ def _check_security(config: CoordinatorConfig, source: str) -> None:
             )
 
 
-def http_address(endpoint: str, where: str) -> tuple[str, int] | None:
-    """(host, port) of the status page, None when off; loopback only (it is unauthenticated)."""
+HTTP_TOKEN_MIN_CHARS = 16
+_HTTP_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]+")
+MAKE_TOKEN = ("python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE && chmod 600 FILE")
+
+
+def http_address(endpoint: str, where: str, token_file: str = "") -> tuple[str, int] | None:
+    """(host, port) of the status page, None when off.
+
+    Loopback without a token, as the page always was; any other address only with a
+    ``token_file``, since everyone who can reach the port could otherwise read every task.
+    """
     if not endpoint:
         return None
     address = split_host_port(endpoint)
@@ -332,10 +344,32 @@ def http_address(endpoint: str, where: str) -> tuple[str, int] | None:
         raise ConfigError(f"endpoint must look like HOST:PORT, or \"\" to turn the page off, "
                           f"got {endpoint!r} ({where})")
     host, port = address
-    if not is_loopback_host(host):
-        raise ConfigError(f"the status page has no authentication, so it binds loopback only, got {endpoint!r}; "
-                          f"put a reverse proxy in front of it to reach it from elsewhere ({where})")
+    if not is_loopback_host(host) and not token_file:
+        raise ConfigError(f"endpoint {endpoint!r} is not loopback, and the status page beyond this machine needs "
+                          f"a token: set [http] token_file to a file holding a random token (make one with "
+                          f"`{MAKE_TOKEN}`), or bind 127.0.0.1 ({where})")
     return host, port
+
+
+def read_http_token(token_file: str, where: str) -> str | None:
+    """The token in ``token_file`` (surrounding whitespace dropped), None when no file is set.
+
+    Refused with a ConfigError naming the key and the fix: a missing or unreadable file,
+    and a token that is short or holds characters a header or cookie cannot carry as is.
+    """
+    if not token_file:
+        return None
+    try:
+        token = Path(token_file).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"token_file {token_file!r} cannot be read ({reason}); make one with "
+                          f"`{MAKE_TOKEN}`, or set token_file = \"\" and bind 127.0.0.1 ({where})") from None
+    if len(token) < HTTP_TOKEN_MIN_CHARS or not _HTTP_TOKEN.fullmatch(token):
+        raise ConfigError(f"token_file {token_file!r} must hold one token of at least {HTTP_TOKEN_MIN_CHARS} "
+                          f"characters from A-Z a-z 0-9 . _ ~ + / = - (got {len(token)} characters); make one "
+                          f"with `{MAKE_TOKEN}` ({where})")
+    return token
 
 
 def _load(cls: Any, path: str | Path | None) -> Any:

@@ -64,7 +64,8 @@ class Coordinator:
 
     def _start(self) -> None:
         config = self.config
-        address = cfg.http_address(config.http.endpoint, "[http] endpoint")
+        address = cfg.http_address(config.http.endpoint, "[http] endpoint", config.http.token_file)
+        token = cfg.read_http_token(config.http.token_file, "[http] token_file") if address is not None else None
         if config.journal.enabled:
             self.journal = Journal(config.journal.state_dir, config.journal.fsync)
             self.epoch = self.journal.open()
@@ -78,7 +79,7 @@ class Coordinator:
             raise _bind_error("worker endpoint", config.endpoints.worker_endpoint, "--worker-bind", exc) from None
         if address is not None:
             try:
-                self.http = StatusServer(*address)
+                self.http = StatusServer(*address, token=token)
             except OSError as exc:
                 raise _bind_error("status page", config.http.endpoint, "--http", exc) from None
         # Every port is ours: only now may the stored epoch move (a start that fails above
@@ -125,7 +126,10 @@ class Coordinator:
                 log.error("actor %s did not stop within 10 s", ref)
         if self.journal is not None:
             self.journal.close()
-        log.info("coordinator stopped")
+        if self._actors:
+            log.info("coordinator stopped")
+        else:  # never started: do not read as if a running coordinator (perhaps another one) stopped
+            log.info("coordinator start abandoned; everything it had taken is released")
 
 
 def _bind_error(what: str, endpoint: str, flag: str, exc: OSError | zmq.ZMQError) -> StartError:

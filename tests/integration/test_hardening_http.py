@@ -1,7 +1,14 @@
-"""Issue 9 #9: idle connections to the status page cost no thread, time out, and never stop the page."""
+"""Issue 9 #9: idle connections to the status page cost no thread, time out, and never stop the page.
+
+Issue 10 #1: the dashboard's routes take no path outside its own files, answer bad
+filters with the reason, and a page without a token answers only requests addressed
+to loopback (DNS rebinding).
+"""
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -80,3 +87,62 @@ def test_connections_that_send_half_a_request_do_not_stop_the_page(
     assert _healthz(cluster) == "ok\n"
     wait_until(lambda: all(_closed_by_server(sock) for sock in trickling), REQUEST_TIMEOUT_S + 20,
                "the server to close connections that never finished their request")
+
+
+def _get(cluster: LocalCluster, path: str, host: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    address, _, port = cluster.http_endpoint.rpartition(":")
+    conn = http.client.HTTPConnection(address, int(port), timeout=10)
+    try:
+        conn.putrequest("GET", path, skip_host=host is not None)
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.endheaders()
+        reply = conn.getresponse()
+        return reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
+    finally:
+        conn.close()
+
+
+def test_without_a_token_only_requests_addressed_to_loopback_are_answered(
+        make_cluster: Callable[..., LocalCluster]) -> None:
+    """A site that rebinds its own name to 127.0.0.1 sends its name as Host: refused, whatever the path."""
+    cluster = make_cluster(workers=0)
+    port = cluster.http_endpoint.rpartition(":")[2]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}", "127.0.0.2"):
+        assert _get(cluster, "/healthz", host)[0] == 200, host
+    for host in (f"attacker.example:{port}", "attacker.example", f"10.0.0.1:{port}", "127.0.0.1.nip.io"):
+        for path in ("/api/overview", "/status", "/"):
+            code, _, body = _get(cluster, path, host)
+            assert code == 403 and b"loopback" in body and b"token_file" in body, (host, path)
+
+
+def test_the_dashboard_serves_only_its_own_files_with_a_strict_policy(
+        make_cluster: Callable[..., LocalCluster]) -> None:
+    cluster = make_cluster(workers=0)
+    for path in ("/", "/dashboard"):
+        code, headers, body = _get(cluster, path)
+        assert code == 200 and headers["content-type"].startswith("text/html") and b"dashboard/app.js" in body
+        assert "script-src 'self'" in headers["content-security-policy"]  # no inline script, no other origin
+        assert headers["x-content-type-options"] == "nosniff"
+    assert _get(cluster, "/dashboard/app.js")[1]["content-type"].startswith("text/javascript")
+    for path in ("/dashboard/../http.py", "/dashboard/..%2Fhttp.py", "/dashboard/%2e%2e/config.py",
+                 "/dashboard/__init__.py", "/dashboard//etc/passwd", "/dashboard/dashboard/app.js"):
+        assert _get(cluster, path)[0] == 404, path
+    assert _get(cluster, "/dashboard/")[1]["location"] == "/dashboard"  # where its relative links work
+
+
+def test_the_dashboards_json_answers_bad_filters_with_the_reason(make_cluster: Callable[..., LocalCluster]) -> None:
+    cluster = make_cluster(workers=0)
+    code, _, body = _get(cluster, "/api/tasks?state=DONE")
+    assert code == 400 and "SUCCEEDED" in json.loads(body)["error"]
+    code, _, body = _get(cluster, "/api/tasks?limit=lots")
+    assert code == 400 and "limit" in json.loads(body)["error"]
+    code, _, body = _get(cluster, "/api/tasks?limit=999999&name=" + "x" * 5000)
+    assert code == 200 and json.loads(body)["limit"] == 1000 and json.loads(body)["tasks"] == []
+    code, _, body = _get(cluster, "/api/task/never%2Fsubmitted")
+    assert code == 404 and json.loads(body)["task"] == {**json.loads(body)["task"], "task_id": "never/submitted",
+                                                         "state": "NOT_FOUND"}
+    assert _get(cluster, "/api/nothing")[0] == 404
+    overview = json.loads(_get(cluster, "/api/overview")[2])
+    assert overview["workers"] == [] and overview["queue"]["tasks"] == 0
+    assert overview["metrics"]["queue_wait"]["le"][0] > 0 and overview["metrics"]["run_time"] == {}
