@@ -76,6 +76,7 @@ class HttpConfig:
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "INFO"
+    format: str = "text"  # or "json": one JSON object per line (see actorsched.logs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +159,7 @@ _NON_NEGATIVE = {
     "aging_s_per_priority", "restart_grace_s", "retry_elsewhere_s", "short_task_s",
 }
 _AT_MOST = {"slots": 1024, "prefetch": 65536}  # what the coordinator accepts in a Register
-_CHOICES = {"level": LOG_LEVELS, "start_method": ("fork", "forkserver", "spawn")}
+_CHOICES = {"format": ("text", "json"), "level": LOG_LEVELS, "start_method": ("fork", "forkserver", "spawn")}
 _ENDPOINTS = {"client_endpoint", "worker_endpoint", "coordinator"}
 
 

@@ -20,6 +20,7 @@ import pykka
 import zmq
 
 from actorsched import config as cfg
+from actorsched import logs
 from actorsched.coordinator.dispatcher import DispatcherActor
 from actorsched.coordinator.failure_detector import FailureDetectorActor
 from actorsched.coordinator.journal import Journal, JournalError
@@ -182,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"coordinator: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.logging.level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.set_up(config.logging.level, config.logging.format, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

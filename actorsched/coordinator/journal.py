@@ -107,6 +107,7 @@ class Journal:
     def __init__(self, state_dir: str | Path, fsync: bool = True) -> None:
         self.path = Path(state_dir) / "journal.sqlite3"
         self.lock_path = Path(state_dir) / "journal.lock"
+        self.epoch_path = Path(state_dir) / "epoch"  # the highest epoch ever stored, outside the database
         self.fsync = fsync
         self.epoch = 0
         self._epoch_stored = False
@@ -171,7 +172,9 @@ class Journal:
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             row = db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
-            self.epoch = (row[0] if row else 0) + 1
+            # A journal restored from a backup holds an older epoch: the file beside it keeps the
+            # highest one used, so fencing tokens of attempts still out there are never reused.
+            self.epoch = max(row[0] if row else 0, self._epoch_in_file()) + 1
         except sqlite3.DatabaseError as exc:
             raise JournalError(
                 f"journal {self.path} is corrupt or truncated ({exc}); move it aside to start empty "
@@ -188,8 +191,33 @@ class Journal:
         """
         assert self._db is not None
         if not self._epoch_stored:
+            self._remember_epoch()
             self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('epoch', ?)", (self.epoch,))
             self._epoch_stored = True
+
+    def _epoch_in_file(self) -> int:
+        try:
+            return int(self.epoch_path.read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            raise JournalError(f"{self.epoch_path} cannot be read ({exc}); it holds the highest coordinator "
+                               f"epoch used here: fix or remove it (removing it is safe unless the journal "
+                               f"was restored from an older backup)") from None
+
+    def _remember_epoch(self) -> None:
+        """Write the epoch file durably (a new file renamed over the old one, then the folder synced)."""
+        temporary = self.epoch_path.with_suffix(".new")
+        with open(temporary, "w") as out:
+            out.write(f"{self.epoch}\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, self.epoch_path)
+        folder = os.open(self.epoch_path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
     def rows(self, unfinished_only: bool = False) -> Iterator[JournalRow | RowProblem]:
         """Every task (or every unfinished one), in submit order, for replay at start.
@@ -264,6 +292,7 @@ class Journal:
         db.execute("BEGIN")
         try:
             if not self._epoch_stored:  # nothing durable may carry an epoch a restart could reuse
+                self._remember_epoch()
                 db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('epoch', ?)", (self.epoch,))
             inserts: dict[str, JournalRow] = {}
             updates: dict[str, JournalRow] = {}

@@ -70,6 +70,7 @@ from actorsched.protocol import (
     packer,
     unpack_record,
 )
+from actorsched.recordcodec import record_decoder
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         self.list_scan_rows = list_scan_rows
         self.list_scan_s = list_scan_s
         self.core = TaskQueueCore(config, epoch, random.Random(), wall_offset_s=time.time() - clock())
+        self.core.debug_notes = log.isEnabledFor(logging.DEBUG)
         self.journal_config = journal_config or JournalConfig()
         self._next_compaction = clock() + self.journal_config.compaction_interval_s
         self.journal = journal
@@ -253,6 +255,10 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
                     log.error("TaskQueue got an unknown event %r", event)
         self._carry_out(out)
         self._forget_durable()
+        if core.notes:
+            for level, line in core.notes:
+                log.log(level, line)
+            core.notes.clear()
         return None
 
     def _forget_durable(self) -> None:
@@ -483,9 +489,10 @@ def _record_from_row(row: JournalRow | RowProblem, now: float, wall_now: float) 
                             deaths=row.deaths, size=len(row.spec), journaled=True)
         record.value = row.value
         record.output = row.output
-        record.error = ErrorInfo(*row.error) if row.error else None
-        record.history = [AttemptRecord(a, w, o, ErrorInfo(*e) if e else None, *times)
-                          for a, w, o, e, *times in row.history]
+        record.error = _decode_error(row.error) if row.error else None  # strict: types checked, as on the wire
+        record.history = [_decode_attempt(attempt) for attempt in row.history]
+        if type(record.output) is not str:
+            raise TypeError(f"output is {type(record.output).__name__}, not str")
     except Exception as exc:  # a row written by an older build, or damaged on disk
         return f"its stored spec or history cannot be read ({type(exc).__name__}: {exc})"
     if record.history:
@@ -493,6 +500,10 @@ def _record_from_row(row: JournalRow | RowProblem, now: float, wall_now: float) 
     if row.finished_at is not None:  # wall clock in the journal, monotonic in memory
         record.finished_at = now - max(0.0, wall_now - row.finished_at)
     return record
+
+
+_decode_error = record_decoder(ErrorInfo)
+_decode_attempt = record_decoder(AttemptRecord)
 
 
 def _unreadable(row: JournalRow | RowProblem, reason: str) -> TaskRecord:

@@ -103,6 +103,8 @@ _AVOIDED_OUTCOMES = frozenset({"failed", "worker lost"})
 _MAX_NAMES_TIMED = 10_000  # run-time averages kept; past that the table starts afresh
 _DURATION_WEIGHT = 0.2  # weight of the newest run in a name's moving average
 _JUDGE_BATCH = 4096  # successes for the breakers are sent in batches (failures at once)
+DEBUG, INFO, WARNING = 10, 20, 30  # the logging module's levels, for notes (the core does not log)
+_START_GRACE_S = 1.0  # a worker reports a start within milliseconds; an attempt unstarted longer did not run
 _FAIR_WINDOW_S = 60.0  # a new task's place in line is at most this long before now
 _STEP_S = (1e-6, 1e-3, 10.0)  # bounds and start of the measured time between placements
 
@@ -202,6 +204,8 @@ class TaskQueueCore:
         self._step = _STEP_S[1]  # moving average of the time between placements while tasks wait
         self._last_placed = -1.0
         self._next_start_check = 0.0
+        self.notes: list[tuple[int, str]] = []  # (logging level, line) about single tasks, for the shell
+        self.debug_notes = False  # the shell sets it when DEBUG is on: per-task start, finish, requeue
         # What /metrics shows: per attempt, ready -> placed; per outcome, the run time by name;
         # per task, submit -> final; final outcomes and retries by name.
         self.queue_wait = Histogram()
@@ -401,6 +405,8 @@ class TaskQueueCore:
             task = self.tasks.get(ref.task_id)
             if task is not None and task.state is S.ASSIGNED and self._is_current(task, worker, ref):
                 self._move(task, S.RUNNING)
+                if self.debug_notes:
+                    self._note(DEBUG, "task started", task)
 
     def outcomes_reported(self, worker: PeerKey, outcomes: list[TaskOutcome], now: float) -> list[Command]:
         durations = self.durations
@@ -463,6 +469,11 @@ class TaskQueueCore:
             if not worker_died:
                 self._lost(task_id, task, f"worker {worker_id}: {reason}", now)
                 continue
+            if task.state is S.ASSIGNED and now - task.assigned_at > _START_GRACE_S:
+                # Unstarted long after it was placed: waiting in the worker's prefetch, or held by
+                # a peer that never starts anything.  Its death is not the task's: no death counted.
+                self._lost(task_id, task, f"worker {worker_id} was lost before starting it: {reason}", now)
+                continue
             error = ErrorInfo("WorkerLost", f"worker {worker_id} was lost while holding the task: {reason}")
             self._end_attempt(task, "worker lost", error, now, now - task.assigned_at)
             self._after_failure(task_id, task, error, now, worker_death=True)
@@ -471,6 +482,8 @@ class TaskQueueCore:
     def _lost(self, task_id: str, task: TaskRecord, reason: str, now: float) -> None:
         """An attempt that never ran (or whose worker left in order): back in its place, no death counted."""
         error = ErrorInfo("AssignmentLost", reason)
+        if self.debug_notes:
+            self._note(DEBUG, "task requeued", task, error)
         self._end_attempt(task, "assignment lost", error, now, now - task.assigned_at)
         if task.cancel_requested:
             self._finish(task_id, S.CANCELLED, _CANCELLED_BY_CLIENT, now)
@@ -851,6 +864,14 @@ class TaskQueueCore:
             task.since, self.durations.get(spec.name, self.short_task_s) < self.short_task_s,
         ))
 
+    def _note(self, level: int, what: str, task: TaskRecord, error: ErrorInfo | None = None, more: str = "") -> None:
+        """A log line about one task for the shell to write (the core itself does no I/O)."""
+        line = f"{what} task={task.spec.task_id} name={task.spec.name} attempt={task.attempt} " \
+               f"worker={task.worker_id or '-'}"
+        if error is not None:
+            line += f" error={error.type} reason={error.message[:300]!r}"
+        self.notes.append((level, f"{line} {more}" if more else line))
+
     def _take_place(self, task: TaskRecord, now: float) -> None:
         """Give ``task`` its place in line: fair between clients within a priority (start-time fair queuing).
 
@@ -899,12 +920,15 @@ class TaskQueueCore:
         self.outcomes.add(task.spec.name, "retried")
         if worker_death or error.type in WORKER_DEATHS:
             # A process death is not the task's error: no backoff, and it keeps its place in line.
+            self._note(INFO, "task retry", task, error, "backoff_s=0 (a process death)")
             task.error = error
             self._queue(task_id, task, now, keep_place=True)
             return
         self._move(task, S.RETRYING)
         task.error = error
-        self._retry_later(task_id, task, now + self.backoff_s(task.attempt))
+        backoff = self.backoff_s(task.attempt)
+        self._note(INFO, "task retry", task, error, f"backoff_s={backoff:.3f}")
+        self._retry_later(task_id, task, now + backoff)
         self.dirty.add(task_id)
 
     def _retry_later(self, task_id: str, task: TaskRecord, due: float) -> None:
@@ -924,6 +948,12 @@ class TaskQueueCore:
         task.error = error
         task.finished_at = now
         self.outcomes.add(task.spec.name, state.value.lower())
+        if state is S.FAILED:
+            self._note(WARNING, "task failed", task, error)
+        elif state is S.CANCELLED:
+            self._note(INFO, "task cancelled", task, error)
+        elif self.debug_notes:
+            self._note(DEBUG, "task succeeded", task)
         if task.submitted_at >= 0:
             self.latency.observe(now - task.submitted_at)
         self._in_doubt.discard(task_id)

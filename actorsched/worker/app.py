@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from actorsched import security
+from actorsched import logs, security
 from actorsched.config import LOG_LEVELS, WorkerConfig, load_worker_config, with_overrides
 from actorsched.errors import ConfigError
 from actorsched.worker.connection import EXIT_FORCED, StopRequests, WorkerConnection
@@ -73,10 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.logging.level, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s",
-    )
+    logs.set_up(config.logging.level, config.logging.format,
+                "%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s")
     stop_requests = StopRequests()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

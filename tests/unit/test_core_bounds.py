@@ -165,3 +165,23 @@ def test_attempts_a_worker_never_starts_go_back_to_the_line() -> None:
     assert q.tasks["a"].state is S.QUEUED and q.tasks["a"].attempt == 2 and q.ready["a"].attempt == 2
     assert q.tasks["b"].state is S.RUNNING and q.counters["never_started"] == 1
     assert q.held[W1] == {"b": None}
+
+
+def test_a_worker_lost_long_after_it_was_given_a_task_it_never_started_is_not_charged_a_death() -> None:
+    """Fuzzing found fake workers that register, take tasks and go silent: each loss counted a
+    'death' against the task, which was quarantined as KilledWorker although it never ran."""
+    q = core(max_worker_deaths=2)
+    q.submit(A, 1, [spec("victim"), spec("poison")], 0.0)
+    for attempt, now in enumerate((10.0, 20.0, 30.0), start=1):
+        q.worker_admitted(W1, "fake")
+        q.tasks_assigned(W1, "fake", [q.ready.pop("victim")], now)
+        q.worker_gone(W1, "fake", "silent for 5 s", now + 5.0)
+        assert q.tasks["victim"].state is S.QUEUED and q.tasks["victim"].deaths == 0
+        assert q.tasks["victim"].attempt == attempt + 1
+    # One placed just before its worker died may have killed it: that still counts.
+    for now in (40.0, 50.0):
+        q.worker_admitted(W1, "w")
+        q.tasks_assigned(W1, "w", [q.ready.pop("poison")], now)
+        q.worker_gone(W1, "w", "connection closed", now + 0.01)
+    assert q.tasks["poison"].state is S.FAILED and q.tasks["poison"].error is not None
+    assert q.tasks["poison"].error.type == "KilledWorker"

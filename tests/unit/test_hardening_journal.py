@@ -68,3 +68,25 @@ def test_an_open_that_fails_on_a_bad_file_releases_the_lock(tmp_path: Path) -> N
     for _ in range(2):  # the second would be "in use" if the first had kept the lock
         with pytest.raises(JournalError, match="holds no actorsched tables"):
             Journal(tmp_path).open()
+
+
+def test_a_journal_restored_from_an_older_backup_does_not_reuse_epochs(tmp_path: Path) -> None:
+    """Restoring a backup used to move the epoch back (5 -> 3), reusing fencing tokens of attempts
+    that workers may still report; the highest epoch used is also kept beside the journal."""
+    for _ in range(2):
+        journal = Journal(tmp_path)
+        journal.open()
+        journal.commit_epoch()
+        journal.close()
+    backup = (tmp_path / "journal.sqlite3").read_bytes()  # taken at epoch 2
+    for _ in range(3):
+        journal = Journal(tmp_path)
+        journal.open()
+        journal.commit_epoch()
+        journal.close()
+    (tmp_path / "journal.sqlite3").write_bytes(backup)
+    for leftover in ("journal.sqlite3-wal", "journal.sqlite3-shm"):
+        (tmp_path / leftover).unlink(missing_ok=True)
+    journal = Journal(tmp_path)
+    assert journal.open() == 6
+    journal.close()
