@@ -463,7 +463,7 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
                 task.journaled = True
             finished_at = None
             if task.state in FINAL_STATES:
-                finished_at = wall_now
+                finished_at = task.finished_wall or wall_now
                 finished.append(task_id)
             rows.append(JournalRow(
                 task_id, task.seq, task.state.value, task.attempt, task.epoch, task.deaths, finished_at, spec,
@@ -499,6 +499,7 @@ def _record_from_row(row: JournalRow | RowProblem, now: float, wall_now: float) 
         record.worker_id = record.history[-1].worker_id  # who ran the last attempt
     if row.finished_at is not None:  # wall clock in the journal, monotonic in memory
         record.finished_at = now - max(0.0, wall_now - row.finished_at)
+        record.finished_wall = round(row.finished_at, 3)
     return record
 
 

@@ -142,6 +142,7 @@ class TaskRecord:
     cancel_waiters: list[tuple[PeerKey, int]] = field(default_factory=list)
     cancel_requested: bool = False
     finished_at: float = 0.0  # monotonic; for retention
+    finished_wall: float = 0.0  # wall clock, ms: what the journal stores and clients see as updated_at
     assigned_at: float = 0.0  # monotonic, of the current attempt
     has_refs: bool = False
     since: float = -1.0  # its place in line (monotonic seconds, see _take_place); -1 before it first queues
@@ -470,21 +471,27 @@ class TaskQueueCore:
                 self._lost(task_id, task, f"worker {worker_id}: {reason}", now)
                 continue
             if task.state is S.ASSIGNED and now - task.assigned_at > _START_GRACE_S:
-                # Unstarted long after it was placed: waiting in the worker's prefetch, or held by
-                # a peer that never starts anything.  Its death is not the task's: no death counted.
-                self._lost(task_id, task, f"worker {worker_id} was lost before starting it: {reason}", now)
+                # Not reported started long after it was placed (waiting in the worker's prefetch,
+                # held by a peer that never starts anything, or a start report the worker could not
+                # send): nothing says the task killed its worker, so no death is counted.
+                self._lost(task_id, task, f"worker {worker_id} was lost without reporting the task started "
+                                          f"(no death counted): {reason}", now, outcome="worker lost")
                 continue
             error = ErrorInfo("WorkerLost", f"worker {worker_id} was lost while holding the task: {reason}")
             self._end_attempt(task, "worker lost", error, now, now - task.assigned_at)
             self._after_failure(task_id, task, error, now, worker_death=True)
         return self._flush()
 
-    def _lost(self, task_id: str, task: TaskRecord, reason: str, now: float) -> None:
-        """An attempt that never ran (or whose worker left in order): back in its place, no death counted."""
-        error = ErrorInfo("AssignmentLost", reason)
+    def _lost(self, task_id: str, task: TaskRecord, reason: str, now: float,
+              outcome: str = "assignment lost") -> None:
+        """An attempt that never ran (or whose worker left in order): back in its place, no death counted.
+
+        ``outcome`` "worker lost" (the worker vanished) also makes its retry avoid that worker.
+        """
+        error = ErrorInfo("WorkerLost" if outcome == "worker lost" else "AssignmentLost", reason)
         if self.debug_notes:
             self._note(DEBUG, "task requeued", task, error)
-        self._end_attempt(task, "assignment lost", error, now, now - task.assigned_at)
+        self._end_attempt(task, outcome, error, now, now - task.assigned_at)
         if task.cancel_requested:
             self._finish(task_id, S.CANCELLED, _CANCELLED_BY_CLIENT, now)
         else:
@@ -947,6 +954,7 @@ class TaskQueueCore:
         self._move(task, state)
         task.error = error
         task.finished_at = now
+        task.finished_wall = round(now + self.wall_offset_s, 3)
         self.outcomes.add(task.spec.name, state.value.lower())
         if state is S.FAILED:
             self._note(WARNING, "task failed", task, error)
@@ -1139,6 +1147,8 @@ def updated_at(task: TaskRecord, wall_offset_s: float | None) -> float:
         return 0.0
     state = task.state
     if state in FINAL_STATES:
+        if task.finished_wall:
+            return task.finished_wall  # the same in memory and read back from the journal
         moment = task.finished_at
     elif state is S.ASSIGNED or state is S.RUNNING:
         moment = task.assigned_at
