@@ -155,6 +155,7 @@ _POSITIVE = {
     "max_worker_deaths", "max_assign_batch", "reconnect_min_s", "reconnect_max_s",
 }
 _NON_NEGATIVE = {
+    "finished_in_memory",
     "default_timeout_s", "running_weight", "cpu_weight", "memory_weight", "slots", "drain_timeout_s",
     "aging_s_per_priority", "restart_grace_s", "retry_elsewhere_s", "short_task_s",
 }

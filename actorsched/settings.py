@@ -32,6 +32,7 @@ class TasksConfig:
     max_pending_per_client: int = 250_000
     max_pending_bytes: int = 1 << 30
     start_timeout_s: float = 30.0
+    finished_in_memory: int = 20_000
 
 
 @dataclass(frozen=True, slots=True)

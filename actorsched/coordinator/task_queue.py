@@ -284,6 +284,7 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
                          "requested" if reply_to else "retention")
             return [SendToClient(reply_to[0], PurgeReply(reply_to[1], len(purged)))] if reply_to else []
         journal, keep, before = self.journal, self.core.kept_ids(), time.time() - older_than_s
+        self.core.drop_finished(older_than_s, now)
         assert journal is not None
         me = self.actor_ref
 

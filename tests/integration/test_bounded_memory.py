@@ -38,8 +38,10 @@ def _forgotten(client: Client, count: int) -> Callable[[], bool]:
 
 
 def test_finished_tasks_leave_memory_and_are_read_back_from_the_journal(
-        make_cluster: Callable[..., LocalCluster], ready: Callable[..., Client]) -> None:
-    cluster = make_cluster(workers=1, slots=2)
+        make_cluster: Callable[..., LocalCluster], ready: Callable[..., Client], tmp_path: Path) -> None:
+    config = tmp_path / "coordinator.toml"
+    config.write_text("[tasks]\nfinished_in_memory = 0\n")  # (else the most recent small results stay)
+    cluster = make_cluster(workers=1, slots=2, coordinator_args=["--config", str(config)])
     client = ready(cluster)
     first = client.submit(ECHO, "kept in the journal", task_id="first")
     assert first.result(timeout=WAIT_S) == "kept in the journal"

@@ -40,6 +40,7 @@ class Q(TaskQueueCore):
 
 
 def core(**config: object) -> Q:
+    config.setdefault("finished_in_memory", 0)  # forget at once unless a test keeps recent ones
     return Q(TasksConfig(**config), EPOCH, random.Random(1))  # type: ignore[arg-type]
 
 
@@ -185,3 +186,16 @@ def test_a_worker_lost_long_after_it_was_given_a_task_it_never_started_is_not_ch
         q.worker_gone(W1, "w", "connection closed", now + 0.01)
     assert q.tasks["poison"].state is S.FAILED and q.tasks["poison"].error is not None
     assert q.tasks["poison"].error.type == "KilledWorker"
+
+
+def test_the_most_recent_small_results_stay_in_memory_up_to_the_bound() -> None:
+    q = core(finished_in_memory=2)
+    q.submit(A, 1, [spec("big"), spec("s1"), spec("s2"), spec("s3")], 0.0)
+    finish(q, "big", "x" * 5000)
+    for task_id in ("s1", "s2", "s3"):
+        finish(q, task_id, 7)
+    q.forget(["big", "s1", "s2", "s3"])
+    assert set(q.tasks) == {"s2", "s3"}, "a large result leaves at once; of the small ones the 2 newest stay"
+    assert q.counters["forgotten"] == 2
+    q.drop_finished(0.0, 10.0)  # a purge covers them: they leave memory too
+    assert q.tasks == {}
