@@ -135,7 +135,7 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         self.writer = JournalWriter(journal, self._journal_failed)
         self._carry_out(self.core.restore(sorted(records + deps, key=lambda r: r.seq), now,
                                           journal.finished_counts(), journal.max_seq()))
-        self.core.forget(d.spec.task_id for d in deps)
+        self.core.forget((d.spec.task_id for d in deps), keep_recent=False)
         log.info("journal replayed open=%d finished=%d seconds=%.3f", len(records),
                  sum(self.core.counts.values()) - self.core.open_count, time.monotonic() - started)
 
@@ -265,7 +265,7 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         """Final tasks whose rows are durable leave memory (and so do tasks read back for this batch)."""
         core = self.core
         if self._recalled:
-            core.forget(self._recalled)
+            core.forget(self._recalled, keep_recent=False)
             self._recalled = []
         writer = self.writer
         if writer is None:

@@ -641,13 +641,14 @@ class TaskQueueCore:
         self.counters["purged"] += len(purged)
         return purged
 
-    def forget(self, task_ids: Iterable[str]) -> None:
+    def forget(self, task_ids: Iterable[str], keep_recent: bool = True) -> None:
         """These tasks' final rows are durable: drop them from memory (the journal answers for them).
 
         One that an unfinished task still depends on stays until that one finishes.  The
         most recent ``finished_in_memory`` small ones (a scalar or short result, little
         output) stay too, oldest out first: a client usually asks for a result right
-        after it is done, and reading it back from the journal costs ~15 us.
+        after it is done, and reading it back from the journal costs ~15 us.  Tasks read
+        back for one request (``keep_recent`` False) leave at once.
         """
         tasks, recent, keep = self.tasks, self._recent, self.config.finished_in_memory
         for task_id in task_ids:
@@ -657,7 +658,7 @@ class TaskQueueCore:
             if task.dependents and self._needed(task):
                 self._kept.add(task_id)
                 continue
-            if keep and _small(task):
+            if keep and keep_recent and _small(task):
                 recent[task_id] = None
                 continue
             del tasks[task_id]

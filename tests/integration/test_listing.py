@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -32,8 +33,10 @@ def cli(*argv: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 def test_tasks_lists_exactly_the_failed_ones_including_those_no_longer_in_memory_and_after_a_restart(
-        make_cluster: Callable[..., LocalCluster], ready: Callable[..., Client]) -> None:
-    cluster = make_cluster(workers=2, slots=2)
+        make_cluster: Callable[..., LocalCluster], ready: Callable[..., Client], tmp_path: Path) -> None:
+    config = tmp_path / "coordinator.toml"
+    config.write_text("[tasks]\nfinished_in_memory = 0\n")  # every finished task leaves memory at once
+    cluster = make_cluster(workers=2, slots=2, coordinator_args=["--config", str(config)])
     client = ready(cluster)
     good = client.submit_many({"task_id": f"good-{i:02d}", "name": "actorsched.tasks:echo", "args": [i]}
                               for i in range(20))

@@ -90,7 +90,7 @@ def _coordinator(tmp_path: Path, **options: Any) -> Iterator[Coordinator]:
     journal = Journal(tmp_path, fsync=False)
     journal.open()
     dispatcher, transport, registry = Inbox(), Inbox(), Inbox()
-    actor = TaskQueueActor.start(TasksConfig(max_attempts=1), journal, 1, **options)
+    actor = TaskQueueActor.start(TasksConfig(max_attempts=1, finished_in_memory=0), journal, 1, **options)
     try:
         actor.proxy().connect(dispatcher, transport, registry).get(timeout=WAIT_S)
         yield Coordinator(actor, dispatcher, transport, journal)
