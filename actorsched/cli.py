@@ -4,7 +4,7 @@ A thin shell over :class:`actorsched.client.Client`: parse argv, connect, make o
 call, print.  Exit codes: 0 ok; 1 a task failed, was cancelled or is unknown (or
 nothing was cancelled); 2 a usage error, a connection error (a refused CURVE key included:
 its message names the key file and the coordinator's folder it belongs in) or a wait
-that timed out.
+that timed out; 141 the output's reader stopped early (``| head``), quietly.
 Expected errors print one line on stderr, never a traceback, naming the command
 (``actorsched status: ...``).  Before its command each invocation checks, within ~2 s
 (``--connect-timeout`` when given), that something completes a ZeroMQ handshake at the
@@ -34,13 +34,7 @@ from typing import Any, TextIO
 
 from actorsched import security
 from actorsched.client import CLIENT_KEY_ENV, FINAL_STATES, SERVER_KEY_ENV, Client
-from actorsched.config import (
-    COORDINATOR_ENV,
-    DEFAULT_CLIENT_ENDPOINT,
-    default_client_endpoint,
-    is_loopback_host,
-    parse_endpoint,
-)
+from actorsched.config import COORDINATOR_ENV, DEFAULT_CLIENT_ENDPOINT
 from actorsched.core.states import TaskState
 from actorsched.errors import ActorschedError, ConfigError, ConnectionFailed, SubmitRejected, Timeout
 from actorsched.protocol import MAX_LIST_LIMIT, TaskInfo
@@ -48,6 +42,8 @@ from actorsched.protocol import MAX_LIST_LIMIT, TaskInfo
 EXIT_OK = 0
 EXIT_TASK = 1
 EXIT_ERROR = 2
+EXIT_BROKEN_PIPE = 141
+"""The output's reader stopped reading (``| head``): 128 + SIGPIPE, what a shell reports for a command it kills."""
 _BAD_STATES = ("FAILED", "CANCELLED", "NOT_FOUND")
 _FAILED_STATES = ("FAILED", "CANCELLED")
 REACH_TIMEOUT_S = 2.0
@@ -444,23 +440,44 @@ def _clock_text(seconds: float) -> str:
 
 
 def _curve_hint(args: argparse.Namespace) -> str:
-    """What else "no answer" may mean.
+    """What else "no answer" may mean, for a client that has CURVE keys; "" for one without.
 
     A handshake the coordinator refused (key not accepted, keys missing) or hung up on
     (wrong coordinator key) is named by the client itself, and its error does not start
-    with "no answer"; this covers what the socket monitor cannot see, like a firewall
-    that drops the packets of a coordinator that only admits CURVE peers.
+    with "no answer"; this covers what the socket monitor cannot see.  A client without
+    keys is never told that a key may have been refused: a coordinator that requires
+    keys says so in the handshake, which the client reports, so when nothing answers at
+    all keys are not the reason, and the hint would only send the reader the wrong way.
     """
     server_key = args.server_key or os.environ.get(SERVER_KEY_ENV, "")
     key = args.key or os.environ.get(CLIENT_KEY_ENV, "")
     if server_key and key:
         return (f". Or it refused this client's CURVE keys: check that the public half of {key} (NAME.key) is "
                 f"in the coordinator's [security] client_keys_dir, and that {server_key} is the coordinator's key")
-    host, _ = parse_endpoint(args.coordinator or default_client_endpoint(), "--coordinator")
-    if not is_loopback_host(host):
-        return (". A coordinator listening beyond loopback admits only CURVE clients: pass --server-key and "
-                "--key (or set $ACTORSCHED_SERVER_KEY and $ACTORSCHED_CLIENT_KEY)")
     return ""
+
+
+COORDINATOR_KEY_NAME = "coordinator"
+"""The NAME ``keygen`` takes for the coordinator's own pair (the name the README and the operations guide use)."""
+
+
+def keygen_message(name: str, public: object, secret: object) -> str:
+    """Where the two halves of a new pair go, which depends on whose pair it is.
+
+    The coordinator's public key goes to every worker and client (they check that they
+    talk to the right coordinator); a worker's or a client's goes the other way, into the
+    coordinator's allowlist.  Whose it is comes from NAME alone: ``coordinator`` is the
+    coordinator's (see ``actorsched keygen --help``), anything else a worker's or a client's.
+    """
+    if name == COORDINATOR_KEY_NAME:
+        return (f"public key (copy it to every worker and client: their --server-key, [connection] "
+                f"server_public_key_file or ${SERVER_KEY_ENV}): {public}\n"
+                f"secret key (keep it on the coordinator's host: its [security] secret_key_file): {secret}")
+    return (f"public key (copy it into the coordinator's [security] worker_keys_dir for a worker, or "
+            f"client_keys_dir for a client): {public}\n"
+            f"secret key (keep it: the worker's --key / [connection] secret_key_file, or the client's --key / "
+            f"${CLIENT_KEY_ENV}): {secret}\n"
+            f"(a worker's or a client's pair; the coordinator's own is the one named '{COORDINATOR_KEY_NAME}')")
 
 
 # --------------------------------------------------------------------------- parser
@@ -573,9 +590,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--older-than", type=float, default=0.0, metavar="S",
                    help="only tasks that finished at least S seconds ago (default 0: every finished task)")
     p.set_defaults(run=_cmd_purge)
-    p = sub.add_parser("keygen", help="write a CURVE key pair DIR/NAME.key and DIR/NAME.key_secret")
+    p = sub.add_parser("keygen", help="write a CURVE key pair DIR/NAME.key and DIR/NAME.key_secret",
+                       description="Write a CURVE key pair DIR/NAME.key (public) and DIR/NAME.key_secret. "
+                                   f"NAME {COORDINATOR_KEY_NAME!r} makes the coordinator's own pair (its public "
+                                   "key goes to workers and clients); any other NAME a worker's or a client's "
+                                   "(its public key goes into the coordinator's worker_keys_dir or client_keys_dir).")
     p.add_argument("dir")
-    p.add_argument("name")
+    p.add_argument("name", help=f"{COORDINATOR_KEY_NAME!r} for the coordinator's pair, else the worker's or "
+                                f"client's name (a worker key NAME lets it register as NAME or NAME-...)")
     p.add_argument("--force", action="store_true",
                    help="replace an existing pair (peers holding the old public key are then refused)")
     p.set_defaults(run=None)
@@ -583,7 +605,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit code (0 ok, 1 task failed or not found, 2 error)."""
+    """Run one command; returns the exit code (0 ok, 1 task failed or not found, 2 error, 141 output cut).
+
+    Output piped into a reader that stops early (``actorsched tasks | head``) ends the
+    command quietly with 141, the status of a shell command killed by SIGPIPE (128 + 13),
+    rather than with a BrokenPipeError traceback: the reader has all it wanted, and a
+    script under ``set -o pipefail`` still sees that the output was cut, as it would for
+    ``cat`` or ``grep``.
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # what is still buffered breaks here, not in the interpreter's exit
+    except BrokenPipeError:
+        _silence_broken_pipe()
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _silence_broken_pipe() -> None:
+    """Point stdout and stderr at /dev/null: the interpreter flushes them at exit, and a flush into the
+    closed pipe would print "Exception ignored ... BrokenPipeError" after all."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (AttributeError, OSError, ValueError):  # not a file (a test's capture): nothing flushed at exit
+                pass
+    finally:
+        os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -597,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"actorsched keygen: {exc}", file=sys.stderr)
             return EXIT_ERROR
-        print(f"public key (hand it to the coordinator's allowlist): {public}\nsecret key (keep it): {secret}")
+        print(keygen_message(args.name, public, secret))
         return EXIT_OK
     given_timeout = args.connect_timeout or getattr(args, "connect_timeout_alias", None)
     run: Command = args.run

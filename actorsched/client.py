@@ -101,6 +101,10 @@ SERVER_KEY_ENV = "ACTORSCHED_SERVER_KEY"
 """Environment variable: the coordinator's public CURVE key file."""
 CLIENT_KEY_ENV = "ACTORSCHED_CLIENT_KEY"
 """Environment variable: this client's CURVE ``NAME.key_secret`` file."""
+START_HINT = ("Start it with actorsched-coordinator (bin/coordinator in a checkout), or point "
+              "ACTORSCHED_COORDINATOR / --coordinator at it")
+"""How to get a coordinator to answer, for the errors that find none: the installed command exists wherever
+the package is installed, ``bin/coordinator`` only in a checkout."""
 FINAL_STATES = frozenset({state.value for state in core_states.FINAL_STATES} | {core_states.NOT_FOUND})
 """States after which a task never changes again (NOT_FOUND: the coordinator does not know it)."""
 _TASK_STATES = frozenset(state.value for state in core_states.TaskState)
@@ -634,8 +638,7 @@ class Client:
                 f"client endpoint? Point ACTORSCHED_COORDINATOR / --coordinator at it")
         raise ConnectionFailed(
             f"no connection to coordinator at {self.endpoint} within {timeout_s:g} s (nothing accepted a "
-            f"connection there): is it running, on that host and port? Start it with bin/coordinator, or point "
-            f"ACTORSCHED_COORDINATOR / --coordinator at it")
+            f"connection there): is it running, on that host and port? {START_HINT}")
 
     def handle(self, task_id: str) -> TaskHandle:
         """A handle for a task submitted earlier (by this or any other client)."""
@@ -905,7 +908,7 @@ class Client:
                 f"coordinator's client endpoint?")
         return ConnectionFailed(
             f"no answer from coordinator at {self.endpoint} within {self.timeout_s:g} s (to a {what} request): is "
-            f"it running? Start it with bin/coordinator, or point ACTORSCHED_COORDINATOR / --coordinator at it")
+            f"it running? {START_HINT}")
 
     def _check_refused(self, seen: int) -> None:
         if self._handshake_refusal:
@@ -950,8 +953,7 @@ class Client:
                 raise ConnectionFailed(self._handshake_refusal) from None
             raise ConnectionFailed(
                 f"could not send to coordinator at {self.endpoint} within {self.timeout_s} s (send queue full): "
-                f"is it running? Start it with bin/coordinator, or point ACTORSCHED_COORDINATOR / "
-                f"--coordinator at it") from None
+                f"is it running? {START_HINT}") from None
 
     def _poll(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for messages or a wake-up; dispatch what arrived.  True if any."""

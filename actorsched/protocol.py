@@ -516,8 +516,25 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(f"msgpack extension type {code} is not allowed on the wire")
 
 
+# Every unpackb of wire or stored data passes ``ext_hook=_reject_ext, max_ext_len=0``: no msgpack
+# extension type gets through.  ``ext_hook`` alone misses timestamps (extension type -1), which
+# msgpack decodes itself into ``msgpack.Timestamp``: one got through to the coordinator's actors
+# and journal.  With ``max_ext_len=0`` the unpacker refuses every extension that has data
+# (timestamps included) before decoding it, in C and at no cost for data without one;
+# ``_reject_ext`` gets the empty ones.
+
+
+def _unpack_error(exc: Exception) -> str:
+    """Why msgpack refused data, to follow "body of kind ..." or "stored ..."."""
+    text = str(exc)
+    if "max_ext_len" in text or "timestamp" in text or "extension type" in text:
+        return "holds a msgpack extension type (ExtType, Timestamp), which is not allowed on the wire"
+    return f"is not valid msgpack: {text}"
+
+
 class BadRequest(ProtocolError):
-    """A request whose ``request_id`` could be read, with a bad field: the sender can be told why.
+    """A request whose ``request_id`` could be read, refused (a bad field, an extension type): the sender
+    can be told why.
 
     Without an answer a client would wait for its timeout and report the coordinator as
     unreachable, when it is its own request that was refused.
@@ -577,13 +594,15 @@ class Codec:
                 f"{', '.join(sorted(k.decode() for k in self._by_kind))}"
             )
         try:
-            value = msgpack.unpackb(
-                body, raw=False, strict_map_key=True, ext_hook=_reject_ext, use_list=True,
-            )
-        except ProtocolError:
-            raise
-        except Exception as exc:  # msgpack raises many unrelated types for garbage
-            raise ProtocolError(f"body of kind {kind.decode()!r} is not valid msgpack: {exc}") from None
+            value = msgpack.unpackb(body, raw=False, strict_map_key=True, ext_hook=_reject_ext, max_ext_len=0)
+        except Exception as exc:  # msgpack raises many unrelated types for garbage; _reject_ext a ProtocolError
+            reason = f"body of kind {kind.decode()!r} {_unpack_error(exc)}"
+            # A request whose id can still be read is answered (an extension type in a task's
+            # args, say): else its client waits for its timeout and reports an outage.
+            request_id = peek_request_id(body) if kind in self._requests else None
+            if request_id is not None:
+                raise BadRequest(reason, request_id) from None
+            raise ProtocolError(reason) from None
         try:
             message: Message = decode_record(value)
         except ProtocolError as exc:
@@ -603,20 +622,23 @@ def packer() -> Pack:
 
 
 def encode(message: Message, pack: Pack | None = None) -> list[bytes]:
-    """The three frames of ``message``; raises ProtocolError if a value is not msgpack-able.
+    """The three frames of ``message``; raises ProtocolError if a value is not msgpack-able, or is a user
+    value the receiver would refuse: nested too deep, or holding a msgpack extension value (``ExtType``,
+    ``Timestamp``), which the wire refuses; the whole frame would be dropped.
 
     ``pack``: a :func:`packer` owned by the calling thread, for hot paths.
     """
     try:
         encoded = record_encoder(type(message))(message)
         body = pack(encoded) if pack is not None else msgpack.packb(encoded, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError, ProtocolError) as exc:  # ProtocolError: a value nested too deep
+    except (TypeError, ValueError, OverflowError, ProtocolError) as exc:  # ProtocolError: see the docstring
         raise ProtocolError(f"cannot encode {type(message).__name__}: {exc}") from None
     return [VERSION, message.KIND, body]
 
 
 def check_packable(value: Any, what: str) -> None:
-    """Raise ProtocolError naming ``what`` if ``value`` cannot travel in msgpack, or nests too deep to be accepted."""
+    """Raise ProtocolError naming ``what`` if ``value`` cannot travel in msgpack, nests too deep to be accepted,
+    or holds a msgpack extension value (``ExtType``, ``Timestamp``), which the wire refuses."""
     check_depth(value, MAX_NESTING, what)
     try:
         msgpack.packb(value, use_bin_type=True)
@@ -634,9 +656,9 @@ def pack_record(record: Any, pack: Pack | None = None) -> bytes:
 def unpack_record(cls: type, data: bytes) -> Any:
     """The strict inverse of :func:`pack_record`; raises ProtocolError on bad data."""
     try:
-        value = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_reject_ext)
+        value = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_reject_ext, max_ext_len=0)
     except ProtocolError:
         raise
     except Exception as exc:
-        raise ProtocolError(f"stored {cls.__name__} is not valid msgpack: {exc}") from None
+        raise ProtocolError(f"stored {cls.__name__} {_unpack_error(exc)}") from None
     return record_decoder(cls)(value)

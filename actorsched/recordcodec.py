@@ -10,7 +10,11 @@ every task crosses this code four times per attempt.
 
 Supported field types: ``str``, ``int``, ``float`` (an int is accepted and widened),
 ``bool``, ``bytes``, ``Any``, ``X | None``, ``list[...]`` of those or of records,
-``dict[str, Any]`` and nested records.  A bool is not an int here.
+``dict[str, Any]`` and nested records.  A bool is not an int here.  The decoders refuse
+a key of a ``dict[str, Any]`` field that is not a str: msgpack's ``strict_map_key`` also
+lets bytes keys through, and kwargs with a bytes key were queued and journaled only to
+fail in the worker's child (``keywords must be strings``).  The maps inside user values
+are the user's own: their keys may be bytes too.
 
 Two limits come from a field's metadata (see :func:`bounds` and :func:`nesting`):
 
@@ -24,6 +28,12 @@ Two limits come from a field's metadata (see :func:`bounds` and :func:`nesting`)
   the actor doing it.  :func:`check_depth` walks the value once, iteratively, and only
   when it is a container; the encoders apply the same limit, so a sender learns at once
   that a value would be refused.
+
+The same walk refuses msgpack extension values (``msgpack.ExtType``, ``msgpack.Timestamp``)
+in user values: msgpack packs them, but the wire refuses them (see the protocol's
+decoders), so a frame carrying one would be dropped whole, with every other task or
+outcome in it.  The encoders refuse them naming the field, and so do the decoders, for
+data that the protocol's own unpacking (which refuses every extension type) did not read.
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ import types
 import typing
 from collections.abc import Callable
 from typing import Any
+
+import msgpack
 
 from actorsched.errors import ProtocolError
 
@@ -59,6 +71,8 @@ NESTING = "actorsched.nesting"
 """Field metadata key: the nesting limit of a user-value field, instead of :data:`MAX_NESTING`."""
 
 _NESTED = frozenset((list, dict, tuple))  # what msgpack packs as arrays and maps (tuples only on the way out)
+_EXT = frozenset((msgpack.ExtType, msgpack.Timestamp))  # what msgpack packs as extension types
+_CHECKED = _NESTED | _EXT  # what the walk of a user value looks into or refuses; anything else is a leaf
 
 
 def bounds(low: float, high: float) -> dict[str, Any]:
@@ -72,23 +86,28 @@ def nesting(limit: int) -> dict[str, Any]:
 
 
 def check_depth(value: Any, limit: int = MAX_NESTING, what: str = "the value") -> None:
-    """Raise ProtocolError naming ``what`` if lists and maps nest more than ``limit`` levels in ``value``.
+    """Raise ProtocolError naming ``what`` if lists and maps nest more than ``limit`` levels in ``value``,
+    or if it holds a msgpack extension value (``ExtType``, ``Timestamp``), which the wire refuses.
 
     A scalar is 0 levels deep, ``[1, 2]`` and ``{}`` one, ``[[1]]`` two.  The walk goes one
     level at a time over a list of the containers found at that level, never recursing, so
     a value of any depth or size is checked without risk to the stack, each item once, and
-    the walk stops at the first level past the limit.
+    the walk stops at the first level past the limit.  Map keys are not looked at.
     """
-    nested = _NESTED
-    if type(value) not in nested:
+    checked = _CHECKED
+    if type(value) not in checked:
         return
+    if type(value) in _EXT:
+        raise _ext_error(what, value)
     level = [value]
     depth = 1
     while True:
         below = []
         for container in level:
             for item in container.values() if type(container) is dict else container:
-                if type(item) in nested:
+                if type(item) in checked:
+                    if type(item) in _EXT:
+                        raise _ext_error(what, item)
                     below.append(item)
         if not below:
             return
@@ -97,6 +116,11 @@ def check_depth(value: Any, limit: int = MAX_NESTING, what: str = "the value") -
             raise ProtocolError(f"{what}: lists and maps nest more than {limit} levels deep, the limit; "
                                 f"flatten the data or pass it by reference")
         level = below
+
+
+def _ext_error(what: str, value: Any) -> ProtocolError:
+    return ProtocolError(f"{what}: holds a msgpack extension value ({type(value).__name__}), which the wire "
+                         f"refuses; use plain data: None, bool, int, float, str, bytes, list, dict with str keys")
 
 
 class _Shown(reprlib.Repr):
@@ -152,23 +176,46 @@ def _range_lines(var: str, where: str, rng: tuple[float, float] | None, noun: st
 
 
 def _depth_lines(var: str, where: str, limit: int, indent: str, shape: str = "any") -> list[str]:
-    """Lines checking how deep the user value ``var`` nests; ``shape``: "list", "dict" or "any".
+    """Lines checking how deep the user value ``var`` nests, and that it holds no extension value;
+    ``shape``: "list", "dict" or "any".
 
     The first level is looped over here: most values are scalars or flat containers
     (``args=[1, 2]``), and for those even the call of :func:`check_depth` would cost more
-    than the check.
+    than the check.  Anything it must look into sends the whole value to :func:`check_depth`.
     """
     call = f"_check_depth({var}, {limit}, {where!r}); break"
-    loop_list = [f"for _y in {var}:", f"    if type(_y) in _NESTED: {call}"]
-    loop_dict = [f"for _y in {var}.values():", f"    if type(_y) in _NESTED: {call}"]
+    loop_list = [f"for _y in {var}:", f"    if type(_y) in _CHECKED: {call}"]
+    loop_dict = [f"for _y in {var}.values():", f"    if type(_y) in _CHECKED: {call}"]
     if shape == "list":
         lines = loop_list
     elif shape == "dict":
         lines = loop_dict
     else:
         lines = [f"if type({var}) is dict:", *("    " + line for line in loop_dict),
-                 f"elif type({var}) in _NESTED:", *("    " + line for line in loop_list)]
+                 f"elif type({var}) in _CHECKED:",
+                 f"    if type({var}) in _EXT: _check_depth({var}, {limit}, {where!r})",  # raises
+                 *("    " + line for line in loop_list)]
     return [indent + line for line in lines]
+
+
+def _key_lines(var: str, where: str, limit: int, indent: str) -> list[str]:
+    """Lines checking the ``dict[str, Any]`` map ``var``: every key a str (msgpack's strict_map_key lets
+    bytes keys through), and its values as :func:`_depth_lines` does.
+
+    One loop does both, so an empty map (most kwargs) costs nothing and each entry one
+    more ``type() is`` test; once a value sends the map to :func:`check_depth`, the keys
+    left are checked on their own.
+    """
+    bad_key = f"raise _bad({where + ' key'!r}, 'a str', _k)"
+    return [indent + line for line in [
+        f"for _k, _y in {var}.items():",
+        f"    if type(_k) is not str: {bad_key}",
+        "    if type(_y) in _CHECKED:",
+        f"        _check_depth({var}, {limit}, {where!r})",
+        f"        for _k in {var}:",
+        f"            if type(_k) is not str: {bad_key}",
+        "        break",
+    ]]
 
 
 def _check_lines(var: str, hint: Any, where: str, env: dict[str, Any], indent: str,
@@ -198,8 +245,11 @@ def _check_lines(var: str, hint: Any, where: str, env: dict[str, Any], indent: s
         ]
     origin = typing.get_origin(hint)
     if origin is dict:
+        key, value = typing.get_args(hint)
+        if key is not str or value is not Any:
+            raise TypeError(f"record field type {hint!r} is not supported")  # our bug, loud
         return [f"{indent}if type({var}) is not dict: raise _bad({w}, 'a map', {var})",
-                *_depth_lines(var, where, limit, indent, "dict")]
+                *_key_lines(var, where, limit, indent)]
     if origin is list:
         (item,) = typing.get_args(hint)
         lines = [f"{indent}if type({var}) is not list: raise _bad({w}, 'a list', {var})"]
@@ -233,7 +283,7 @@ def record_decoder(cls: type) -> Decoder:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     env: dict[str, Any] = {"_cls": cls, "_bad": _bad, "_nested": _nested, "ProtocolError": ProtocolError,
-                           "_NESTED": _NESTED, "_check_depth": check_depth}
+                           "_CHECKED": _CHECKED, "_EXT": _EXT, "_check_depth": check_depth}
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     local = [f"_f{i}" for i in range(len(names))]
     shape = f"an array of {len(names)} fields ({', '.join(names)})"
@@ -260,7 +310,7 @@ def record_encoder(cls: type) -> Encoder:
         return cached
     _ENCODERS[cls] = lambda value: _ENCODERS[cls](value)  # placeholder, for recursive records
     hints = typing.get_type_hints(cls)
-    env: dict[str, Any] = {"_NESTED": _NESTED, "_check_depth": check_depth}
+    env: dict[str, Any] = {"_CHECKED": _CHECKED, "_EXT": _EXT, "_check_depth": check_depth}
     parts = []
     checks = []
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
@@ -270,8 +320,12 @@ def record_encoder(cls: type) -> Encoder:
         expr = f"value.{f.name}"
         if inner is Any or typing.get_origin(hint) is dict:
             # A user value: what the receiver would refuse is refused here, naming the field.
-            checks += [f"    _v = {expr}",
-                       *_depth_lines("_v", f"{cls.__name__}.{f.name}", f.metadata.get(NESTING, MAX_NESTING), "    ")]
+            # (Not the keys of a dict[str, Any] field: the client checks kwargs, and the rest the
+            # coordinator sends on were decoded, so checked, or built by itself; this is its hot path.)
+            # A list[Any] field is a list (a tuple will do too): its items are looped over at once.
+            shape = "list" if is_list and not optional else "any"
+            checks += [f"    _v = {expr}", *_depth_lines("_v", f"{cls.__name__}.{f.name}",
+                                                          f.metadata.get(NESTING, MAX_NESTING), "    ", shape)]
         if isinstance(inner, type) and dataclasses.is_dataclass(inner):
             fn = f"_enc_{inner.__name__}"
             env[fn] = record_encoder(inner)

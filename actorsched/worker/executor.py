@@ -9,7 +9,12 @@ queued jobs to idle children over a pair of one-way pipes.  A job the coordinato
 such jobs along, up to an even share of the queue: the child runs the batch in order
 and writes each job's reply as soon as it ends, one msgpack-encoded
 ``[ok, value, error_type, error_message, traceback, duration_s, output]`` per job.  Packing
-the reply in the child doubles as the check that the value can travel on the wire.
+the reply in the child doubles as the check that the value can travel on the wire, and
+the parent's reading of it, as strict as the coordinator's (no extension type, which
+msgpack packs but the wire refuses; str keys), completes it: a value either check refuses
+is a ``ResultNotSerializable`` failure of its task, and a reply that is not one a child
+writes a ``ChildReplyInvalid`` failure, so no outcome the coordinator would refuse (with
+the whole Results frame carrying it) ever leaves the worker.
 
 Captured output: each child points its file descriptors 1 and 2 at one pipe of its own
 and replaces ``sys.stdout``/``sys.stderr`` with text streams that write into the same
@@ -42,9 +47,22 @@ Every finished attempt becomes exactly one :class:`~actorsched.protocol.TaskOutc
 carrying the attempt's fencing token ``(epoch, attempt)``.
 
 :meth:`Executor.release` gives back queued jobs that have not started (the
-coordinator moves them to an idle worker).  Children ignore SIGINT (the parent handles
-signals) and exit when their pipe closes.  :meth:`Executor.stop` kills and joins every
-child, so none outlives the worker.
+coordinator moves them to an idle worker).  Children exit when their pipe closes.
+:meth:`Executor.stop` kills and joins every child, so none outlives the worker.
+
+Stop signals are the worker's: it drains (running tasks finish, up to its drain timeout)
+and then ends its children itself, idle ones through their pipe and busy ones with
+SIGKILL, which no process can ignore.  So children ignore SIGINT (a terminal's Ctrl-C
+reaches the whole process group) and SIGTERM: systemd's stop with the default
+``KillMode=control-group`` sends it to every process of the unit, and a child that died
+of it would fail its task as ``ChildProcessDied`` instead of letting it drain.  SIGTERM
+is caught by a handler that does nothing, not set to ``SIG_IGN``: an ignored signal stays
+ignored across ``exec``, so every subprocess a task starts would ignore SIGTERM too, and
+``Popen.terminate()`` would no longer stop it; a handler is reset by ``exec``, and a
+fork of the child (``multiprocessing`` in a task, say) gets the default back.  The fork
+server that starts the children ignores SIGTERM as well (it starts nothing but children,
+and exits by itself when the worker does): dead, it would leave each child's process
+sentinel at end-of-file for good, and the worker's loop spinning on it.
 """
 
 from __future__ import annotations
@@ -59,6 +77,7 @@ import logging
 import math
 import multiprocessing
 import os
+import reprlib
 import select
 import signal
 import struct
@@ -72,6 +91,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from types import FrameType
 from typing import Any
 
 import msgpack
@@ -80,6 +100,7 @@ from actorsched import context
 from actorsched.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MAX_OUTPUT_BYTES,
+    MAX_SECONDS,
     TASK_NAME_RE,
     AttemptRef,
     ErrorInfo,
@@ -360,13 +381,55 @@ def _run_one(name: str, args: list[Any], kwargs: dict[str, Any], cache: dict[str
         return pack([False, None, "ResultNotSerializable", message, "", duration_s, output])
 
 
+def _ignore_stop_signals() -> None:
+    """Child side only: SIGINT and SIGTERM no longer stop this process; the worker does (see the module docstring).
+
+    Also stops writing signals to the worker's wake-up fd, which a child made by ``fork``
+    inherits, and puts SIGTERM back to the default in anything the task forks.
+    """
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_signal_ignored)
+    signal.siginterrupt(signal.SIGTERM, False)  # system calls in C code restart instead of failing with EINTR
+    os.register_at_fork(after_in_child=_default_sigterm)
+
+
+def _stop_signal_ignored(signum: int, frame: Any) -> None:
+    """SIGTERM in a child: nothing to do, the worker decides when its children stop."""
+
+
+def _default_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _imported_by_the_fork_server() -> bool:
+    """Whether this module is being imported by multiprocessing's fork server, as one of its preloads.
+
+    True only while ``multiprocessing.forkserver.main`` is on the stack: the import the
+    worker itself makes, or one in a task's process, never is.
+    """
+    from multiprocessing import forkserver
+
+    code = getattr(getattr(forkserver, "main", None), "__code__", None)
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
+if _imported_by_the_fork_server():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # see the module docstring; the children set their own
+
+
 def _child_main(from_parent: Connection, to_parent: Connection, capture_output: bool = True) -> None:
     """Body of one child process: run batches of jobs from ``from_parent`` until it closes or says stop.
 
     Each job's reply is written as soon as the job ends, so the parent knows which job of
     a batch was running should the child die.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _ignore_stop_signals()
     read_fd, write_fd = from_parent.fileno(), to_parent.fileno()
     pack = msgpack.Packer(use_bin_type=True).pack  # reused: a failed pack resets its buffer
     cache: dict[str, Callable[..., Any]] = {}
@@ -483,8 +546,8 @@ class Executor:
         self.max_batch = max(1, max_batch)
         self.capture_output = capture_output
         self._context = multiprocessing.get_context(start_method)
-        if start_method == "forkserver":
-            self._context.set_forkserver_preload(list(preload))
+        if start_method == "forkserver":  # this module among the preloads: it makes the server ignore SIGTERM
+            self._context.set_forkserver_preload(list(dict.fromkeys([*preload, __name__])))
         self._pack = msgpack.Packer(use_bin_type=True).pack  # reused: building a Packer per job costs more
         self._slots: list[_Slot] = []
         self._idle: list[_Slot] = []
@@ -785,26 +848,38 @@ class Executor:
         return job
 
     def _finish(self, slot: _Slot, reply: bytes, now: float) -> TaskOutcome:
+        """The outcome of the job a reply answers: always exactly one, and one the coordinator accepts.
+
+        A reply msgpack refuses to read as the wire would (a dict with int keys, an
+        extension type) is the value's fault: ``ResultNotSerializable``.  One that reads
+        but is not the reply a child writes (a scalar, the wrong length, a field of the
+        wrong type) is a broken child: ``ChildReplyInvalid``.  Either way only this job
+        fails; an outcome of the wrong types would make the coordinator drop the whole
+        Results frame, and an exception here would stop the worker's loop.
+        """
         job = self._take_head(slot)
         started_at = slot.started_at
         slot.started_at = now
         if not slot.jobs:
             self._idle.append(slot)
         try:
-            ok, value, error_type, message, trace, duration_s, *rest = msgpack.unpackb(
-                reply, raw=False, strict_map_key=True)
-        except ValueError as exc:  # e.g. a dict with int keys: msgpack packs it, the protocol refuses it
+            fields = msgpack.unpackb(reply, raw=False, strict_map_key=True, ext_hook=_refuse_ext, max_ext_len=0)
+        except Exception as exc:  # e.g. a dict with int keys: msgpack packs it, the protocol refuses it
             outcome = failed(job, "ResultNotSerializable",
-                             f"task {job.name!r} returned a value that cannot be sent ({exc}); "
+                             f"task {job.name!r} returned a value that cannot be sent ({_unpack_problem(exc)}); "
                              f"return plain data: {_PLAIN_DATA}", now - started_at)
             try:  # what it printed still helps to find out why
                 output = msgpack.unpackb(reply, raw=False, strict_map_key=False)[6]
             except Exception:  # an unreadable reply: there is nothing more to get from it
                 return outcome
             return _with_output(outcome, output) if type(output) is str else outcome
-        error = None if ok else ErrorInfo(error_type, message, trace)
-        output = rest[0] if rest else ""  # (a reply without output: a child that captures nothing)
-        return TaskOutcome(job.task_id, job.epoch, job.attempt, ok, value, error, duration_s, output)
+        read = _outcome_of(job, fields)
+        if read is None:
+            return failed(job, "ChildReplyInvalid",
+                          f"the child process running task {job.name!r} sent a reply that is not "
+                          f"[ok, value, error_type, error_message, traceback, duration_s, output] "
+                          f"(got {_shown(fields)}); the task's outcome is unknown", now - started_at)
+        return read
 
     def expire(self, now: float) -> list[TaskOutcome]:
         """Kill the children whose task ran past its timeout; their outcomes."""
@@ -851,6 +926,48 @@ class Executor:
         self.tasks_finished += 1
         return failed(job, "Cancelled", f"task {job.name!r} was {reason} while running; its child was killed",
                       now - started_at)
+
+
+def _outcome_of(job: Job, fields: Any) -> TaskOutcome | None:
+    """The outcome a child's decoded reply says, or None if it is not a reply a child writes.
+
+    Checks what the coordinator's decoder of ``TaskOutcome`` checks, so that what passes
+    here is accepted there (a value nested too deep is left to the worker's encoder, which
+    reports it as ``ResultNotSerializable``).
+    """
+    if type(fields) is not list or not 6 <= len(fields) <= 7:
+        return None
+    ok, value, error_type, message, trace, duration_s = fields[:6]
+    output = fields[6] if len(fields) == 7 else ""  # (a reply without output: a child that captures nothing)
+    if type(duration_s) is int:
+        duration_s = float(duration_s)
+    if type(ok) is not bool or type(output) is not str or type(duration_s) is not float \
+            or not 0.0 <= duration_s <= MAX_SECONDS:
+        return None
+    if ok:
+        return TaskOutcome(job.task_id, job.epoch, job.attempt, True, value, None, duration_s, output)
+    if type(error_type) is not str or type(message) is not str or type(trace) is not str:
+        return None
+    return TaskOutcome(job.task_id, job.epoch, job.attempt, False, None, ErrorInfo(error_type, message, trace),
+                       duration_s, output)
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code}")
+
+
+def _unpack_problem(exc: Exception) -> str:
+    """What msgpack refused in a reply; extension types (``max_ext_len``, ``_refuse_ext``) by name."""
+    text = str(exc)
+    if "max_ext_len" in text or "extension type" in text or "timestamp" in text:
+        return "it holds a msgpack extension type (msgpack.ExtType or msgpack.Timestamp), which the wire refuses"
+    return text
+
+
+def _shown(value: Any) -> str:
+    """A short, bounded text of what a broken child sent (its type, and the start of its repr)."""
+    text = reprlib.repr(value)
+    return f"{type(value).__name__} {text[:57] + '...' if len(text) > 60 else text}"
 
 
 def _close(slot: _Slot) -> None:

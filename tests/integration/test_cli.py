@@ -90,6 +90,21 @@ def test_a_client_pointed_at_the_worker_endpoint_is_told_the_client_endpoint(sha
     assert f"clients connect to its client endpoint {endpoint}" in finished.stderr
 
 
+def test_a_listing_piped_into_a_reader_that_stopped_exits_141_without_a_traceback(endpoint: str) -> None:
+    """``actorsched tasks | head``, head gone before the listing is written: the read end is closed first,
+    so the command's writes fail with EPIPE; it used to print a BrokenPipeError traceback."""
+    submit_id = run_cli_process("submit", "actorsched.tasks:echo", "1", "--coordinator", endpoint)
+    assert submit_id.returncode == 0, submit_id.stderr  # at least one row to print
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        finished = subprocess.run([sys.executable, "-m", "actorsched.cli", "tasks", "--coordinator", endpoint],
+                                  cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert (finished.returncode, finished.stderr) == (141, "")
+
+
 # ------------------------------------------------------------------ submit, result, status
 
 

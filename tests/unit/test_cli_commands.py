@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from test_client_fake import FakeCoordinator, fake  # noqa: F401  (fixture)
 
-from actorsched import cli, protocol
+from actorsched import cli, protocol, security
+from actorsched.client import CLIENT_KEY_ENV, SERVER_KEY_ENV
 from actorsched.protocol import ErrorInfo, Message
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -278,3 +286,75 @@ def test_a_command_names_itself_and_the_address_when_nothing_listens(capsys: pyt
     assert err.startswith("actorsched workers: no connection to coordinator at " + endpoint), err
     assert "is it running" in err and err.count("\n") == 1 and "stats" not in err
     assert took < 5.0  # ~2 s, not the 10 s an answer may take
+
+
+def test_nothing_answering_is_not_blamed_on_curve_keys_unless_the_client_has_keys(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A coordinator that requires keys says so in the handshake (the client reports that refusal); when
+    nothing answers at all, a client without keys must not be sent looking for keys."""
+    monkeypatch.delenv(SERVER_KEY_ENV, raising=False)
+    monkeypatch.delenv(CLIENT_KEY_ENV, raising=False)
+    beyond_loopback = "tcp://192.0.2.1:7700"  # TEST-NET-1: nothing answers there
+    assert cli.main(["workers", "--coordinator", beyond_loopback, "--connect-timeout", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"actorsched workers: no connection to coordinator at {beyond_loopback}"), err
+    assert "CURVE" not in err and "key" not in err and err.count("\n") == 1, err
+    assert "Start it with actorsched-coordinator (bin/coordinator in a checkout)" in err
+
+    security.generate(tmp_path, "coordinator")
+    security.generate(tmp_path, "alice")
+    assert cli.main(["workers", "--coordinator", beyond_loopback, "--connect-timeout", "0.3",
+                     "--server-key", str(tmp_path / "coordinator.key"),
+                     "--key", str(tmp_path / "alice.key_secret")]) == 2
+    err = capsys.readouterr().err
+    assert "Or it refused this client's CURVE keys" in err and "alice.key_secret" in err, err
+
+
+def test_keygen_says_where_each_half_goes_for_the_coordinators_pair_and_for_others(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The coordinator's public key goes to workers and clients; anyone else's into the coordinator's allowlist."""
+    assert cli.main(["keygen", str(tmp_path), "coordinator"]) == 0
+    out = capsys.readouterr().out
+    assert "public key (copy it to every worker and client: their --server-key" in out
+    assert f"): {tmp_path / 'coordinator.key'}\n" in out and "secret_key_file" in out
+    assert "allowlist" not in out and "worker_keys_dir" not in out
+
+    assert cli.main(["keygen", str(tmp_path), "node1"]) == 0
+    out = capsys.readouterr().out
+    assert "public key (copy it into the coordinator's [security] worker_keys_dir for a worker, or " \
+           f"client_keys_dir for a client): {tmp_path / 'node1.key'}\n" in out
+    assert f"{tmp_path / 'node1.key_secret'}\n" in out and "named 'coordinator'" in out
+
+
+class _ClosedPipe(io.StringIO):
+    """A stdout whose reader went away (``| head``): every write and flush is EPIPE."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_output_into_a_closed_pipe_exits_141_quietly_in_process(
+        fake: FakeCoordinator, tmp_path: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake.handler = lambda f, m: [protocol.WorkersReply(m.request_id, [])]  # type: ignore[attr-defined]
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert run(fake, "workers") == cli.EXIT_BROKEN_PIPE == 141
+    assert cli.main(["keygen", str(tmp_path), "w"]) == 141
+    assert capsys.readouterr().err == ""
+
+
+def test_output_into_a_closed_pipe_exits_141_without_a_traceback_in_a_real_process(tmp_path: Path) -> None:
+    """What ``actorsched ... | head`` meets once head has read what it wanted: the pipe's read end is closed
+    before the command writes, so its writes fail with EPIPE (it printed a BrokenPipeError traceback)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        finished = subprocess.run([sys.executable, "-m", "actorsched.cli", "keygen", str(tmp_path), "w"],
+                                  cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert (finished.returncode, finished.stderr) == (141, "")
+    assert (tmp_path / "w.key_secret").is_file()  # the command did its work; only its output was cut

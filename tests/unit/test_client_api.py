@@ -8,7 +8,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import msgpack
 import pytest
 import zmq
 from test_client_fake import FakeCoordinator, fake  # noqa: F401  (fixture)
@@ -96,6 +98,24 @@ def test_unpackable_args_name_the_task_and_nothing_is_sent(fake: FakeCoordinator
         fake.received.get_nowait()
 
 
+@pytest.mark.parametrize(("args", "kwargs", "field"), [
+    ([msgpack.ExtType(1, b"x")], {}, "args"),
+    ([msgpack.Timestamp(1)], {}, "args"),
+    ([{"deep": [1, msgpack.ExtType(7, b"")]}], {}, "args"),
+    ([], {"when": msgpack.Timestamp(5)}, "kwargs"),
+], ids=["ext", "timestamp", "nested", "kwarg"])
+def test_a_msgpack_extension_value_is_invalid_task_before_anything_is_sent(
+        fake: FakeCoordinator, client: Client, args: list[Any], kwargs: dict[str, Any], field: str) -> None:  # noqa: F811
+    """msgpack packs them but the coordinator drops the frame: the client waited out its timeout and said
+    "is it running?".  Now it says what is wrong, at once."""
+    with pytest.raises(InvalidTask, match=f"{field} of task 'ext' .*extension value"):
+        client.submit("actorsched.tasks:echo", *args, task_id="ext", **kwargs)
+    with pytest.raises(InvalidTask, match=f"{field} of task 'ext2' .*extension value"):
+        client.submit_many([{"name": "actorsched.tasks:echo", "task_id": "ext2", "args": args, "kwargs": kwargs}])
+    with pytest.raises(queue.Empty):
+        fake.received.get_nowait()
+
+
 def test_submit_many_validates_everything_first_then_sends_pipelined_chunks(fake: FakeCoordinator,  # noqa: F811
                                                                             client: Client) -> None:
     specs: list[protocol.TaskSpec | dict[str, object]] = [
@@ -154,6 +174,22 @@ def test_no_answer_raises_connection_failed_quickly_naming_the_endpoint(fake: Fa
 def test_nothing_listening_raises_connection_failed(unused_endpoint: str) -> None:
     with Client(unused_endpoint, timeout_s=0.2) as client, pytest.raises(ConnectionFailed, match="is it running"):
         client.query("t1")
+
+
+def test_the_errors_for_a_coordinator_that_does_not_answer_name_the_installed_command(
+        fake: FakeCoordinator, unused_endpoint: str) -> None:  # noqa: F811
+    """bin/coordinator exists only in a checkout; an installed package has the actorsched-coordinator command."""
+    fake.handler = silent
+    errors = []
+    with Client(fake.endpoint, timeout_s=0.2) as client, pytest.raises(ConnectionFailed) as caught:
+        client.stats()  # connected, no answer
+    errors.append(str(caught.value))
+    with Client(unused_endpoint, timeout_s=0.2) as client, pytest.raises(ConnectionFailed) as caught:
+        client.wait_connected(0.2)  # nothing accepts a connection
+    errors.append(str(caught.value))
+    for text in errors:
+        assert "Start it with actorsched-coordinator (bin/coordinator in a checkout)" in text, text
+        assert "CURVE" not in text and "key" not in text, text  # no keys here: a refused key is not the reason
 
 
 @pytest.fixture

@@ -139,6 +139,32 @@ def test_a_stored_spec_nested_too_deep_is_the_decode_error_for_the_journal_to_qu
         p.unpack_record(p.TaskSpec, row)
 
 
+# ----------------------------------------------------------------- keys of dict[str, Any] fields
+
+
+@pytest.mark.parametrize("kwargs", [{b"k": 1}, {"a": 1, b"k": 1}, {"a": [1, [2]], b"k": 1}, {"a": {"b": 1}, b"": 2}],
+                         ids=["bytes-key", "after-a-str-key", "after-a-nested-value", "empty-bytes"])
+def test_a_bytes_key_in_kwargs_is_refused_at_decode_naming_the_field(kwargs: dict[Any, Any]) -> None:
+    """msgpack's strict_map_key lets bytes keys through; such a Submit used to be queued, journaled, and then
+    fail in the worker's child (keywords must be strings).  Its request_id can be read, so it is answered."""
+    body = msgpack.packb([7, [_spec_body(kwargs=kwargs)], False], use_bin_type=True)
+    with pytest.raises(p.BadRequest, match="^Submit.tasks: TaskSpec.kwargs key: expected a str, got bytes") as caught:
+        p.Codec(p.CLIENT_MESSAGES).decode([p.VERSION, p.Submit.KIND, body])
+    assert caught.value.request_id == 7
+
+
+def test_bytes_keys_are_refused_in_every_str_keyed_map_field_and_nested_maps_keep_theirs() -> None:
+    assign = [[["t-1", "m:f", [], {b"k": 1}, 1, 1, None, 0, False]]]
+    with pytest.raises(ProtocolError, match="Assignment.kwargs key"):
+        p.Codec(p.TO_WORKER_MESSAGES).decode([p.VERSION, p.Assign.KIND, msgpack.packb(assign, use_bin_type=True)])
+    with pytest.raises(ProtocolError, match="StatsReply.stats key"):
+        p.Codec(p.TO_CLIENT_MESSAGES).decode([p.VERSION, p.StatsReply.KIND,
+                                              msgpack.packb([1, {b"tasks": 1}], use_bin_type=True)])
+    # Inside a user value, a map is the user's own: bytes keys are plain data there.
+    spec = p.TaskSpec("t-1", "m:f", [{b"raw": 1}], {"table": {b"raw": 2}})
+    assert p.Codec(p.CLIENT_MESSAGES).decode(p.encode(p.Submit(1, [spec]))) == p.Submit(1, [spec])
+
+
 # ----------------------------------------------------------------- bounds on numbers (issue 9 #5)
 
 INF, NAN = float("inf"), float("nan")

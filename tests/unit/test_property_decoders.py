@@ -14,7 +14,8 @@ Decoders and their one documented error:
   written is read back the same.
 * The worker's child pipe (:mod:`actorsched.worker.executor`): the parent turns any reply
   into exactly one :class:`~actorsched.protocol.TaskOutcome` (a ``ResultNotSerializable``
-  failure when the reply is unreadable) that the coordinator accepts; it never raises.
+  failure when msgpack refuses the reply, ``ChildReplyInvalid`` when it reads but is not
+  a child's reply) that the coordinator accepts; it never raises.
 
 Inputs: arbitrary bytes and frame lists, msgpack of the right shape with wrong types,
 wrong field counts, huge ints, extension types, non-string keys, nesting up to and past
@@ -383,10 +384,6 @@ def _valid_instance(cls: type) -> st.SearchStrategy[Any]:
     return st.builds(cls, **{f.name: of(hints[f.name], _limits(f)[0]) for f in fields})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the strict decoders check dict[str, Any] fields (TaskSpec.kwargs, Assignment.kwargs, StatsReply.stats) "
-    "only for type dict; msgpack's strict_map_key admits bytes keys, so Submit with kwargs={b'k': 1} decodes and "
-    "is queued, journaled and run (the child then fails with TypeError: keywords must be strings)"))
 @SLOW
 @example(kwargs={b"k": 1})
 @given(kwargs=st.dictionaries(st.one_of(st.text(max_size=4), st.binary(max_size=4)), PLAIN, max_size=3))
@@ -527,12 +524,6 @@ def test_a_stored_row_replays_to_a_task_or_a_quarantine_reason_never_an_exceptio
     _replayed(journal, blob, spec, state)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: coordinator/task_queue.py _record_from_row rebuilds ErrorInfo(*row.error) and AttemptRecord(...) "
-    "from the stored result blob without checking types: a stored error [1, 2, 3] (result blob "
-    "b'\\x93\\xc0\\x93\\x01\\x02\\x03\\x90') becomes ErrorInfo(type=1, ...), which every QueryReply/TasksDone "
-    "carrying that task then sends and the client's strict decoder refuses (the client drops the reply and "
-    "waits out its timeout).  Expected: decode the blob with the strict record decoders, or quarantine"))
 @FAST
 @example(blob=b"\x93\xc0\x93\x01\x02\x03\x90", spec=SPEC_BLOB, state="FAILED")  # error=[1, 2, 3]
 @given(blob=st.one_of(st.none(), RESULT_BLOBS), spec=st.just(SPEC_BLOB), state=STATES)
@@ -631,12 +622,6 @@ def test_an_unreadable_child_reply_is_a_result_not_serializable_outcome(reply: b
     assert outcome.error is not None and outcome.error.type == "ResultNotSerializable"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Executor._finish catches only ValueError around msgpack.unpackb + a 6(+output)-way unpack: a reply that is a "
-    "msgpack scalar (b'\\x05' -> TypeError: cannot unpack non-iterable int object) escapes collect() and stops "
-    "the worker's loop; a 6-item reply of wrong types (b'\\xa6abcdef' -> ok='a', duration_s='f'; or "
-    "[False, None, 5, None, [], 'x']) is turned into a TaskOutcome the coordinator refuses, dropping the "
-    "whole Results frame"))
 @FAST
 @example(reply=b"\x05")
 @example(reply=b"\xa6abcdef")
@@ -644,6 +629,21 @@ def test_an_unreadable_child_reply_is_a_result_not_serializable_outcome(reply: b
                        st.tuples(HOSTILE, HOSTILE, HOSTILE, HOSTILE, HOSTILE, HOSTILE).map(lambda t: packb(list(t)))))
 def test_any_child_reply_is_exactly_one_outcome_the_coordinator_accepts(reply: bytes) -> None:
     _accepted_by_the_coordinator(_parent_reads(reply))
+
+
+@pytest.mark.parametrize("reply", [
+    b"\x05",  # a scalar: was a TypeError out of collect(), stopping the worker's loop
+    b"\xa6abcdef",  # a 6-character string: was ok='a', duration_s='f'
+    packb([False, None, 5, None, [], "x"]),  # was ErrorInfo(type=5, ...)
+    packb([True, 1, "", "", "", float("nan")]),  # a duration the coordinator refuses
+    packb([True, 1, "", "", "", 0.5, b"output as bytes"]),
+    packb([True, 1, "", "", "", 0.5, "", "one field too many"]),
+], ids=["scalar", "string", "error-type-int", "nan-duration", "bytes-output", "eight-fields"])
+def test_a_reply_that_is_not_a_childs_reply_is_a_child_reply_invalid_failure(reply: bytes) -> None:
+    outcome = _parent_reads(reply)
+    _accepted_by_the_coordinator(outcome)
+    assert not outcome.ok and outcome.error is not None and outcome.error.type == "ChildReplyInvalid", outcome
+    assert "actorsched.tasks:echo" in outcome.error.message and len(outcome.error.message) < 400
 
 
 @pytest.fixture(scope="module")
@@ -685,12 +685,6 @@ def test_a_job_crosses_the_child_pipe_and_back_unchanged(pool: ex.Executor, args
     assert packb(outcome.value) == packb(expected)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a task value that msgpack packs but the wire refuses (msgpack.ExtType, msgpack.Timestamp) passes the "
-    "child's pack check and the parent's unpackb (no ext_hook): the worker sends it, the coordinator refuses the "
-    "whole Results frame ('msgpack extension type ... is not allowed'), and every outcome in it is lost; "
-    "expected a ResultNotSerializable failure (the child's check packs without refusing ext types, and "
-    "protocol.encode does not refuse them either)"))
 @SLOW
 @example(value=msgpack.ExtType(1, b"x"))
 @given(value=st.one_of(EXT, st.builds(msgpack.Timestamp, st.integers(0, 2**32 - 1)),
@@ -700,6 +694,7 @@ def test_a_task_value_the_wire_refuses_becomes_a_failure_not_a_poisoned_results_
     # The job's argument reaches the child as given (the parent packs it); echo returns it.
     outcome = _run(pool, ex.Job("t-1", 7, 2, "actorsched.tasks:echo", [value], {}))
     _accepted_by_the_coordinator(outcome)
+    assert outcome.error is not None and outcome.error.type == "ResultNotSerializable", outcome
 
 
 @FAST

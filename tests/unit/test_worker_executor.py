@@ -5,13 +5,21 @@ from __future__ import annotations
 import math
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
+from multiprocessing import forkserver
 from multiprocessing.connection import wait
+from pathlib import Path
 
+import msgpack
+import psutil
 import pytest
+from test_worker_process import ROOT, FakeCoordinator, welcome
 
-from actorsched.protocol import AttemptRef, TaskOutcome
+from actorsched.protocol import Assign, Assignment, AttemptRef, Draining, Goodbye, TaskOutcome
 from actorsched.worker.executor import (
     _HEADER,
     Executor,
@@ -303,6 +311,136 @@ def test_stop_leaves_no_child_behind() -> None:
     pool.stop()
     assert all(not p.is_alive() for p in processes)
     assert pool.fds() == [] and pool.next_deadline() == math.inf
+
+
+def test_a_task_returning_a_msgpack_extension_value_is_result_not_serializable(executor: Executor) -> None:
+    # msgpack packs them, so the child's own pack passes; the wire refuses them, so the parent must.
+    for task_id, value in (("ext", msgpack.ExtType(1, b"x")), ("time", msgpack.Timestamp(1)),
+                           ("nested", {"a": [1, msgpack.ExtType(5, b"")]})):
+        executor.submit(job(task_id, "echo", value))
+    executor.submit(job("plain", "echo", [1, "x"]))
+    outcomes = by_id(drive(executor, count(4)))
+    assert outcomes["plain"].ok and outcomes["plain"].value == [1, "x"]
+    for task_id in ("ext", "time", "nested"):
+        error = outcomes[task_id].error
+        assert error is not None and error.type == "ResultNotSerializable", outcomes[task_id]
+        assert "extension type" in error.message and "plain data" in error.message
+    assert executor.children_replaced == 0
+
+
+# ----------------------------------------------------------------- stop signals
+
+# Tasks for the signal tests, in a module of their own under the test's tmp_path.
+SIGNAL_TASKS = textwrap.dedent('''
+    import os
+    import signal
+    import subprocess
+    import sys
+
+
+    def read_fifo(path):
+        """Returns what is written to the FIFO ``path``: the test's open() for writing returns once this runs."""
+        with open(path) as fifo:
+            return fifo.read()
+
+
+    def sigterm_defaults():
+        """Whether a subprocess and a fork of this task start with SIGTERM's default action."""
+        probe = "import signal, sys; sys.exit(signal.getsignal(signal.SIGTERM) != signal.SIG_DFL)"
+        in_subprocess = subprocess.run([sys.executable, "-c", probe]).returncode == 0
+        pid = os.fork()
+        if pid == 0:
+            os._exit(signal.getsignal(signal.SIGTERM) != signal.SIG_DFL)
+        in_fork = os.waitpid(pid, 0)[1] == 0
+        return [in_subprocess, in_fork]
+''')
+
+
+@pytest.fixture
+def signal_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder holding the module ``sigtasks`` (SIGNAL_TASKS) and a FIFO ``go``; children import from it."""
+    (tmp_path / "sigtasks.py").write_text(SIGNAL_TASKS)
+    os.mkfifo(tmp_path / "go")
+    monkeypatch.syspath_prepend(str(tmp_path))  # a child gets the sys.path its parent has when it starts
+    return tmp_path
+
+
+def test_sigterm_to_the_children_and_their_fork_server_mid_task_does_not_stop_the_task(signal_tasks: Path) -> None:
+    """What systemd's stop does with KillMode=control-group: the task runs on, and the pool keeps working."""
+    fifo = str(signal_tasks / "go")
+    pool = Executor(1)  # forkserver, like the worker
+    pool.start()
+    try:
+        child = pool._slots[0].process  # noqa: SLF001 - test peeks
+        server = psutil.Process(forkserver._forkserver._forkserver_pid)  # type: ignore[attr-defined]
+        pool.submit(Job("held", 7, 1, "sigtasks:read_fifo", [fifo], {}))
+        pool.dispatch(time.monotonic())
+        with open(fifo, "w") as writer:  # returns once the task opened the FIFO: it is running
+            os.kill(child.pid, signal.SIGTERM)  # type: ignore[arg-type]
+            server.send_signal(signal.SIGTERM)
+            writer.write("finished")
+        (outcome,) = drive(pool, count(1))
+        assert outcome.ok and outcome.value == "finished", outcome
+        pool.submit(job("after", "pid"))
+        pool.submit(Job("defaults", 7, 1, "sigtasks:sigterm_defaults", [], {}))
+        outcomes = by_id(drive(pool, count(2)))
+        assert outcomes["after"].value == child.pid and pool.children_replaced == 0  # the same child
+        assert outcomes["defaults"].value == [True, True]  # what a task starts still stops on SIGTERM
+        assert server.is_running() and server.status() != psutil.STATUS_ZOMBIE
+
+        # The pool still ends a busy child that ignores SIGTERM: SIGKILL cannot be ignored.
+        pool.submit(Job("stuck", 7, 1, "sigtasks:read_fifo", [fifo], {}))
+        pool.dispatch(time.monotonic())
+        with open(fifo, "w"):  # the task runs, and nothing will be written
+            pool.stop()
+        assert child.exitcode == -signal.SIGKILL
+    finally:
+        pool.stop()
+
+
+def test_a_worker_whose_every_process_gets_sigterm_drains_then_kills_what_outlives_the_drain(
+        signal_tasks: Path) -> None:
+    """SIGTERM to the worker, its fork server and its children mid-task: the worker drains, the task it can
+    finish is reported, the one still running at drain_timeout_s is killed, and every process ends."""
+    fifos = [str(signal_tasks / "go"), str(signal_tasks / "never")]
+    os.mkfifo(fifos[1])
+    config = signal_tasks / "worker.toml"
+    config.write_text('[worker]\ndrain_timeout_s = 2.0\n[execution]\nallowed_modules = ["sigtasks"]\n')
+    log_path = signal_tasks / "worker.log"
+    coordinator = FakeCoordinator()
+    writers = []
+    with open(log_path, "wb") as log_file:
+        worker = subprocess.Popen(
+            [sys.executable, "bin/worker", "--connect", coordinator.endpoint, "--slots", "2", "--worker-id", "w1",
+             "--config", str(config)],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(signal_tasks)}, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        welcome(coordinator)
+        coordinator.send(Assign([Assignment(task_id, "sigtasks:read_fifo", [fifo], {}, 5, 1, None)
+                                 for task_id, fifo in (("finishes", fifos[0]), ("outlives", fifos[1]))]))
+        writers = [open(fifo, "w") for fifo in fifos]  # each open returns once its task opened the FIFO
+        tree = [psutil.Process(worker.pid), *psutil.Process(worker.pid).children(recursive=True)]
+        assert len(tree) >= 4  # the worker, its fork server and two children (and a resource tracker)
+        for process in tree:
+            process.send_signal(signal.SIGTERM)
+        coordinator.expect(Draining)
+        writers[0].write("done")
+        writers[0].close()
+        outcome = coordinator.outcomes(1)["finishes"]
+        assert outcome.ok and outcome.value == "done", outcome
+        coordinator.expect(Goodbye)  # after drain_timeout_s, "outlives" killed
+        assert worker.wait(30) == 0
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        assert alive == []
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.wait(30)
+        for writer in writers:
+            writer.close()
+        coordinator.close()
+        print(log_path.read_text())
+    assert "drain_timeout_s=2.0 passed with 1 task(s) unfinished" in log_path.read_text()
 
 
 def test_allowlist_accepts_listed_modules_and_patterns() -> None:
