@@ -516,6 +516,11 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(f"msgpack extension type {code} is not allowed on the wire")
 
 
+def unpack_strict(data: bytes) -> Any:
+    """msgpack as the wire reads it: string map keys, no extension type (see below); raises on anything else."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_reject_ext, max_ext_len=0)
+
+
 # Every unpackb of wire or stored data passes ``ext_hook=_reject_ext, max_ext_len=0``: no msgpack
 # extension type gets through.  ``ext_hook`` alone misses timestamps (extension type -1), which
 # msgpack decodes itself into ``msgpack.Timestamp``: one got through to the coordinator's actors
@@ -524,8 +529,9 @@ def _reject_ext(code: int, data: bytes) -> Any:
 # ``_reject_ext`` gets the empty ones.
 
 
-def _unpack_error(exc: Exception) -> str:
-    """Why msgpack refused data, to follow "body of kind ..." or "stored ..."."""
+def unpack_error(exc: Exception) -> str:
+    """Why msgpack refused data (from an unpackb with ``_reject_ext``), as a phrase: "holds a msgpack
+    extension type ..." or "is not valid msgpack: ..."."""
     text = str(exc)
     if "max_ext_len" in text or "timestamp" in text or "extension type" in text:
         return "holds a msgpack extension type (ExtType, Timestamp), which is not allowed on the wire"
@@ -596,7 +602,7 @@ class Codec:
         try:
             value = msgpack.unpackb(body, raw=False, strict_map_key=True, ext_hook=_reject_ext, max_ext_len=0)
         except Exception as exc:  # msgpack raises many unrelated types for garbage; _reject_ext a ProtocolError
-            reason = f"body of kind {kind.decode()!r} {_unpack_error(exc)}"
+            reason = f"body of kind {kind.decode()!r} {unpack_error(exc)}"
             # A request whose id can still be read is answered (an extension type in a task's
             # args, say): else its client waits for its timeout and reports an outage.
             request_id = peek_request_id(body) if kind in self._requests else None
@@ -660,5 +666,5 @@ def unpack_record(cls: type, data: bytes) -> Any:
     except ProtocolError:
         raise
     except Exception as exc:
-        raise ProtocolError(f"stored {cls.__name__} {_unpack_error(exc)}") from None
+        raise ProtocolError(f"stored {cls.__name__} {unpack_error(exc)}") from None
     return record_decoder(cls)(value)

@@ -105,6 +105,8 @@ from actorsched.protocol import (
     AttemptRef,
     ErrorInfo,
     TaskOutcome,
+    unpack_error,
+    unpack_strict,
 )
 
 log = logging.getLogger(__name__)
@@ -863,10 +865,10 @@ class Executor:
         if not slot.jobs:
             self._idle.append(slot)
         try:
-            fields = msgpack.unpackb(reply, raw=False, strict_map_key=True, ext_hook=_refuse_ext, max_ext_len=0)
+            fields = unpack_strict(reply)
         except Exception as exc:  # e.g. a dict with int keys: msgpack packs it, the protocol refuses it
             outcome = failed(job, "ResultNotSerializable",
-                             f"task {job.name!r} returned a value that cannot be sent ({_unpack_problem(exc)}); "
+                             f"task {job.name!r} returned a value that cannot be sent (it {unpack_error(exc)}); "
                              f"return plain data: {_PLAIN_DATA}", now - started_at)
             try:  # what it printed still helps to find out why
                 output = msgpack.unpackb(reply, raw=False, strict_map_key=False)[6]
@@ -950,18 +952,6 @@ def _outcome_of(job: Job, fields: Any) -> TaskOutcome | None:
         return None
     return TaskOutcome(job.task_id, job.epoch, job.attempt, False, None, ErrorInfo(error_type, message, trace),
                        duration_s, output)
-
-
-def _refuse_ext(code: int, data: bytes) -> Any:
-    raise ValueError(f"msgpack extension type {code}")
-
-
-def _unpack_problem(exc: Exception) -> str:
-    """What msgpack refused in a reply; extension types (``max_ext_len``, ``_refuse_ext``) by name."""
-    text = str(exc)
-    if "max_ext_len" in text or "extension type" in text or "timestamp" in text:
-        return "it holds a msgpack extension type (msgpack.ExtType or msgpack.Timestamp), which the wire refuses"
-    return text
 
 
 def _shown(value: Any) -> str:
