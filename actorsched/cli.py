@@ -34,7 +34,13 @@ from typing import Any, TextIO
 
 from actorsched import security
 from actorsched.client import CLIENT_KEY_ENV, FINAL_STATES, SERVER_KEY_ENV, Client
-from actorsched.config import COORDINATOR_ENV, DEFAULT_CLIENT_ENDPOINT
+from actorsched.config import (
+    COORDINATOR_ENV,
+    DEFAULT_CLIENT_ENDPOINT,
+    default_client_endpoint,
+    is_loopback_host,
+    parse_endpoint,
+)
 from actorsched.core.states import TaskState
 from actorsched.errors import ActorschedError, ConfigError, ConnectionFailed, SubmitRejected, Timeout
 from actorsched.protocol import MAX_LIST_LIMIT, TaskInfo
@@ -440,20 +446,24 @@ def _clock_text(seconds: float) -> str:
 
 
 def _curve_hint(args: argparse.Namespace) -> str:
-    """What else "no answer" may mean, for a client that has CURVE keys; "" for one without.
+    """What else "no answer" may mean.
 
     A handshake the coordinator refused (key not accepted, keys missing) or hung up on
     (wrong coordinator key) is named by the client itself, and its error does not start
     with "no answer"; this covers what the socket monitor cannot see.  A client without
-    keys is never told that a key may have been refused: a coordinator that requires
-    keys says so in the handshake, which the client reports, so when nothing answers at
-    all keys are not the reason, and the hint would only send the reader the wrong way.
+    keys is not told a key may have been refused; but pointed beyond loopback, where a
+    coordinator admits only CURVE peers, it is told it needs keys (a firewall that drops
+    the packets leaves no handshake to report).
     """
     server_key = args.server_key or os.environ.get(SERVER_KEY_ENV, "")
     key = args.key or os.environ.get(CLIENT_KEY_ENV, "")
     if server_key and key:
         return (f". Or it refused this client's CURVE keys: check that the public half of {key} (NAME.key) is "
                 f"in the coordinator's [security] client_keys_dir, and that {server_key} is the coordinator's key")
+    host, _ = parse_endpoint(args.coordinator or default_client_endpoint(), "--coordinator")
+    if not key and not is_loopback_host(host):
+        return (". A coordinator listening beyond loopback admits only CURVE clients: pass --server-key and "
+                "--key (or set $ACTORSCHED_SERVER_KEY and $ACTORSCHED_CLIENT_KEY)")
     return ""
 
 

@@ -291,15 +291,24 @@ def test_a_command_names_itself_and_the_address_when_nothing_listens(capsys: pyt
 def test_nothing_answering_is_not_blamed_on_curve_keys_unless_the_client_has_keys(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """A coordinator that requires keys says so in the handshake (the client reports that refusal); when
-    nothing answers at all, a client without keys must not be sent looking for keys."""
+    nothing answers at all on loopback, a client without keys must not be sent looking for keys.  Beyond
+    loopback, where a coordinator admits only CURVE peers, a client without keys is told it needs them."""
     monkeypatch.delenv(SERVER_KEY_ENV, raising=False)
     monkeypatch.delenv(CLIENT_KEY_ENV, raising=False)
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # bound, never listening: nothing answers
+    holder.bind(("127.0.0.1", 0))
+    with holder:
+        dead = f"tcp://127.0.0.1:{holder.getsockname()[1]}"
+        assert cli.main(["workers", "--coordinator", dead, "--connect-timeout", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"actorsched workers: no connection to coordinator at {dead}"), err
+    assert "CURVE" not in err and "key" not in err and err.count("\n") == 1, err
+    assert "Start it with actorsched-coordinator (bin/coordinator in a checkout)" in err
+
     beyond_loopback = "tcp://192.0.2.1:7700"  # TEST-NET-1: nothing answers there
     assert cli.main(["workers", "--coordinator", beyond_loopback, "--connect-timeout", "0.3"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"actorsched workers: no connection to coordinator at {beyond_loopback}"), err
-    assert "CURVE" not in err and "key" not in err and err.count("\n") == 1, err
-    assert "Start it with actorsched-coordinator (bin/coordinator in a checkout)" in err
+    assert "admits only CURVE clients: pass --server-key and --key" in err, err
 
     security.generate(tmp_path, "coordinator")
     security.generate(tmp_path, "alice")
