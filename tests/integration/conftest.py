@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 
+from actorsched import security
 from actorsched.client import Client
 from actorsched.localcluster import LocalCluster, wait_until
 
@@ -104,3 +106,33 @@ def dead_endpoint() -> Iterator[str]:
     finally:
         holder.close()
 
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    """CURVE key pairs under tmp_path (server/coordinator, workers/worker, clients/c, and two not
+    allow-listed: rogue/r and spare/d) and a coordinator.toml [security] that uses them."""
+    for folder, name in (("server", "coordinator"), ("workers", "worker"), ("clients", "c"), ("rogue", "r"),
+                         ("spare", "d")):
+        security.generate(tmp_path / folder, name)
+    (tmp_path / "coordinator.toml").write_text(
+        f'[security]\nsecret_key_file = "{tmp_path}/server/coordinator.key_secret"\n'
+        f'worker_keys_dir = "{tmp_path}/workers"\nclient_keys_dir = "{tmp_path}/clients"\n')
+    return tmp_path
+
+
+@pytest.fixture
+def raw_dealer() -> Iterator[Callable[[str], zmq.Socket[bytes]]]:
+    """``raw_dealer(endpoint)`` -> a bare DEALER socket connected there, closed at teardown."""
+    sockets: list[zmq.Socket[bytes]] = []
+
+    def make(endpoint: str) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDTIMEO, 5000)
+        sock.connect(endpoint)
+        sockets.append(sock)
+        return sock
+
+    yield make
+    for sock in sockets:
+        sock.close(linger=0)

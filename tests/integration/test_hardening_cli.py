@@ -7,20 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from actorsched import security
 from actorsched.localcluster import ROOT, LocalCluster
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Path:
-    for folder, name in (("server", "coordinator"), ("workers", "worker"), ("clients", "c"), ("rogue", "r")):
-        security.generate(tmp_path / folder, name)
-    (tmp_path / "coordinator.toml").write_text(
-        f'[security]\nsecret_key_file = "{tmp_path}/server/coordinator.key_secret"\n'
-        f'worker_keys_dir = "{tmp_path}/workers"\nclient_keys_dir = "{tmp_path}/clients"\n')
-    return tmp_path
 
 
 def cli(*argv: str) -> subprocess.CompletedProcess[str]:

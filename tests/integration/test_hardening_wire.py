@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +29,6 @@ from actorsched.recordcodec import MAX_NESTING
 TIMEOUT_S = 30.0
 DEPTH = 1020
 """Past Python's recursion limit (1,000), within msgpack's nesting limit (1,024)."""
-
-
-@pytest.fixture
-def raw_dealer() -> Iterator[Callable[[str], zmq.Socket[bytes]]]:
-    """``raw_dealer(endpoint)`` -> a bare DEALER socket connected there, closed at teardown."""
-    sockets: list[zmq.Socket[bytes]] = []
-
-    def make(endpoint: str) -> zmq.Socket[bytes]:
-        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDTIMEO, 5000)
-        sock.connect(endpoint)
-        sockets.append(sock)
-        return sock
-
-    yield make
-    for sock in sockets:
-        sock.close(linger=0)
 
 
 def _deep(depth: int) -> Any:

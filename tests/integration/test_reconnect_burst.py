@@ -13,16 +13,15 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import zmq
+from fakes import FakeCoordinator
 
 from actorsched.client import Client
 from actorsched.localcluster import BIN, ROOT, LocalCluster, wait_until
-from actorsched.protocol import WORKER_MESSAGES, Codec, Heartbeat, Message, Register, Reregister, Welcome, encode
+from actorsched.protocol import Heartbeat, Register, Reregister, Welcome
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,48 +109,16 @@ def test_a_worker_started_before_its_coordinator_registers_once(
     assert counts == {"worker-1": 1}, f"registrations after {register_retries()} Register retries: {counts}"
 
 
-class _FakeCoordinator:
-    """A ROUTER on a loopback port that answers what the test says and records what the worker sends."""
-
-    def __init__(self) -> None:
-        self.context = zmq.Context()
-        self.router = self.context.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.bind("tcp://127.0.0.1:*")
-        self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.codec = Codec(WORKER_MESSAGES)
-        self.peer = b""
-        self.seen: list[Message] = []
-
-    def send(self, message: Message) -> None:
-        self.router.send_multipart([self.peer, *encode(message)])
-
-    def expect(self, kind: type[Message], timeout_s: float = 10.0) -> Message:
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            if self.router.poll(int(left * 1000) + 1):
-                self.peer, *frames = self.router.recv_multipart()
-                message = self.codec.decode(frames)
-                self.seen.append(message)
-                if isinstance(message, kind):
-                    return message
-        raise AssertionError(f"no {kind.__name__} within {timeout_s} s; seen {[type(m).__name__ for m in self.seen]}")
-
-    def close(self) -> None:
-        self.router.close(0)
-        self.context.term()
-
-
 @pytest.fixture
-def fake_coordinator() -> Iterator[_FakeCoordinator]:
-    fake = _FakeCoordinator()
+def fake_coordinator() -> Iterator[FakeCoordinator]:
+    fake = FakeCoordinator()
     try:
         yield fake
     finally:
         fake.close()
 
 
-def test_reregister_requests_for_queued_heartbeats_get_one_register(fake_coordinator: _FakeCoordinator,
+def test_reregister_requests_for_queued_heartbeats_get_one_register(fake_coordinator: FakeCoordinator,
                                                                      tmp_path: Path) -> None:
     """What a restarted coordinator sends for a backlog of heartbeats: many Reregisters, then the Welcome."""
     log_path = tmp_path / "worker.log"

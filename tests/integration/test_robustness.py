@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -87,24 +87,6 @@ def test_a_worker_with_an_unknown_config_key_exits_2_naming_the_key(tmp_path: Pa
 
 
 # ------------------------------------------------------------------ garbage on the sockets
-
-
-@pytest.fixture
-def raw_dealer() -> Iterator[Callable[[str], zmq.Socket[bytes]]]:
-    """``raw_dealer(endpoint)`` -> a bare DEALER socket connected there, closed at teardown."""
-    sockets: list[zmq.Socket[bytes]] = []
-
-    def make(endpoint: str) -> zmq.Socket[bytes]:
-        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDTIMEO, 5000)
-        sock.connect(endpoint)
-        sockets.append(sock)
-        return sock
-
-    yield make
-    for sock in sockets:
-        sock.close(linger=0)
 
 
 def _receive(sock: zmq.Socket[bytes], timeout_s: float = TASK_TIMEOUT_S) -> list[bytes]:

@@ -18,16 +18,6 @@ from actorsched.errors import ConnectionFailed
 from actorsched.localcluster import BIN, ROOT, LocalCluster, wait_until
 
 
-@pytest.fixture
-def keys(tmp_path: Path) -> Path:
-    for folder, name in (("server", "coordinator"), ("workers", "worker"), ("clients", "c"), ("rogue", "r")):
-        security.generate(tmp_path / folder, name)
-    (tmp_path / "coordinator.toml").write_text(
-        f'[security]\nsecret_key_file = "{tmp_path}/server/coordinator.key_secret"\n'
-        f'worker_keys_dir = "{tmp_path}/workers"\nclient_keys_dir = "{tmp_path}/clients"\n')
-    return tmp_path
-
-
 def test_allow_listed_workers_and_clients_run_tasks_and_others_are_refused(
         keys: Path, make_cluster: Callable[..., LocalCluster]) -> None:
     server_key, worker_key = str(keys / "server" / "coordinator.key"), str(keys / "workers" / "worker.key_secret")

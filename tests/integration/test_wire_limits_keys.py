@@ -12,24 +12,11 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from actorsched import security
 from actorsched.client import Client
 from actorsched.errors import ConnectionFailed
 from actorsched.localcluster import LocalCluster, wait_until
 
 TIMEOUT_S = 30.0
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Path:
-    for folder, name in (("server", "coordinator"), ("workers", "worker"), ("clients", "c"), ("spare", "d")):
-        security.generate(tmp_path / folder, name)
-    (tmp_path / "coordinator.toml").write_text(
-        f'[security]\nsecret_key_file = "{tmp_path}/server/coordinator.key_secret"\n'
-        f'worker_keys_dir = "{tmp_path}/workers"\nclient_keys_dir = "{tmp_path}/clients"\n')
-    return tmp_path
 
 
 def _admitted(cluster: LocalCluster, server_key: str, key_file: str) -> bool:
