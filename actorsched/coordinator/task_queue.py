@@ -152,10 +152,9 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         rows, _ = self.reader.fetch(task_ids)
         records = []
         for row in rows:
-            record = _record_from_row(row, now, wall_now)
-            if isinstance(record, str):
-                log.error("task=%s cannot be read back from the journal: %s", row.task_id, record)
-                record = _unreadable(row, record)
+            record, problem = _rebuilt(row, now, wall_now)
+            if problem:
+                log.error("task=%s cannot be read back from the journal: %s", row.task_id, problem)
             if record.state in FINAL_STATES:
                 records.append(record)
         return records
@@ -319,9 +318,7 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
             now, wall_now = self.clock(), time.time()
             found: dict[str, TaskInfo] = {}
             for row in rows:
-                record = _record_from_row(row, now, wall_now)
-                found[row.task_id] = task_info(row.task_id, _unreadable(row, record) if isinstance(
-                    record, str) else record, core.wall_offset_s)
+                found[row.task_id] = task_info(row.task_id, _rebuilt(row, now, wall_now)[0], core.wall_offset_s)
             rest += unread
             skipped = set(unread)
             infos += [found.get(t) or task_info(t, None) for t in out_of_memory if t not in skipped]
@@ -393,10 +390,8 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         if self.reader is not None:
             rows, _ = self.reader.fetch([task_id])
             for row in rows:
-                record = _record_from_row(row, self.clock(), time.time())
-                if isinstance(record, str):
-                    return None, task_info(task_id, _unreadable(row, record), core.wall_offset_s)
-                return record.spec, task_info(task_id, record, core.wall_offset_s)
+                record, problem = _rebuilt(row, self.clock(), time.time())
+                return None if problem else record.spec, task_info(task_id, record, core.wall_offset_s)
         return None, TaskInfo(task_id, NOT_FOUND)
 
     def _carry_out(self, out: list[Command]) -> None:
@@ -506,6 +501,14 @@ def _record_from_row(row: JournalRow | RowProblem, now: float, wall_now: float) 
 
 _decode_error = record_decoder(ErrorInfo)
 _decode_attempt = record_decoder(AttemptRecord)
+
+
+def _rebuilt(row: JournalRow | RowProblem, now: float, wall_now: float) -> tuple[TaskRecord, str]:
+    """The task a row holds and "", or, when it cannot be rebuilt, its stand-in and why."""
+    record = _record_from_row(row, now, wall_now)
+    if isinstance(record, str):
+        return _unreadable(row, record), record
+    return record, ""
 
 
 def _unreadable(row: JournalRow | RowProblem, reason: str) -> TaskRecord:

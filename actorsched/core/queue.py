@@ -627,19 +627,12 @@ class TaskQueueCore:
 
         A task some unfinished task still depends on is kept (its result may be needed).
         """
-        cutoff = now - older_than_s
-        purged = [
-            task_id for task_id, task in self.tasks.items()
-            if task.state in FINAL_STATES and task.finished_at <= cutoff
-            and not self._needed(task)
-        ]
-        for task_id in purged:
-            task = self.tasks.pop(task_id)
+        purged = self.drop_finished(older_than_s, now)
+        for task_id, task in purged:
             self.counts[task.state] -= 1
             self.dirty.discard(task_id)
-            self._kept.discard(task_id)
         self.counters["purged"] += len(purged)
-        return purged
+        return [task_id for task_id, _ in purged]
 
     def forget(self, task_ids: Iterable[str], keep_recent: bool = True) -> None:
         """These tasks' final rows are durable: drop them from memory (the journal answers for them).
@@ -675,16 +668,19 @@ class TaskQueueCore:
                 del tasks[task_id]
                 self.counters["forgotten"] += 1
 
-    def drop_finished(self, older_than_s: float, now: float) -> None:
-        """A purge is on its way to the journal: final tasks it covers leave memory now (uncounted:
-        :meth:`purged_from_journal` counts what the journal deleted)."""
+    def drop_finished(self, older_than_s: float, now: float) -> list[tuple[str, TaskRecord]]:
+        """Final tasks that finished ``older_than_s`` ago or more, and that no unfinished task needs,
+        leave memory; returns them.  Uncounted: with a journal a purge of the same tasks is on its way
+        there and :meth:`purged_from_journal` counts what it deleted; without one :meth:`purge` counts."""
         cutoff = now - older_than_s
         tasks = self.tasks
-        for task_id in [t for t, task in tasks.items()
-                        if task.state in FINAL_STATES and task.finished_at <= cutoff and not self._needed(task)]:
+        dropped = [(task_id, task) for task_id, task in tasks.items()
+                   if task.state in FINAL_STATES and task.finished_at <= cutoff and not self._needed(task)]
+        for task_id, _ in dropped:
             del tasks[task_id]
             self._recent.pop(task_id, None)
             self._kept.discard(task_id)
+        return dropped
 
     def purged_from_journal(self, counts: dict[str, int]) -> None:
         """The journal deleted this many final tasks per state (none of them in memory and needed)."""
