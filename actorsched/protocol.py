@@ -40,10 +40,15 @@ give back attempts it has not started; it answers ``Released`` with those it dro
 Message kinds
 -------------
 worker -> coordinator: Register, Heartbeat, Started, Results, Released, Draining, Goodbye
-coordinator -> worker: Welcome, Assign, CancelTasks, Release, Reregister, Shutdown, Refused
+coordinator -> worker: Welcome, Assign, CancelTasks, Release, Reregister, Shutdown, Refused, NotLeader
 client -> coordinator: Submit, Cancel, Query, Watch, Unwatch, ListWorkers, GetStats, Purge, ListTasks
 coordinator -> client: SubmitReply, CancelReply, QueryReply, TasksDone,
-WorkersReply, StatsReply, ErrorReply, PurgeReply, TaskList, Refused
+WorkersReply, StatsReply, ErrorReply, PurgeReply, TaskList, Refused, NotLeader
+
+Standby coordinators (AS5): a coordinator that does not lead (the PostgreSQL backend
+runs several against one database) answers every message with ``NotLeader``, naming
+the leader's endpoint for that kind of peer ("" while it knows of none), so clients
+and workers given a list of coordinators go straight to the leader.
 
 Captured output (AS4): ``TaskOutcome.output`` is what the attempt wrote to stdout and
 stderr, at most :data:`MAX_OUTPUT_BYTES` (the last ones, after a ``…[N bytes cut]``
@@ -66,9 +71,9 @@ import msgpack
 from actorsched.errors import ProtocolError
 from actorsched.recordcodec import MAX_NESTING, Decoder, bounds, check_depth, nesting, record_decoder, record_encoder
 
-VERSION = b"AS4"  # AS2: Submit gained `watch`; AS3: prefetch, Release/Released, Assignment.priority;
+VERSION = b"AS5"  # AS2: Submit gained `watch`; AS3: prefetch, Release/Released, Assignment.priority;
 # AS4: QueryReply.rest (query replies are paged); TaskOutcome.output, TaskInfo.output/updated_at,
-# ListTasks/TaskList (unreleased, so still AS4)
+# ListTasks/TaskList; AS5: NotLeader (standby coordinators), TaskSpec.trace
 TASK_NAME_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 """A task name, ``package.module:function``; use with ``fullmatch``."""
 MAX_FRAMES = 3
@@ -497,16 +502,28 @@ class ErrorReply(Message):
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class NotLeader(Message):
+    """This coordinator stands by: ``leader`` is the leading coordinator's endpoint for this
+    kind of peer ("" while none is known), ``epoch`` the leader's (0 if none); the request
+    ``request_id`` (0 for a worker's message) was not acted on."""
+
+    KIND: ClassVar[bytes] = b"not-leader"
+    request_id: int = field(metadata=_COUNT)
+    leader: str
+    epoch: int = field(metadata=_COUNT)
+
+
 WORKER_MESSAGES: tuple[type[Message], ...] = (Register, Heartbeat, Started, Results, Released, Draining, Goodbye)
 CLIENT_MESSAGES: tuple[type[Message], ...] = (
     Submit, Cancel, Query, Watch, Unwatch, ListWorkers, GetStats, Purge, ListTasks,
 )
 TO_WORKER_MESSAGES: tuple[type[Message], ...] = (
-    Welcome, Assign, CancelTasks, Release, Reregister, Shutdown, Refused,
+    Welcome, Assign, CancelTasks, Release, Reregister, Shutdown, Refused, NotLeader,
 )
 TO_CLIENT_MESSAGES: tuple[type[Message], ...] = (
     SubmitReply, CancelReply, QueryReply, TasksDone, WorkersReply, StatsReply, ErrorReply, PurgeReply, TaskList,
-    Refused,
+    Refused, NotLeader,
 )
 
 

@@ -44,6 +44,7 @@ SAMPLES: dict[type[p.Message], p.Message] = {
     p.Reregister: p.Reregister("unknown worker"),
     p.Shutdown: p.Shutdown("superseded"),
     p.Refused: p.Refused("version"),
+    p.NotLeader: p.NotLeader(7, "tcp://10.0.0.2:7700", 3),
     p.Submit: p.Submit(1, [SPEC, SPEC_DEFAULTS]),
     p.Cancel: p.Cancel(2, ["t-1", "t-2"], True),
     p.Query: p.Query(3, ["t-1"]),
