@@ -28,6 +28,7 @@ __all__ = ["BreakerConfig", "LivenessConfig", "PlacementConfig", "TasksConfig"] 
 DEFAULT_CLIENT_ENDPOINT = "tcp://127.0.0.1:7700"
 DEFAULT_WORKER_ENDPOINT = "tcp://127.0.0.1:7701"
 COORDINATOR_ENV = "ACTORSCHED_COORDINATOR"
+JOURNAL_DSN_ENV = "ACTORSCHED_JOURNAL_DSN"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -41,6 +42,10 @@ class EndpointsConfig:
     client_endpoint: str = DEFAULT_CLIENT_ENDPOINT
     worker_endpoint: str = DEFAULT_WORKER_ENDPOINT
     max_message_bytes: int = 16 * 1024 * 1024
+    # How clients and workers on other hosts reach this coordinator, told to them by standbys
+    # (PostgreSQL backend).  "" means the bound endpoint, which must then not be a wildcard.
+    advertise_client_endpoint: str = ""
+    advertise_worker_endpoint: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,12 @@ class JournalConfig:
     fsync: bool = True
     retention_s: float = 7 * 24 * 3600.0
     compaction_interval_s: float = 60.0
+    backend: str = "sqlite"  # or "postgresql": several coordinators, one leads (actorsched.coordinator.journal_pg)
+    dsn: str = ""  # PostgreSQL connection string; "" reads $ACTORSCHED_JOURNAL_DSN (and libpq's PG* variables)
+    lease_s: float = 3.0  # a leader that cannot renew its lease for this long stops; a standby then takes over
+
+    def resolved_dsn(self) -> str:
+        return self.dsn or os.environ.get(JOURNAL_DSN_ENV, "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +163,7 @@ _POSITIVE = {
     "pause_threshold_s", "retention_s", "compaction_interval_s", "window_s", "min_attempts", "failure_ratio", "open_s",
     "max_attempts", "retry_backoff_base_s", "retry_backoff_cap_s", "max_pending_tasks",
     "max_pending_per_client", "max_pending_bytes", "start_timeout_s",
-    "max_worker_deaths", "max_assign_batch", "reconnect_min_s", "reconnect_max_s",
+    "max_worker_deaths", "max_assign_batch", "reconnect_min_s", "reconnect_max_s", "lease_s",
 }
 _NON_NEGATIVE = {
     "finished_in_memory",
@@ -160,8 +171,10 @@ _NON_NEGATIVE = {
     "aging_s_per_priority", "restart_grace_s", "retry_elsewhere_s", "short_task_s",
 }
 _AT_MOST = {"slots": 1024, "prefetch": 65536}  # what the coordinator accepts in a Register
-_CHOICES = {"format": ("text", "json"), "level": LOG_LEVELS, "start_method": ("fork", "forkserver", "spawn")}
-_ENDPOINTS = {"client_endpoint", "worker_endpoint", "coordinator"}
+_CHOICES = {"backend": ("sqlite", "postgresql"), "format": ("text", "json"), "level": LOG_LEVELS,
+            "start_method": ("fork", "forkserver", "spawn")}
+_ENDPOINTS = {"client_endpoint", "worker_endpoint"}
+_OPTIONAL_ENDPOINTS = {"advertise_client_endpoint", "advertise_worker_endpoint"}
 
 
 def _check_value(where: str, key: str, value: Any, hint: Any) -> Any:
@@ -182,8 +195,10 @@ def _check_value(where: str, key: str, value: Any, hint: Any) -> Any:
         raise ConfigError(f"{key} must be <= {_AT_MOST[key]}, got {value!r} ({where})")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ConfigError(f"{key} must be one of {', '.join(_CHOICES[key])}, got {value!r} ({where})")
-    if key in _ENDPOINTS:
+    if key in _ENDPOINTS or (key in _OPTIONAL_ENDPOINTS and value):
         check_endpoint(value, f"{key} ({where})")
+    if key == "coordinator":
+        check_endpoints(value, f"{key} ({where})")
     return value
 
 
@@ -243,6 +258,23 @@ def check_endpoint(endpoint: str, what: str) -> str:
     return endpoint
 
 
+MAX_COORDINATORS = 16
+"""Most coordinators one list may name (a leader and its standbys)."""
+
+
+def check_endpoints(text: str | list[str] | tuple[str, ...], what: str) -> list[str]:
+    """The coordinators a client or worker may reach: one endpoint, or several separated by commas
+    (a leader and its standbys, in any order); ConfigError naming ``what`` if any is malformed."""
+    parts = [part.strip() for part in text.split(",")] if isinstance(text, str) else [str(part) for part in text]
+    if not parts or any(not part for part in parts):
+        raise ConfigError(f"{what} must be tcp://HOST:PORT, or several separated by commas, got {text!r}")
+    if len(parts) > MAX_COORDINATORS:
+        raise ConfigError(f"{what} names {len(parts)} coordinators; at most {MAX_COORDINATORS}")
+    for part in parts:
+        check_endpoint(part, what)
+    return list(dict.fromkeys(parts))
+
+
 def _build(cls: Any, data: dict[str, Any], source: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
@@ -298,6 +330,17 @@ def _check_relations(config: Any, source: str) -> None:
             raise ConfigError(f"retry_backoff_cap_s must be >= retry_backoff_base_s ({source} [tasks])")
         ends = config.endpoints
         _check_security(config, source)
+        if config.journal.enabled and config.journal.backend == "postgresql":
+            if not config.journal.resolved_dsn():
+                raise ConfigError(f"backend = \"postgresql\" needs a dsn (a PostgreSQL connection string such as "
+                                  f"\"host=db.example port=5432 dbname=actorsched user=actorsched\"), in [journal] "
+                                  f"dsn or ${JOURNAL_DSN_ENV} ({source} [journal])")
+            for name in ("client_endpoint", "worker_endpoint"):
+                host, _ = parse_endpoint(getattr(ends, name), name)
+                if host in ("0.0.0.0", "*", "[::]") and not getattr(ends, f"advertise_{name}"):
+                    raise ConfigError(f"{name} binds every address ({host}); with standby coordinators set "
+                                      f"advertise_{name} to the address other hosts reach it at "
+                                      f"({source} [endpoints])")
         http_address(config.http.endpoint, f"{source} [http]", config.http.token_file)
         if ends.client_endpoint == ends.worker_endpoint and not ends.client_endpoint.endswith(":0"):
             raise ConfigError(f"client_endpoint and worker_endpoint must differ, both are "
@@ -417,6 +460,8 @@ def with_overrides(config: Any, section: str, source: str = "command line", **va
 
 
 def default_client_endpoint() -> str:
-    """``$ACTORSCHED_COORDINATOR`` if set, else the default client endpoint."""
+    """``$ACTORSCHED_COORDINATOR`` if set (one endpoint, or a list separated by commas), else the default
+    client endpoint."""
     endpoint = os.environ.get(COORDINATOR_ENV) or DEFAULT_CLIENT_ENDPOINT
-    return check_endpoint(endpoint, COORDINATOR_ENV if COORDINATOR_ENV in os.environ else "endpoint")
+    what = COORDINATOR_ENV if COORDINATOR_ENV in os.environ else "endpoint"
+    return ",".join(check_endpoints(endpoint, what))

@@ -3,6 +3,14 @@
 :class:`Coordinator` builds the actors and the transport and connects them; it is
 also what tests use to run a coordinator inside their own process.  :func:`main`
 is the thin command-line entry point behind ``bin/coordinator``.
+
+With ``[journal] backend = "postgresql"`` a coordinator first stands by: it binds its
+ports (answering every peer ``NotLeader``, naming the leader) and tries the database's
+lease every ``lease_s / 12`` until it wins it; only then does it read the journal and start
+its actors, under the lease's epoch.  It leads until it stops (giving the lease up, so a
+standby takes over at once) or loses the lease (fenced, or the database out of reach for
+``lease_s``): then it stops serving and exits with :data:`EXIT_STEPPED_DOWN`, for its
+supervisor to start it again, as a standby (see :mod:`actorsched.coordinator.journal_pg`).
 """
 
 from __future__ import annotations
@@ -12,9 +20,11 @@ import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pykka
 import zmq
@@ -23,7 +33,7 @@ from actorsched import config as cfg
 from actorsched import logs
 from actorsched.coordinator.dispatcher import DispatcherActor
 from actorsched.coordinator.failure_detector import FailureDetectorActor
-from actorsched.coordinator.journal import Journal, JournalError
+from actorsched.coordinator.journal import Journal, JournalBackend, JournalError
 from actorsched.coordinator.registry import RegistryActor
 from actorsched.coordinator.supervision import SupervisedActor, Supervisor
 from actorsched.coordinator.task_queue import TaskQueueActor
@@ -31,7 +41,17 @@ from actorsched.coordinator.transport import Transport
 from actorsched.errors import ActorschedError, ConfigError
 from actorsched.http import StatusServer
 
+if TYPE_CHECKING:
+    from actorsched.coordinator.journal_pg import Lease
+
 log = logging.getLogger(__name__)
+
+EXIT_STEPPED_DOWN = 3
+"""The exit code of a leader that lost its lease (another coordinator leads now, or the database was out of reach)."""
+
+
+class Stopped(ActorschedError):
+    """Asked to stop while standing by: nothing was started."""
 
 
 class StartError(ActorschedError):
@@ -48,9 +68,15 @@ class Coordinator:
     used to keep its actor threads (and so the process) alive with no one to stop them.
     """
 
-    def __init__(self, config: cfg.CoordinatorConfig) -> None:
+    def __init__(self, config: cfg.CoordinatorConfig, stop: threading.Event | None = None,
+                 on_standby: Callable[[Coordinator], None] | None = None) -> None:
+        """``stop`` ends a standby's wait for the lease (raising :class:`Stopped`); ``on_standby`` is called
+        once the ports are bound, when this coordinator starts standing by."""
         self.config = config
-        self.journal: Journal | None = None
+        self.journal: JournalBackend | None = None
+        self.lease: Lease | None = None
+        self._stop_request = stop or threading.Event()
+        self._on_standby = on_standby
         self.epoch = 1
         self.transport: Transport | None = None
         self.http: StatusServer | None = None
@@ -67,9 +93,13 @@ class Coordinator:
         config = self.config
         address = cfg.http_address(config.http.endpoint, "[http] endpoint", config.http.token_file)
         token = cfg.read_http_token(config.http.token_file, "[http] token_file") if address is not None else None
-        if config.journal.enabled:
-            self.journal = Journal(config.journal.state_dir, config.journal.fsync)
-            self.epoch = self.journal.open()
+        dsn = ""
+        if config.journal.enabled and config.journal.backend == "postgresql":
+            dsn = _prepare_postgresql(config.journal.resolved_dsn())
+        elif config.journal.enabled:
+            journal = Journal(config.journal.state_dir, config.journal.fsync)
+            self.journal = journal
+            self.epoch = journal.open()
         self.transport = transport = Transport(config.endpoints, config.security)
         try:
             transport.bind()
@@ -85,8 +115,10 @@ class Coordinator:
                 raise _bind_error("status page", config.http.endpoint, "--http", exc) from None
         # Every port is ours: only now may the stored epoch move (a start that fails above
         # leaves it as it was, so the fencing tokens of the running epoch stay valid).
-        if self.journal is not None:
+        if isinstance(self.journal, Journal):
             self.journal.commit_epoch()
+        if dsn:
+            self._stand_by(dsn)
         SupervisedActor.supervisor = self.supervisor  # one coordinator per process
         transport.supervisor = self.supervisor
         self.dispatcher = self._started(DispatcherActor.start(config.placement))
@@ -99,12 +131,57 @@ class Coordinator:
         self.registry.proxy().connect(self.queue, self.dispatcher, transport).get(timeout=30)
         self.queue.proxy().connect(self.dispatcher, transport, self.registry).get(timeout=30)
         self.failure_detector = self._started(FailureDetectorActor.start(config.liveness, self.queue, self.registry))
-        transport.connect(self.queue, self.registry)
-        transport.start()
+        if self.lease is not None:
+            transport.lead(self.queue, self.registry)
+            self.lease.start_keeping()
+        else:
+            transport.connect(self.queue, self.registry)
+            transport.start()
         if self.http is not None:
             self.http.start(self.queue, self.registry, transport.counters)
         log.info("coordinator started epoch=%d clients=%s workers=%s", self.epoch,
                  transport.client_endpoint, transport.worker_endpoint)
+
+    def _stand_by(self, dsn: str) -> None:
+        """Answer peers ``NotLeader`` until this coordinator wins the lease; then open the journal under its epoch."""
+        from actorsched.coordinator.journal_pg import Lease, PgJournal
+
+        transport = self.transport
+        assert transport is not None
+        ends = self.config.endpoints
+        advertised = (ends.advertise_client_endpoint or transport.client_endpoint,
+                      ends.advertise_worker_endpoint or transport.worker_endpoint)
+        lease_s = self.config.journal.lease_s
+        self.lease = lease = Lease(dsn, lease_s, f"{socket.gethostname()}:{os.getpid()}", *advertised)
+        transport.standby = ("", "", 0)
+        transport.start()
+        if self._on_standby is not None:
+            self._on_standby(self)
+        shown: tuple[str, int] | None = None
+        while not lease.try_take():
+            info = lease.leader()
+            leading = info is not None and info.expires_in_s > 0 and info.epoch > 0
+            transport.standby = (info.client_endpoint, info.worker_endpoint, info.epoch) if (
+                info is not None and leading) else ("", "", 0)
+            now = (info.holder, info.epoch) if info is not None and leading else ("", 0)
+            if now != shown:
+                shown = now
+                if info is None:
+                    log.warning("standing by: the journal database cannot be read; trying again")
+                elif leading:
+                    log.info("standing by: epoch %d leads (%s, clients %s, workers %s)", info.epoch, info.holder,
+                             info.client_endpoint, info.worker_endpoint)
+                else:
+                    log.info("standing by: no coordinator leads; taking over once the last lease ends")
+            if self._stop_request.wait(lease_s / 12):
+                raise Stopped("asked to stop while standing by")
+        self.epoch = lease.epoch
+        self.journal = PgJournal(dsn, lease.epoch, lease.holds)
+        log.info("leading: took the lease epoch=%d holder=%s", lease.epoch, lease.holder)
+
+    def leads(self) -> bool:
+        """False once a PostgreSQL-backed leader lost its lease (it must stop serving)."""
+        return self.lease is None or self.lease.holds()
 
     def _started(self, ref: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
         self._actors.append(ref)
@@ -127,10 +204,26 @@ class Coordinator:
                 log.error("actor %s did not stop within 10 s", ref)
         if self.journal is not None:
             self.journal.close()
+        if self.lease is not None:
+            if self._actors and self.lease.holds():  # the writer has stopped: hand over at once
+                self.lease.resign()
+            self.lease.close()
         if self._actors:
             log.info("coordinator stopped")
         else:  # never started: do not read as if a running coordinator (perhaps another one) stopped
             log.info("coordinator start abandoned; everything it had taken is released")
+
+
+def _prepare_postgresql(dsn: str) -> str:
+    """The DSN with network time bounds, after creating the journal's tables if missing."""
+    try:
+        from actorsched.coordinator import journal_pg
+    except ImportError as exc:
+        raise JournalError(f"[journal] backend = \"postgresql\" needs psycopg 3 ({exc}): "
+                           f"pip install 'actorsched[postgresql]'") from None
+    dsn = journal_pg.bounded_dsn(dsn)
+    journal_pg.prepare(dsn)
+    return dsn
 
 
 def _bind_error(what: str, endpoint: str, flag: str, exc: OSError | zmq.ZMQError) -> StartError:
@@ -191,8 +284,15 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    def on_standby(coordinator: Coordinator) -> None:
+        assert coordinator.transport is not None
+        print(f"coordinator standby clients={coordinator.transport.client_endpoint} "
+              f"workers={coordinator.transport.worker_endpoint}", flush=True)
+
     try:
-        coordinator = Coordinator(config)
+        coordinator = Coordinator(config, stop, on_standby)
+    except Stopped:
+        return 0
     except (JournalError, StartError, ConfigError) as exc:
         print(f"coordinator: {exc}", file=sys.stderr)
         return 2
@@ -205,11 +305,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"coordinator ready clients={coordinator.transport.client_endpoint} "
           f"workers={coordinator.transport.worker_endpoint} epoch={coordinator.epoch}{http}", flush=True)
     try:
-        while not stop.wait(0.2) and not coordinator.supervisor.failed.is_set():
+        while not stop.wait(0.1) and not coordinator.supervisor.failed.is_set() and coordinator.leads():
             pass
     finally:
+        stepped_down = not coordinator.leads()
         coordinator.stop()
         pykka.ActorRegistry.stop_all()
+    if stepped_down:
+        assert coordinator.lease is not None
+        print(f"coordinator: stepped down: {coordinator.lease.reason or 'the lease ran out'}", file=sys.stderr)
+        return EXIT_STEPPED_DOWN
     if coordinator.supervisor.failed.is_set():
         print(f"coordinator: stopped after an internal error: {coordinator.supervisor.reason}", file=sys.stderr)
         return 1

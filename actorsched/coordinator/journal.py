@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import msgpack
 
@@ -85,6 +85,51 @@ class ListedRow(NamedTuple):
     worker_id: str  # who ran its last attempt ("" if none did)
     error: list[Any] | None  # [type, message, traceback]
     updated_at: float  # wall clock: finished, else the end of its last attempt (0: unknown)
+
+
+class JournalReading(Protocol):
+    """A read-only view of the journal for one thread (see :class:`JournalReader`)."""
+
+    def fetch(self, task_ids: list[str], budget_bytes: int = 0) -> tuple[list[JournalRow | RowProblem], list[str]]:
+        ...
+
+    def newest(self, state: str | None = None, spec_contains: str = "", result_contains: str = "",
+               id_prefix: str = "", max_rows: int = 100_000) -> Generator[ListedRow | None, None, None]:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class JournalBackend(Protocol):
+    """What the TaskQueue and the writer use of a journal: :class:`Journal` (SQLite, the default)
+    or :class:`actorsched.coordinator.journal_pg.PgJournal` (PostgreSQL, several coordinators)."""
+
+    epoch: int
+
+    def rows(self, unfinished_only: bool = False) -> Iterator[JournalRow | RowProblem]:
+        ...
+
+    def finished_counts(self) -> dict[str, int]:
+        ...
+
+    def max_seq(self) -> int:
+        ...
+
+    def quarantine(self, task_id: str, reason: str, finished_at: float) -> None:
+        ...
+
+    def reader(self) -> JournalReading:
+        ...
+
+    def purge(self, finished_before: float, keep: list[str]) -> dict[str, int]:
+        ...
+
+    def write_batches(self, batches: list[tuple[list[JournalRow], list[str]]]) -> None:
+        ...
+
+    def close(self) -> None:
+        ...
 
 
 _SCHEMA = """
@@ -228,7 +273,7 @@ class Journal:
         assert self._db is not None
         where = "WHERE finished_at IS NULL " if unfinished_only else ""
         for raw in self._db.execute(f"SELECT {_COLUMNS} FROM tasks {where}ORDER BY seq"):
-            yield _row(raw)
+            yield stored_row(raw)
 
     def finished_counts(self) -> dict[str, int]:
         """Final tasks in the journal, per state."""
@@ -280,10 +325,7 @@ class Journal:
     def write_batches(self, batches: list[tuple[list[JournalRow], list[str]]]) -> None:
         """Apply several batches in order in one transaction (one fsync): a group commit.
 
-        Order matters: a task purged in one batch and submitted again under the same id
-        in the next must end up present.  Between deletions, the rows of one task are
-        folded into one: a task submitted and finished within one group commit is
-        written once, as its final row.
+        See :func:`fold_batches` for what is folded and why order matters.
         """
         if not any(rows or deleted for rows, deleted in batches):
             return
@@ -294,42 +336,28 @@ class Journal:
             if not self._epoch_stored:  # nothing durable may carry an epoch a restart could reuse
                 self._remember_epoch()
                 db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('epoch', ?)", (self.epoch,))
-            inserts: dict[str, JournalRow] = {}
-            updates: dict[str, JournalRow] = {}
-            for rows, deleted in batches:
-                for row in rows:
-                    if row.spec is not None:
-                        inserts[row.task_id] = row
-                        updates.pop(row.task_id, None)
-                    elif row.task_id in inserts:
-                        inserts[row.task_id] = row._replace(spec=inserts[row.task_id].spec)
-                    else:
-                        updates[row.task_id] = row
+            for inserts, updates, deleted in fold_batches(batches):
+                self._apply(db, inserts, updates)
                 if deleted:
-                    self._apply(db, inserts, updates)
-                    inserts, updates = {}, {}
                     db.executemany("DELETE FROM tasks WHERE task_id=?", [(t,) for t in deleted])
-            self._apply(db, inserts, updates)
             db.execute("COMMIT")
             self._epoch_stored = True
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
-    def _apply(self, db: sqlite3.Connection, inserts: dict[str, JournalRow], updates: dict[str, JournalRow]) -> None:
+    def _apply(self, db: sqlite3.Connection, inserts: list[JournalRow], updates: list[JournalRow]) -> None:
         pack = self._pack
         if inserts:
-            # In submit order, so that the table's rowid order is submit order (listings read it newest first).
-            rows = sorted(inserts.values(), key=_SEQ) if len(inserts) > 1 else inserts.values()
             db.executemany("INSERT OR REPLACE INTO tasks(task_id, seq, state, attempt, epoch, deaths, "
                            "finished_at, spec, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            [(r.task_id, r.seq, r.state, r.attempt, r.epoch, r.deaths, r.finished_at, r.spec,
-                             _pack_result(r, pack)) for r in rows])
+                             pack_result(r, pack)) for r in inserts])
         if updates:
             db.executemany("UPDATE tasks SET state=?, attempt=?, epoch=?, deaths=?, finished_at=?, "
                            "result=? WHERE task_id=?",
-                           [(r.state, r.attempt, r.epoch, r.deaths, r.finished_at, _pack_result(r, pack), r.task_id)
-                            for r in updates.values()])
+                           [(r.state, r.attempt, r.epoch, r.deaths, r.finished_at, pack_result(r, pack), r.task_id)
+                            for r in updates])
 
     def close(self) -> None:
         if self._db is not None:
@@ -342,6 +370,39 @@ _COLUMNS = "task_id, seq, state, attempt, epoch, deaths, finished_at, spec, resu
 _SEQ = operator.attrgetter("seq")
 
 
+def fold_batches(batches: list[tuple[list[JournalRow], list[str]]]
+                 ) -> Iterator[tuple[list[JournalRow], list[JournalRow], list[str]]]:
+    """The steps of one group commit, for any backend: (rows to insert, rows to update, ids to delete
+    after both), in order.
+
+    Between deletions, the rows of one task are folded into one: a task submitted and
+    finished within one group commit is written once, as its final row.  Inserts come in
+    submit order (``seq``), so that a table's insertion order is submit order (listings
+    read it newest first).  Order across deletions matters: a task purged in one batch
+    and submitted again under the same id in the next must end up present.
+    """
+    inserts: dict[str, JournalRow] = {}
+    updates: dict[str, JournalRow] = {}
+    for rows, deleted in batches:
+        for row in rows:
+            if row.spec is not None:
+                inserts[row.task_id] = row
+                updates.pop(row.task_id, None)
+            elif row.task_id in inserts:
+                inserts[row.task_id] = row._replace(spec=inserts[row.task_id].spec)
+            else:
+                updates[row.task_id] = row
+        if deleted:
+            yield _in_seq_order(inserts), list(updates.values()), deleted
+            inserts, updates = {}, {}
+    if inserts or updates:
+        yield _in_seq_order(inserts), list(updates.values()), []
+
+
+def _in_seq_order(inserts: dict[str, JournalRow]) -> list[JournalRow]:
+    return sorted(inserts.values(), key=_SEQ) if len(inserts) > 1 else list(inserts.values())
+
+
 class RowProblem(NamedTuple):
     """A stored row that cannot be read back (its result blob does not decode, or nests too deep)."""
 
@@ -350,7 +411,7 @@ class RowProblem(NamedTuple):
     reason: str
 
 
-def _row(raw: tuple[Any, ...]) -> JournalRow | RowProblem:
+def stored_row(raw: tuple[Any, ...]) -> JournalRow | RowProblem:
     task_id, seq, state, attempt, epoch, deaths, finished_at, spec, result = raw
     try:
         value, error, history, output = _result_parts(unpack_stored(result)) if result else (None, None, [], "")
@@ -391,7 +452,7 @@ class JournalReader:
             cursor = self._db.execute(
                 f"SELECT {_COLUMNS} FROM tasks WHERE task_id IN ({','.join('?' * len(chunk))})", chunk)
             for raw in cursor:
-                rows.append(_row(raw))
+                rows.append(stored_row(raw))
                 spent += len(raw[7] or b"") + len(raw[8] or b"")
                 if budget_bytes and spent > budget_bytes:
                     cursor.close()
@@ -431,7 +492,7 @@ class JournalReader:
                             f"WHERE {' AND '.join(where)} ORDER BY rowid DESC", params)
         try:
             for raw in cursor:
-                listed = _listed(raw)
+                listed = listed_row(raw)
                 if listed is not None:
                     yield listed
         finally:
@@ -443,7 +504,7 @@ class JournalReader:
         self._db.close()
 
 
-def _listed(raw: tuple[Any, ...]) -> ListedRow | None:
+def listed_row(raw: tuple[Any, ...]) -> ListedRow | None:
     """The light view of a stored row, decoding only the fields it needs (None if unreadable)."""
     task_id, seq, state, attempt, finished_at, spec, result = raw
     try:
@@ -486,7 +547,7 @@ def unpack_stored(blob: bytes) -> Any:
     return stored
 
 
-def _pack_result(row: JournalRow, pack: Pack) -> bytes | None:
+def pack_result(row: JournalRow, pack: Pack) -> bytes | None:
     if row.output:
         return pack([row.value, row.error, row.history, row.output])
     if row.value is None and row.error is None and not row.history:
@@ -509,7 +570,7 @@ class JournalWriter:
     and nothing after it is acknowledged.
     """
 
-    def __init__(self, journal: Journal, on_failure: Callable[[BaseException], None]) -> None:
+    def __init__(self, journal: JournalBackend, on_failure: Callable[[BaseException], None]) -> None:
         self.journal = journal
         self.on_failure = on_failure
         self._queue: queue.SimpleQueue[_WriterItem | None] = queue.SimpleQueue()

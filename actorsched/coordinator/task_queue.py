@@ -27,7 +27,7 @@ import pykka
 
 from actorsched.config import JournalConfig, TasksConfig
 from actorsched.coordinator import events as ev
-from actorsched.coordinator.journal import Journal, JournalReader, JournalRow, JournalWriter, RowProblem
+from actorsched.coordinator.journal import JournalBackend, JournalReading, JournalRow, JournalWriter, RowProblem
 from actorsched.coordinator.supervision import SupervisedActor
 from actorsched.core.commands import (
     AdmitWorker,
@@ -82,7 +82,7 @@ _SEQ = operator.itemgetter(0)
 
 
 class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
-    def __init__(self, config: TasksConfig, journal: Journal | None, epoch: int,
+    def __init__(self, config: TasksConfig, journal: JournalBackend | None, epoch: int,
                  journal_config: JournalConfig | None = None, clock: Callable[[], float] = time.monotonic,
                  reply_budget_bytes: int = 8 * 1024 * 1024, list_scan_rows: int = LIST_SCAN_ROWS,
                  list_scan_s: float = LIST_SCAN_S) -> None:
@@ -104,7 +104,7 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         self.transport: Any = None
         self._pack = packer()  # this actor's thread's own
         self.writer: JournalWriter | None = None
-        self.reader: JournalReader | None = None
+        self.reader: JournalReading | None = None
         self._finishing: deque[tuple[int, list[str]]] = deque()  # (writer item, final tasks in it)
         self._recalled: list[str] = []
 

@@ -36,6 +36,11 @@ Limits on input, so that no peer can stop or swell the coordinator:
   ``ErrorReply(bad-request)`` with the reason, a bad ``Register`` gets ``Refused``; other
   bad frames are counted and dropped.
 
+Standby: while :attr:`Transport.standby` is set (a PostgreSQL-backed coordinator that does
+not lead), every decoded message is answered with ``NotLeader`` naming the leader's
+endpoint for that kind of peer, and nothing reaches an actor (there are none yet).
+:meth:`Transport.lead` connects the actors and ends it, on the same bound sockets.
+
 A peer on the wrong endpoint (a client pointed at the worker port, or a worker at the
 client port) gets a ``Refused`` naming the right one, rather than silence.
 
@@ -123,6 +128,8 @@ class Transport:
         self._reload_requested = False
         self._previous_sighup: Any = None
         self._sighup_installed = False
+        # While standing by: (leader's client endpoint, leader's worker endpoint, its epoch), "" / 0 if none.
+        self.standby: tuple[str, str, int] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -159,6 +166,11 @@ class Transport:
     def connect(self, queue: pykka.ActorRef[Any], registry: pykka.ActorRef[Any]) -> None:
         self.queue = queue
         self.registry = registry
+
+    def lead(self, queue: pykka.ActorRef[Any], registry: pykka.ActorRef[Any]) -> None:
+        """Stop standing by: from the next message on, input goes to these actors."""
+        self.connect(queue, registry)
+        self.standby = None  # one attribute write: the transport thread sees the actors set before this
 
     def start(self) -> None:
         self._running = True
@@ -252,6 +264,8 @@ class Transport:
                     registry_events.append(ev.WorkersSeen(frozenset(self._seen)))
                     self._seen.clear()
                     self._seen_told = now
+            if self.standby is not None:  # no actors yet: what the monitor saw concerns no one
+                continue
             # The queue first: it answers clients, so it should win the race for the GIL.
             if queue_events:
                 ev.tell(self.queue, queue_events)
@@ -324,6 +338,10 @@ class Transport:
                 self._bad_frame("worker", peer, frames, exc, self.workers)
                 continue
             self.counters["worker_messages"] += 1
+            standby = self.standby  # once: lead() may clear it meanwhile
+            if standby is not None:
+                self._answer(sock, peer, p.NotLeader(0, standby[1], standby[2]))
+                continue
             if isinstance(message, p.Results):
                 queue_events.append(ev.OutcomesReported(peer, message.outcomes))
                 self._seen.add(peer)
@@ -387,6 +405,10 @@ class Transport:
                 self._bad_frame("client", peer, frames, exc, self.clients)
                 continue
             self.counters["client_messages"] += 1
+            standby = self.standby  # once: lead() may clear it meanwhile
+            if standby is not None:
+                self._answer(sock, peer, p.NotLeader(getattr(message, "request_id", 0), standby[0], standby[2]))
+                continue
             match message:
                 case p.Submit(request_id, tasks, watch):
                     queue_events.append(ev.TasksSubmitted(peer, request_id, tasks, watch))
