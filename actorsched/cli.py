@@ -14,6 +14,12 @@ at once rather than after the 10 s an answer may take.
 Arguments of ``submit`` are JSON (a string is ``'"text"'``); one that is not is a usage
 error showing how to quote it.  ``wait`` draws a progress bar (:class:`Progress`) on a
 terminal and writes a plain line at most every few seconds otherwise.
+
+No worker, no progress: ``stats`` warns on stderr (stdout, ``--json`` included, is
+unchanged) when tasks wait (WAITING, QUEUED, RETRYING) and no worker is connected,
+the dashboard's rule on the same figures; ``wait`` and ``result`` warn once while their
+tasks are unfinished and no worker is connected (again if workers came and left),
+asking the coordinator when they start and then every :data:`WORKER_CHECK_S` seconds.
 """
 
 from __future__ import annotations
@@ -33,10 +39,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from actorsched import security
-from actorsched.client import CLIENT_KEY_ENV, FINAL_STATES, SERVER_KEY_ENV, Client
+from actorsched.client import CLIENT_KEY_ENV, FINAL_STATES, SERVER_KEY_ENV, Client, TaskHandle
 from actorsched.config import (
     COORDINATOR_ENV,
     DEFAULT_CLIENT_ENDPOINT,
+    DEFAULT_WORKER_ENDPOINT,
     default_client_endpoint,
     is_loopback_host,
     parse_endpoint,
@@ -55,6 +62,10 @@ _FAILED_STATES = ("FAILED", "CANCELLED")
 REACH_TIMEOUT_S = 2.0
 """How long a command waits for a connection to the coordinator before it says none is there."""
 _STATES = tuple(state.value for state in TaskState)
+WORKER_CHECK_S = 5.0
+"""While ``wait`` and ``result`` wait, how often they ask the coordinator whether a worker is connected."""
+_STRANDED_STATES = ("QUEUED", "RETRYING", "WAITING")
+"""States of tasks that wait for a worker to run them (the dashboard's no-worker banner counts the same)."""
 
 
 class _UsageError(ActorschedError):
@@ -154,9 +165,9 @@ def _cmd_status(client: Client, args: argparse.Namespace, out: TextIO, err: Text
 
 def _cmd_result(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     handle = client.handle(args.id)
+    alarm = _NoWorkerAlarm(client, "actorsched result", lambda text: print(text, file=err, flush=True))
     try:
-        for _ in client.as_completed([handle], timeout=args.timeout):
-            pass
+        _wait_all(client, [handle], args.timeout, lambda _: None, alarm)
     except Timeout:
         print(f"actorsched result: task {args.id!r} is not finished after {args.timeout} s; it keeps running "
               f"(see: actorsched status {args.id})", file=err)
@@ -196,11 +207,15 @@ def _cmd_cancel(client: Client, args: argparse.Namespace, out: TextIO, err: Text
 def _cmd_wait(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     handles = [client.handle(task_id) for task_id in dict.fromkeys(args.ids)]
     progress = Progress(len(handles), err)
+    alarm = _NoWorkerAlarm(client, "actorsched wait", progress.note)
     timed_out = False
+
+    def finished(handle: TaskHandle) -> None:
+        state = handle.status()
+        progress.update(failed=state in _FAILED_STATES, not_found=state == "NOT_FOUND")
+
     try:
-        for handle in client.as_completed(handles, timeout=args.timeout):
-            state = handle.status()
-            progress.update(failed=state in _FAILED_STATES, not_found=state == "NOT_FOUND")
+        _wait_all(client, handles, args.timeout, finished, alarm)
     except Timeout:
         timed_out = True
     progress.close()
@@ -303,11 +318,17 @@ def _cmd_stats(client: Client, args: argparse.Namespace, out: TextIO, err: TextI
     stats = client.stats()
     if args.json:
         print(_dumps(stats), file=out)
-        return EXIT_OK
-    pairs: list[tuple[str, Any]] = []
-    _flatten("", stats, pairs)
-    for key, value in pairs:
-        print(f"{key}: {value}", file=out)
+    else:
+        pairs: list[tuple[str, Any]] = []
+        _flatten("", stats, pairs)
+        for key, value in pairs:
+            print(f"{key}: {value}", file=out)
+    figures = _worker_figures(stats)
+    if figures is not None and figures.workers == 0 and figures.stranded:
+        out.flush()  # the counters first, then the warning below them on a terminal
+        print(f"actorsched stats: warning: {figures.stranded_text()} and no worker is connected to the coordinator "
+              f"at {client.endpoint}; nothing runs until one connects: {_start_worker_hint(client.endpoint)}",
+              file=err)
     return EXIT_OK
 
 
@@ -321,6 +342,145 @@ def _cmd_purge(client: Client, args: argparse.Namespace, out: TextIO, err: TextI
 
 
 Command = Callable[[Client, argparse.Namespace, TextIO, TextIO], int]
+
+
+# --------------------------------------------------------------------------- no worker connected
+
+
+@dataclasses.dataclass(frozen=True)
+class _WorkerFigures:
+    """What ``Client.stats()`` says about workers and the tasks waiting for one."""
+
+    workers: int
+    registered: int
+    """Registrations the coordinator counted since it started: a change means workers came (and maybe went)."""
+    waiting: dict[str, int]
+    """Tasks in each of :data:`_STRANDED_STATES` that has any."""
+
+    @property
+    def stranded(self) -> int:
+        return sum(self.waiting.values())
+
+    def stranded_text(self) -> str:
+        """``12 task(s) waiting (QUEUED 10, RETRYING 2)``."""
+        parts = ", ".join(f"{state} {n}" for state, n in self.waiting.items())
+        return f"{self.stranded} task(s) waiting ({parts})"
+
+
+def _worker_figures(stats: Any) -> _WorkerFigures | None:
+    """The figures from a ``stats()`` answer, or None if it lacks them (then nothing is said)."""
+    if not isinstance(stats, dict):
+        return None
+    workers, queue = stats.get("workers"), stats.get("queue")
+    if not isinstance(workers, dict) or not isinstance(queue, dict):
+        return None
+    count, registered, states = workers.get("workers"), workers.get("registered"), queue.get("states")
+    if type(count) is not int or not isinstance(states, dict):
+        return None
+    waiting = {state: n for state in _STRANDED_STATES if type(n := states.get(state, 0)) is int and n > 0}
+    return _WorkerFigures(count, registered if type(registered) is int else -1, waiting)
+
+
+def _start_worker_hint(client_endpoint: str) -> str:
+    """How to start a worker for the coordinator at ``client_endpoint``.
+
+    Workers connect to the coordinator's worker endpoint, which clients do not learn: on
+    the default client port the default worker port is shown, elsewhere a placeholder.
+    """
+    base, _, port = client_endpoint.rpartition(":")
+    default_client_port = DEFAULT_CLIENT_ENDPOINT.rpartition(":")[2]
+    default_worker_port = DEFAULT_WORKER_ENDPOINT.rpartition(":")[2]
+    if port == default_client_port:
+        return (f"start one with `actorsched-worker --connect {base}:{default_worker_port}` (the coordinator's "
+                f"worker endpoint by default; its --worker-bind if it has one)")
+    return (f"start one with `actorsched-worker --connect {base}:PORT`, PORT the coordinator's worker port "
+            f"(its --worker-bind; {default_worker_port} by default)")
+
+
+class _NoWorkerAlarm:
+    """Says, through ``say``, that tasks being waited for cannot run because no worker is connected.
+
+    Once per episode: after a warning it stays quiet while the coordinator has no worker
+    and has counted no new registration; a worker seen connected, or registrations counted
+    since (workers came and left between two checks), start a new episode.  :meth:`check`
+    costs one ``stats()``, plus a ``query_many()`` of the unfinished ids when a warning is
+    about to be given (their own states, not the whole queue's, decide it).
+    """
+
+    def __init__(self, client: Client, prefix: str, say: Callable[[str], None], every_s: float = WORKER_CHECK_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.say = say
+        self.every_s = every_s
+        self.clock = clock
+        self.next_at = -math.inf
+        self._warned = False
+        self._registered = -1
+
+    def due(self) -> bool:
+        return self.clock() >= self.next_at
+
+    def check(self, pending: Sequence[TaskHandle]) -> None:
+        """Ask the coordinator now, and warn if ``pending`` tasks wait with no worker to run them."""
+        try:
+            self._check(pending)
+        finally:
+            self.next_at = self.clock() + self.every_s
+
+    def _check(self, pending: Sequence[TaskHandle]) -> None:
+        if not pending:
+            return
+        figures = _worker_figures(self.client.stats())
+        if figures is None:
+            return
+        if figures.workers:
+            self._warned = False
+            return
+        if not figures.stranded or (self._warned and figures.registered == self._registered):
+            return
+        infos = [i for i in self.client.query_many([h.task_id for h in pending]) if i.state not in FINAL_STATES]
+        if not infos:
+            return
+        self._warned, self._registered = True, figures.registered
+        if len(infos) == 1:
+            what = f"task {infos[0].task_id!r} is {infos[0].state}"
+        else:
+            counts = collections.Counter(i.state for i in infos)
+            what = f"{len(infos)} task(s) are unfinished ({', '.join(f'{s} {n}' for s, n in counts.items())})"
+        self.say(f"{self.prefix}: warning: {what} and no worker is connected to the coordinator at "
+                 f"{self.client.endpoint}; still waiting, but nothing runs until one connects: "
+                 f"{_start_worker_hint(self.client.endpoint)}")
+
+
+def _wait_all(client: Client, handles: Sequence[TaskHandle], timeout: float | None,
+              finished: Callable[[TaskHandle], None], alarm: _NoWorkerAlarm) -> None:
+    """Wait until every handle's task is final, calling ``finished`` for each as it is; Timeout past ``timeout``.
+
+    ``client.as_completed`` blocks until a task is reported final, and with no worker
+    none is: so it waits in slices that end when the alarm is due (every few seconds),
+    and the alarm checks between slices, and between reports when they keep coming.
+    Each slice watches the unfinished tasks afresh; a task that ended in between is
+    reported by the new watch at once.
+    """
+    pending = {h.task_id: h for h in handles}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    alarm.check(list(pending.values()))
+    while pending:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            raise Timeout(f"{len(pending)} of {len(handles)} task(s) not final within {timeout} s")
+        until = alarm.next_at if deadline is None else min(alarm.next_at, deadline)
+        try:
+            for handle in client.as_completed(list(pending.values()), timeout=max(until - now, 0.01)):
+                pending.pop(handle.task_id, None)
+                finished(handle)
+                if pending and alarm.due():
+                    alarm.check(list(pending.values()))
+        except Timeout:
+            pass  # the slice's end, not necessarily the deadline: checked above
+        if pending and alarm.due():
+            alarm.check(list(pending.values()))
 
 
 # --------------------------------------------------------------------------- progress
