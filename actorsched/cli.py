@@ -44,6 +44,7 @@ from actorsched.config import (
     COORDINATOR_ENV,
     DEFAULT_CLIENT_ENDPOINT,
     DEFAULT_WORKER_ENDPOINT,
+    check_endpoints,
     default_client_endpoint,
     is_loopback_host,
     parse_endpoint,
@@ -620,8 +621,8 @@ def _curve_hint(args: argparse.Namespace) -> str:
     if server_key and key:
         return (f". Or it refused this client's CURVE keys: check that the public half of {key} (NAME.key) is "
                 f"in the coordinator's [security] client_keys_dir, and that {server_key} is the coordinator's key")
-    host, _ = parse_endpoint(args.coordinator or default_client_endpoint(), "--coordinator")
-    if not key and not is_loopback_host(host):
+    endpoints = check_endpoints(args.coordinator or default_client_endpoint(), "--coordinator")
+    if not key and not all(is_loopback_host(parse_endpoint(e, "--coordinator")[0]) for e in endpoints):
         return (". A coordinator listening beyond loopback admits only CURVE clients: pass --server-key and "
                 "--key (or set $ACTORSCHED_SERVER_KEY and $ACTORSCHED_CLIENT_KEY)")
     return ""
@@ -684,8 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log DEBUG messages on stderr")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    common.add_argument("--coordinator", metavar="tcp://HOST:PORT",
-                        help=f"coordinator client endpoint (default: ${COORDINATOR_ENV} or {DEFAULT_CLIENT_ENDPOINT})")
+    common.add_argument("--coordinator", metavar="tcp://HOST:PORT[,...]",
+                        help=f"coordinator client endpoint, or a leader and its standbys separated by commas "
+                             f"(default: ${COORDINATOR_ENV} or {DEFAULT_CLIENT_ENDPOINT})")
     common.add_argument("--connect-timeout", type=_positive_float, default=None, metavar="S",
                         help="seconds to wait for the coordinator to answer (default 10)")
     common.add_argument("--server-key", metavar="FILE", default=None,
