@@ -109,6 +109,8 @@ class LocalCluster:
         )
         log.close()
         line = _read_line(self.coordinator, timeout_s)
+        if line.startswith("coordinator standby"):  # PostgreSQL backend: it stands by until it wins the lease
+            line = _read_line(self.coordinator, timeout_s)
         if not line.startswith("coordinator ready"):
             self.coordinator.kill()
             self.coordinator.wait(10)
