@@ -34,6 +34,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from queue import SimpleQueue
 from typing import Any
@@ -109,6 +110,7 @@ class StatusServer:
         self._threads = [threading.Thread(target=self._read_loop, name="http-status", daemon=True)] + [
             threading.Thread(target=self._answer_loop, name=f"http-status-{i}", daemon=True)
             for i in range(HANDLER_THREADS)]
+        self._standby: Callable[[], str] | None = None
 
     def start(self, queue: pykka.ActorRef[Any], registry: pykka.ActorRef[Any],
               transport_counters: dict[str, int]) -> None:
@@ -116,6 +118,15 @@ class StatusServer:
         self.queue = queue
         self.registry = registry
         self.transport_counters = transport_counters
+        if self._standby is None:
+            self._start_threads()
+
+    def stand_by(self, leader: Callable[[], str]) -> None:
+        """Until :meth:`start`, answer every request 503 with ``leader()``, who leads instead (for a standby)."""
+        self._standby = leader
+        self._start_threads()
+
+    def _start_threads(self) -> None:
         for thread in self._threads:
             thread.start()
 
@@ -237,6 +248,8 @@ class StatusServer:
         refused = self._access(path, url.query, _headers(lines[1:]))
         if refused is not None:
             return refused
+        if self.queue is None and self._standby is not None:
+            return _reply(503, "text/plain", f"standby: this coordinator does not lead; {self._standby()}\n")
         if path in ("/", "/dashboard"):
             return self._asset("index.html")
         if path == "/dashboard/":  # the page's links are relative to /dashboard

@@ -155,6 +155,8 @@ class Coordinator:
         self.lease = lease = Lease(dsn, lease_s, f"{socket.gethostname()}:{os.getpid()}", *advertised)
         transport.standby = ("", "", 0)
         transport.start()
+        if self.http is not None:
+            self.http.stand_by(lambda: _leader_text(transport.standby))
         if self._on_standby is not None:
             self._on_standby(self)
         shown: tuple[str, int] | None = None
@@ -212,6 +214,13 @@ class Coordinator:
             log.info("coordinator stopped")
         else:  # never started: do not read as if a running coordinator (perhaps another one) stopped
             log.info("coordinator start abandoned; everything it had taken is released")
+
+
+def _leader_text(standby: tuple[str, str, int] | None) -> str:
+    if standby is None:
+        return "it leads now"
+    clients, workers, epoch = standby
+    return f"epoch {epoch} leads (clients {clients}, workers {workers})" if epoch else "no coordinator leads yet"
 
 
 def _prepare_postgresql(dsn: str) -> str:
