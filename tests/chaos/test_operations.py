@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netns import ip
 
 from actorsched.client import Client
 from actorsched.errors import ActorschedError
@@ -87,10 +88,6 @@ def command(script: str, fallback: list[str]) -> list[str]:
 COORDINATOR = command("actorsched-coordinator", [str(BIN / "coordinator")])
 WORKER = command("actorsched-worker", [str(BIN / "worker")])
 CLI = command("actorsched", ["-m", "actorsched.cli"])
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
 
 
 def cli(*args: str) -> str:

@@ -9,54 +9,20 @@ Skipped, with the reason, where namespaces cannot be made (not root, no iproute2
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from netns import ip
 
 from actorsched import security
 from actorsched.client import Client
 from actorsched.localcluster import BIN, ROOT, LocalCluster, wait_until
 
 pytestmark = pytest.mark.chaos
-
-SUBNET = "10.213.{}.{}"
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
-@pytest.fixture
-def namespace() -> Iterator[tuple[str, str, str, str]]:
-    """(namespace, host-side veth, host address, namespace address); removed afterwards."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("network namespaces need root and iproute2 (`ip`)")
-    tag = os.getpid() % 250 + 1
-    ns, host_veth, ns_veth = f"astest{tag}", f"ash{tag}", f"asn{tag}"
-    host_addr, ns_addr = SUBNET.format(tag, 1), SUBNET.format(tag, 2)
-    try:
-        ip("netns", "add", ns)
-    except (subprocess.CalledProcessError, OSError) as exc:
-        pytest.skip(f"cannot create a network namespace here: {exc}")
-    try:
-        ip("link", "add", host_veth, "type", "veth", "peer", "name", ns_veth)
-        ip("link", "set", ns_veth, "netns", ns)
-        ip("addr", "add", f"{host_addr}/30", "dev", host_veth)
-        ip("link", "set", host_veth, "up")
-        ip("netns", "exec", ns, "ip", "addr", "add", f"{ns_addr}/30", "dev", ns_veth)
-        ip("netns", "exec", ns, "ip", "link", "set", ns_veth, "up")
-        ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        yield ns, host_veth, host_addr, ns_addr
-    finally:
-        subprocess.run(["ip", "link", "del", host_veth], capture_output=True, timeout=30)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
-
 
 def test_a_partitioned_worker_is_removed_its_tasks_rerun_and_it_rejoins_when_the_link_returns(
         namespace: tuple[str, str, str, str], tmp_path: Path, make_cluster: Callable[..., LocalCluster]) -> None:
