@@ -178,7 +178,7 @@ class Coordinator:
             if self._stop_request.wait(lease_s / 12):
                 raise Stopped("asked to stop while standing by")
         self.epoch = lease.epoch
-        self.journal = PgJournal(dsn, lease.epoch, lease.holds)
+        self.journal = PgJournal(dsn, lease.epoch, lease.holds, lease.lose)
         log.info("leading: took the lease epoch=%d holder=%s", lease.epoch, lease.holder)
 
     def leads(self) -> bool:

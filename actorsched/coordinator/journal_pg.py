@@ -250,7 +250,7 @@ class Lease:
         while not self._stop.wait(interval):
             try:
                 if not self.renew():
-                    self._lose(f"fenced: epoch {self.epoch} no longer leads (another coordinator took over)")
+                    self.lose(f"fenced: epoch {self.epoch} no longer leads (another coordinator took over)")
                     return
                 if failures:
                     log.warning("lease renewed again after %d failed attempt(s) epoch=%d", failures, self.epoch)
@@ -263,10 +263,11 @@ class Lease:
                 log.warning("cannot renew the lease (%s); %.1f s of it left epoch=%d", _first_line(exc), left,
                             self.epoch)
                 if left <= 0:
-                    self._lose(f"lost the journal database for longer than the lease ({self.lease_s:g} s)")
+                    self.lose(f"lost the journal database for longer than the lease ({self.lease_s:g} s)")
                     return
 
-    def _lose(self, reason: str) -> None:
+    def lose(self, reason: str) -> None:
+        """This coordinator no longer leads (fenced, or out of the database's reach): :meth:`holds` is false."""
         self.reason = reason
         self.fenced = True
         log.critical("leadership lost: %s", reason)
@@ -295,13 +296,16 @@ class PgJournal:
     """The journal of the leading coordinator, in PostgreSQL (see the module's docstring).
 
     ``epoch`` is the lease's: every write is fenced on it.  ``holds_lease`` tells a writer
-    whose connection broke whether it may still retry.
+    whose connection broke whether it may still retry; ``on_fenced`` hears of a write the
+    database refused because another coordinator leads.
     """
 
-    def __init__(self, dsn: str, epoch: int, holds_lease: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, dsn: str, epoch: int, holds_lease: Callable[[], bool] = lambda: True,
+                 on_fenced: Callable[[str], None] = lambda reason: None) -> None:
         self.dsn = dsn
         self.epoch = epoch
         self.holds_lease = holds_lease
+        self.on_fenced = on_fenced
         self._db: psycopg.Connection[Any] | None = connect(dsn)
         self._pack = packer()  # for the one thread that writes
 
@@ -391,8 +395,10 @@ class PgJournal:
                 return
             except psycopg.Error as exc:
                 if _FENCED in str(exc):
-                    raise Fenced(f"epoch {self.epoch} no longer leads: another coordinator took over; "
-                                 f"this one's writes are refused") from None
+                    reason = (f"fenced: epoch {self.epoch} no longer leads (another coordinator took over); "
+                              f"the database refused this one's write")
+                    self.on_fenced(reason)
+                    raise Fenced(reason) from None
                 if not self._broken(exc):
                     raise JournalError(f"journal database {describe_dsn(self.dsn)} refused a write: "
                                        f"{_first_line(exc)}") from None
