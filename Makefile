@@ -1,12 +1,13 @@
 # Two entry points, both self-contained on a fresh machine:
 #   make demo  - create .venv, install actorsched, run a coordinator + 4 workers on a real workload
 #   make test  - create .venv, install the test tools (and, as root on Debian, chromium for the
-#                dashboard's browser test), lint, type-check and run the whole suite
+#                dashboard's browser test and PostgreSQL for the journal's), lint, type-check and
+#                run the whole suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-test browser bench clean
+.PHONY: demo test install install-test browser postgresql bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +44,27 @@ browser:
 		     "apt-get install chromium chromium-driver); the dashboard browser test will skip"; \
 	fi
 
-test: install-test browser
+# The PostgreSQL journal tests start throwaway servers (tests/pgserver.py) from the binaries of
+# Debian's postgresql package in /usr/lib/postgresql/<major>/bin.  Install it when missing, as
+# root with apt-get; anywhere else say so and go on: those tests then skip (under CI, with CI
+# set, they fail instead, naming what is missing).  The package may start its own cluster
+# service; the tests neither use nor need it.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "make: installing postgresql (apt-get) for the PostgreSQL journal tests"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q postgresql >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 \
+		     && apt-get install -y -q postgresql >/dev/null; } \
+		|| echo "make: warning: could not install postgresql; the PostgreSQL tests will skip"; \
+	else \
+		echo "make: PostgreSQL server binaries (/usr/lib/postgresql/*/bin/initdb) not found and not" \
+		     "installable here (needs root and apt-get: apt-get install postgresql); the PostgreSQL" \
+		     "tests will skip"; \
+	fi
+
+test: install-test browser postgresql
 	$(BIN)/ruff check actorsched tests bench
 	$(BIN)/mypy actorsched
 	$(BIN)/python -m pytest
