@@ -67,7 +67,7 @@ import msgpack
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from actorsched import protocol
+from actorsched import protocol, tracing
 from actorsched.config import check_endpoint, default_client_endpoint
 from actorsched.core import states as core_states
 from actorsched.core.queue import PRIORITY_MAX, PRIORITY_MIN, REF_KEY
@@ -248,9 +248,16 @@ def make_spec(fields: TaskSpec | dict[str, Any]) -> TaskSpec:
     deps = _check_str_list(values.get("deps"), "deps", where)
     if deps and task_id in deps:
         raise InvalidTask(f"{where()} lists itself in its deps; a task cannot wait for itself")
+    trace = values.get("trace") or ""
+    if trace:  # a context from elsewhere: with tracing on, the parent of the task's submit span
+        if type(trace) is not str:
+            raise InvalidTask(f"trace of {where()} must be a str, got {type(trace).__name__} {trace!r}")
+        problem = TaskSpec.trace_problem(trace)
+        if problem:
+            raise InvalidTask(f"{where()}: {problem}")
     return TaskSpec(task_id, name, args, kwargs, priority, deps, timeout_s, max_attempts,
                     _check_str_list(values.get("retry_on"), "retry_on", where),
-                    _check_str_list(values.get("tags"), "tags", where))
+                    _check_str_list(values.get("tags"), "tags", where), trace)
 
 
 def _find_unsendable(specs: Sequence[TaskSpec], exc: Exception) -> InvalidTask:
@@ -447,8 +454,16 @@ class Client:
                 "deps": deps, "timeout_s": timeout_s, "max_attempts": max_attempts, "retry_on": retry_on,
                 "tags": tags}
         checked = make_spec(spec)
+        spans: list[Any] = []
+        if tracing.ENABLED:  # a submit span per task, its context in the task's trace
+            (checked,), spans = tracing.start_submits([checked])
         requests: list[tuple[int, list[bytes], int]] = []
-        self._encode_submit([checked], requests, watch=True)
+        try:
+            self._encode_submit([checked], requests, watch=True)
+        except BaseException as exc:
+            if spans:
+                tracing.end_submits(spans, exc)
+            raise
         ((rid, _, _),) = requests
         with self._turn():
             self._end_abandoned_watches()
@@ -457,10 +472,14 @@ class Client:
             drops = self._drops
         try:
             self._submit_requests(requests, 1)
-        except BaseException:
+        except BaseException as exc:
+            if spans:
+                tracing.end_submits(spans, exc)
             with self._turn(check_open=False):
                 self._forget_watch(rid, unwatch=False)
             raise
+        if spans:
+            tracing.end_submits(spans)
         handle = TaskHandle(checked.task_id, self, (rid, drops))
         weakref.finalize(handle, self._abandoned.append, rid)
         return handle
@@ -473,10 +492,20 @@ class Client:
         ids make submits idempotent.
         """
         checked = [make_spec(spec) for spec in specs]
+        spans: list[Any] = []
+        if tracing.ENABLED:  # a submit span per task, its context in the task's trace
+            checked, spans = tracing.start_submits(checked)
         requests: list[tuple[int, list[bytes], int]] = []
-        for start in range(0, len(checked), SUBMIT_CHUNK):
-            self._encode_submit(checked[start:start + SUBMIT_CHUNK], requests)
-        self._submit_requests(requests, len(checked))
+        try:
+            for start in range(0, len(checked), SUBMIT_CHUNK):
+                self._encode_submit(checked[start:start + SUBMIT_CHUNK], requests)
+            self._submit_requests(requests, len(checked))
+        except BaseException as exc:
+            if spans:
+                tracing.end_submits(spans, exc)
+            raise
+        if spans:
+            tracing.end_submits(spans)
         return [TaskHandle(spec.task_id, self) for spec in checked]
 
     def _submit_requests(self, requests: list[tuple[int, list[bytes], int]], total: int) -> None:

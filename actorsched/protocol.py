@@ -73,7 +73,7 @@ from actorsched.recordcodec import MAX_NESTING, Decoder, bounds, check_depth, ne
 
 VERSION = b"AS5"  # AS2: Submit gained `watch`; AS3: prefetch, Release/Released, Assignment.priority;
 # AS4: QueryReply.rest (query replies are paged); TaskOutcome.output, TaskInfo.output/updated_at,
-# ListTasks/TaskList; AS5: NotLeader (standby coordinators), TaskSpec.trace
+# ListTasks/TaskList; AS5: NotLeader (standby coordinators), TaskSpec.trace and Assignment.trace
 TASK_NAME_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 """A task name, ``package.module:function``; use with ``fullmatch``."""
 MAX_FRAMES = 3
@@ -112,7 +112,33 @@ _PID = bounds(0, MAX_PID)
 
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
-    """What a client submits.  ``max_attempts``/``timeout_s`` None mean the coordinator's default."""
+    """What a client submits.  ``max_attempts``/``timeout_s`` None mean the coordinator's default.
+
+    ``trace`` (AS5): the task's OpenTelemetry trace context, "" when untraced (tracing is
+    off in the submitting client, see :mod:`actorsched.tracing`).  It is a W3C
+    ``traceparent`` (``00-<32 hex trace id>-<16 hex span id>-<2 hex flags>``: the client's
+    ``submit`` span), then optionally one space and the ``tracestate`` header, printable
+    ASCII only and :attr:`MAX_TRACE_CHARS` characters at most in all (see
+    :meth:`trace_problem`).  It travels in the task, so it is journaled with the spec and
+    survives a coordinator restart; the coordinator passes it on in ``Assignment.trace``.
+    It is not part of the task's content: two specs that differ only in ``trace`` are
+    equal, so resubmitting a task with a new trace is still idempotent.
+
+    Bounds: the generated decoders bound numbers and nesting but not string lengths, and
+    a ``__post_init__`` check would cost every decoded spec its fast slot-filling builder
+    (about 1.4 us, most of the decoder's time), traced or not.  So the TaskQueue checks
+    ``trace`` with the rest of the spec (``core.queue._spec_problem``, a few nanoseconds
+    for ""), and refuses the whole submit as ``bad-request`` naming the field and its
+    limit: a peer's garbage is never queued, journaled or passed to a worker.  Whoever
+    reads a trace (:mod:`actorsched.tracing`) parses it strictly again and ignores
+    anything else.
+    """
+
+    # Class constants, not annotated: a ClassVar would still be listed in __dataclass_fields__.
+    MAX_TRACE_CHARS = 512
+    """Longest ``trace``: a traceparent (55 characters) and a tracestate cut to fit (W3C allows dropping it)."""
+    _TRACE_RE = re.compile(
+        r"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(?: [\x20-\x7e]*)?")
 
     task_id: str
     name: str
@@ -124,6 +150,17 @@ class TaskSpec:
     max_attempts: int | None = field(default=None, metadata=_COUNT)
     retry_on: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
+    trace: str = field(default="", compare=False)  # W3C traceparent [+ " " + tracestate], or ""; see above
+
+    @staticmethod
+    def trace_problem(trace: str) -> str:
+        """Why ``trace`` is not a valid :attr:`trace` ("" if it is, and for "")."""
+        if not trace or (len(trace) <= TaskSpec.MAX_TRACE_CHARS and TaskSpec._TRACE_RE.fullmatch(trace)):
+            return ""
+        shown = repr(trace[:60]) + ("..." if len(trace) > 60 else "")
+        return (f"trace must be \"\" or a W3C traceparent 'VV-<32 hex>-<16 hex>-<2 hex>' (lower case, ids not "
+                f"all zeros), optionally followed by a space and a printable ASCII tracestate, at most "
+                f"{TaskSpec.MAX_TRACE_CHARS} characters in all; got {len(trace)} characters: {shown}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +178,9 @@ class Assignment:
     timeout_s: float | None = field(metadata=_SECONDS)
     priority: int = field(default=0, metadata=_PRIORITY)  # the worker runs what it holds best priority first
     short: bool = False  # expected to finish quickly: may share a child with other short tasks
+    # AS5: the task's TaskSpec.trace ("" untraced), checked by the TaskQueue at submit; the worker's
+    # tracing parses it strictly again and ignores anything else (see TaskSpec).
+    trace: str = ""
 
 
 @dataclass(frozen=True, slots=True)

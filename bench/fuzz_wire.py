@@ -243,7 +243,7 @@ class Gen:
         if cls is p.Submit and real_ids and rng.random() < 0.5 and depth < 1020:
             # Issue 9 #2: a deep-argument task that depends on a real, maybe unfinished task.
             spec = [f"fz-deep-{rng.randrange(10**9)}", ECHO, [nest(depth)], {}, 0, [rng.choice(real_ids)],
-                    None, None, [], []]
+                    None, None, [], [], ""]
             return "deep-submit-with-dep", [p.VERSION, cls.KIND, packb([rng.randrange(10**6), [spec], False])]
         array = self.shaped(cls, wrong_p=0.0)
         if not array:

@@ -80,7 +80,8 @@ class DispatcherActor(SupervisedActor, pykka.ThreadingActor):
         ev.tell(self.queue, [ev.TasksPlaced(p.worker, workers[p.worker].worker_id, p.tasks) for p in placements])
         self.transport.tell([
             SendToWorker(p.worker, Assign([
-                _assignment(t.task_id, t.name, t.args, t.kwargs, t.epoch, t.attempt, t.timeout_s, t.priority, t.short)
+                _assignment(t.task_id, t.name, t.args, t.kwargs, t.epoch, t.attempt, t.timeout_s, t.priority, t.short,
+                            t.trace)
                 for t in p.tasks
             ]))
             for p in placements

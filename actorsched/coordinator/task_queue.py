@@ -11,10 +11,23 @@ Memory: once a final task's row is durable the core forgets it; a request that n
 a task no longer in memory (a resubmit, a dependency, a watch, a query) reads it back
 from the journal through this actor's own read-only connection.  Queries are answered
 in pages: a reply stops growing at ``reply_budget_bytes`` and names the ids left.
+
+Stored specs: a spec is journaled in the wire layout (an array of its fields), except
+that an empty ``trace``, its last field (AS5), is left out (:func:`_pack_spec`): rows of
+untraced tasks are what older builds wrote and read, and both layouts read back
+(:func:`_unpack_spec`), so a journal survives an upgrade, and a downgrade too unless
+tasks were traced.
+
+Tracing (only when :data:`actorsched.tracing.ENABLED`): for every attempt placed, a
+``queue wait`` span (ready to place -> placed) and a ``placement`` span (the worker and
+the attempt), children of the task's ``submit`` span named by its ``trace``, made whole
+with wall-clock times derived from the monotonic ones the core keeps: no span stays open
+per task.  ``on_start`` sets tracing up; ``on_stop`` flushes it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import operator
 import random
@@ -25,6 +38,7 @@ from typing import Any
 
 import pykka
 
+from actorsched import tracing
 from actorsched.config import JournalConfig, TasksConfig
 from actorsched.coordinator import events as ev
 from actorsched.coordinator.journal import JournalBackend, JournalReading, JournalRow, JournalWriter, RowProblem
@@ -37,6 +51,7 @@ from actorsched.core.commands import (
     FreeSlots,
     JudgeAttempts,
     MakeReady,
+    ReadyTask,
     ReconcileRunning,
     SendToClient,
     SendToWorker,
@@ -55,6 +70,7 @@ from actorsched.core.queue import (
     text_matches,
 )
 from actorsched.core.states import FINAL_STATES, NOT_FOUND, TaskState
+from actorsched.errors import ProtocolError
 from actorsched.protocol import (
     MAX_LIST_LIMIT,
     AttemptRecord,
@@ -66,11 +82,11 @@ from actorsched.protocol import (
     TaskList,
     TaskListing,
     TaskSpec,
-    pack_record,
     packer,
-    unpack_record,
+    unpack_error,
+    unpack_strict,
 )
-from actorsched.recordcodec import record_decoder
+from actorsched.recordcodec import record_decoder, record_encoder
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +130,8 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
         self.registry = registry
 
     def on_start(self) -> None:
+        if tracing.ENABLED:
+            tracing.setup("coordinator")
         journal = self.journal
         if journal is None:
             return
@@ -144,6 +162,8 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
             self.writer.stop()
         if self.reader is not None:
             self.reader.close()
+        if tracing.ENABLED:
+            tracing.flush()
 
     def _read_back(self, task_ids: list[str], now: float, wall_now: float) -> list[TaskRecord]:
         """Final tasks no longer in memory, from the journal (those it has; unreadable ones are skipped)."""
@@ -200,7 +220,7 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
             match event:
                 case ev.TasksSubmitted(client, request_id, tasks, watch):
                     pack = self._pack
-                    packed = [pack_record(spec, pack) for spec in tasks] if self.writer is not None else None
+                    packed = [_pack_spec(spec, pack) for spec in tasks] if self.writer is not None else None
                     out += core.submit(client, request_id, tasks, now, watch, packed)
                 case ev.OutcomesReported(worker, outcomes):
                     out += core.outcomes_reported(worker, outcomes, now)
@@ -208,6 +228,8 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
                     core.tasks_started(worker, attempts)
                 case ev.TasksPlaced(worker, worker_id, tasks):
                     out += core.tasks_assigned(worker, worker_id, tasks, now)
+                    if tracing.ENABLED:
+                        self._trace_placed(worker, worker_id, tasks)
                 case ev.AttemptsReleased(worker, attempts):
                     out += core.attempts_released(worker, attempts, now)
                 case TakeBack(worker, count):
@@ -259,6 +281,22 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
                 log.log(level, line)
             core.notes.clear()
         return None
+
+    def _trace_placed(self, worker: bytes, worker_id: str, tasks: list[ReadyTask]) -> None:
+        """``queue wait`` and ``placement`` spans of the traced attempts just placed on ``worker`` (and still
+        there: one cancelled or requeued meanwhile is not)."""
+        wall_ns, mono = time.time_ns(), self.clock()
+        core_tasks = self.core.tasks
+        for ready in tasks:
+            if not ready.trace:
+                continue
+            task = core_tasks.get(ready.task_id)
+            if task is None or task.state is not TaskState.ASSIGNED or task.attempt != ready.attempt \
+                    or task.worker != worker:
+                continue
+            placed_ns = wall_ns - int((mono - task.assigned_at) * 1e9)
+            tracing.placed(ready.trace, ready.task_id, ready.name, ready.attempt, worker_id, ready.priority,
+                           wall_ns - int((mono - ready.ready_at) * 1e9), placed_ns)
 
     def _forget_durable(self) -> None:
         """Final tasks whose rows are durable leave memory (and so do tasks read back for this batch)."""
@@ -454,7 +492,7 @@ class TaskQueueActor(SupervisedActor, pykka.ThreadingActor):
                 continue
             spec = None
             if not task.journaled:
-                spec = task.packed if task.packed is not None else pack_record(task.spec, self._pack)
+                spec = task.packed if task.packed is not None else _pack_spec(task.spec, self._pack)
                 task.packed = None
                 task.journaled = True
             finished_at = None
@@ -480,7 +518,7 @@ def _record_from_row(row: JournalRow | RowProblem, now: float, wall_now: float) 
         return row.reason
     try:
         assert row.spec is not None
-        spec = unpack_record(TaskSpec, row.spec)
+        spec = _unpack_spec(row.spec)
         record = TaskRecord(spec, row.seq, TaskState(row.state), attempt=row.attempt, epoch=row.epoch,
                             deaths=row.deaths, size=len(row.spec), journaled=True)
         record.value = row.value
@@ -501,6 +539,30 @@ def _record_from_row(row: JournalRow | RowProblem, now: float, wall_now: float) 
 
 _decode_error = record_decoder(ErrorInfo)
 _decode_attempt = record_decoder(AttemptRecord)
+_encode_spec = record_encoder(TaskSpec)
+_decode_spec = record_decoder(TaskSpec)
+_UNTRACED_FIELDS = len(dataclasses.fields(TaskSpec)) - 1  # a stored spec without its (last) trace field
+
+
+def _pack_spec(spec: TaskSpec, pack: Callable[[Any], bytes]) -> bytes:
+    """``spec`` as the journal stores it: the wire layout, without ``trace`` when it is "" (see the module doc)."""
+    fields = _encode_spec(spec)
+    if not spec.trace:
+        del fields[-1]
+    return pack(fields)
+
+
+def _unpack_spec(blob: bytes) -> TaskSpec:
+    """The strict inverse of :func:`_pack_spec` (a spec without ``trace`` reads with ""); raises ProtocolError."""
+    try:
+        value = unpack_strict(blob)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"stored TaskSpec {unpack_error(exc)}") from None
+    if type(value) is list and len(value) == _UNTRACED_FIELDS:
+        value.append("")
+    return _decode_spec(value)  # type: ignore[no-any-return]
 
 
 def _rebuilt(row: JournalRow | RowProblem, now: float, wall_now: float) -> tuple[TaskRecord, str]:

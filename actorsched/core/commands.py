@@ -37,6 +37,7 @@ class ReadyTask:
     avoid: tuple[str, ...] = ()  # worker ids where earlier attempts failed: placed elsewhere if possible
     since: float = 0.0  # its place in line, fair between clients (kept when a worker dies under it)
     short: bool = False  # its name's measured run time is short: it may wait in a worker's prefetch
+    trace: str = ""  # its TaskSpec.trace ("" untraced), passed on in its Assignment
 
 
 @dataclass(frozen=True, slots=True)

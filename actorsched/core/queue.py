@@ -893,7 +893,7 @@ class TaskQueueCore:
             spec.timeout_s if spec.timeout_s is not None else (self.config.default_timeout_s or None),
             tuple(spec.tags), now,
             tuple({h.worker_id for h in task.history if h.outcome in _AVOIDED_OUTCOMES}) if task.history else (),
-            task.since, self.durations.get(spec.name, self.short_task_s) < self.short_task_s,
+            task.since, self.durations.get(spec.name, self.short_task_s) < self.short_task_s, spec.trace,
         ))
 
     def _note(self, level: int, what: str, task: TaskRecord, error: ErrorInfo | None = None, more: str = "") -> None:
@@ -1261,6 +1261,8 @@ def _spec_problem(spec: TaskSpec) -> str:
         return f"timeout_s must be >= 0 or None, got {spec.timeout_s}"
     if spec.max_attempts is not None and spec.max_attempts < 1:
         return f"max_attempts must be >= 1 or None, got {spec.max_attempts}"
+    if spec.trace:  # the decoders bound no string: its length and format are checked here (see TaskSpec)
+        return TaskSpec.trace_problem(spec.trace)
     return ""
 
 

@@ -194,7 +194,7 @@ class WorkerConnection:
         self._wakeup_fd = wakeup_fd
         self._executor = executor or Executor(
             self.slots, config.worker.start_method,
-            max_result_bytes=config.connection.max_message_bytes - 64 * 1024,
+            max_result_bytes=config.connection.max_message_bytes - 64 * 1024, worker_id=self.worker_id,
         )
         self._sampler = sampler or LoadSampler()
         self._codec = Codec(TO_WORKER_MESSAGES, config.connection.max_message_bytes)
@@ -610,7 +610,7 @@ class WorkerConnection:
                 continue
             job = Job(item.task_id, item.epoch, item.attempt, name, item.args, item.kwargs,
                       self._default_timeout_s if item.timeout_s is None else item.timeout_s,
-                      item.priority, item.short)
+                      item.priority, item.short, item.trace)
             held = executor.held_attempt(item.task_id)
             if held is not None:
                 if held == job.ref:

@@ -46,6 +46,11 @@ so a slot is never lost and a death is reported without waiting for a new proces
 Every finished attempt becomes exactly one :class:`~actorsched.protocol.TaskOutcome`
 carrying the attempt's fencing token ``(epoch, attempt)``.
 
+Tracing: an attempt whose task is traced (``Job.trace``, from ``Assignment.trace``) gets
+an ``execute`` span when its outcome is known, made here in the parent with the child's
+measured run time (:meth:`Executor._traced`, :func:`actorsched.tracing.executed`); the
+children never load OpenTelemetry.  Untraced attempts cost one test of an empty string.
+
 :meth:`Executor.release` gives back queued jobs that have not started (the
 coordinator moves them to an idle worker).  Children exit when their pipe closes.
 :meth:`Executor.stop` kills and joins every child, so none outlives the worker.
@@ -96,7 +101,7 @@ from typing import Any
 
 import msgpack
 
-from actorsched import context
+from actorsched import context, tracing
 from actorsched.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MAX_OUTPUT_BYTES,
@@ -167,6 +172,7 @@ class Job:
     timeout_s: float = 0.0
     priority: int = 0
     short: bool = False  # the coordinator expects it to finish quickly: it may share a child's batch
+    trace: str = ""  # its task's trace context (Assignment.trace): "" untraced
 
     @property
     def ref(self) -> AttemptRef:
@@ -538,15 +544,16 @@ class Executor:
     def __init__(self, slots: int, start_method: str = "forkserver",
                  preload: Sequence[str] = DEFAULT_PRELOAD,
                  max_result_bytes: int = DEFAULT_MAX_MESSAGE_BYTES - 64 * 1024,
-                 max_batch: int = MAX_BATCH, capture_output: bool = True) -> None:
+                 max_batch: int = MAX_BATCH, capture_output: bool = True, worker_id: str = "") -> None:
         """``capture_output``: children capture what each job writes to stdout and stderr (else it
-        goes where the worker's own output goes)."""
+        goes where the worker's own output goes).  ``worker_id``: named in the ``execute`` spans."""
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.slots = slots
         self.max_result_bytes = max_result_bytes
         self.max_batch = max(1, max_batch)
         self.capture_output = capture_output
+        self.worker_id = worker_id
         self._context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":  # this module among the preloads: it makes the server ignore SIGTERM
             self._context.set_forkserver_preload(list(dict.fromkeys([*preload, __name__])))
@@ -574,6 +581,8 @@ class Executor:
             self._slots.append(slot)
             self._idle.append(slot)
         log.info("executor started slots=%s start_method=%s", self.slots, self._context.get_start_method())
+        if tracing.ENABLED:  # after the children exist: none of them holds the exporter's thread
+            tracing.setup("worker")
 
     def stop(self, grace_s: float = 1.0) -> None:
         """Stop every child: idle ones are asked to exit, the rest killed; all are joined.
@@ -606,6 +615,8 @@ class Executor:
         self._queue.clear()
         self._queued.clear()
         self.fds_version += 1
+        if tracing.ENABLED:
+            tracing.flush()
 
     def _spawn(self, index: int) -> _Slot:
         from_parent, to_child = self._context.Pipe(duplex=False)
@@ -809,10 +820,13 @@ class Executor:
             length = _HEADER.unpack_from(buffer)[0]
             if length > self.max_result_bytes:  # not read: the child, blocked writing it, is replaced
                 job = self._take_head(slot)
-                outcomes.append(failed(job, "ResultTooLarge",
-                                       f"task {job.name!r} returned {length} bytes, more than the "
-                                       f"{self.max_result_bytes} a result may carry; return less data or raise "
-                                       f"max_message_bytes on both sides", now - slot.started_at))
+                outcome = failed(job, "ResultTooLarge",
+                                 f"task {job.name!r} returned {length} bytes, more than the "
+                                 f"{self.max_result_bytes} a result may carry; return less data or raise "
+                                 f"max_message_bytes on both sides", now - slot.started_at)
+                outcomes.append(outcome)
+                if job.trace:
+                    self._traced(job, outcome)
                 self._cut_short(slot)
                 return
             end = _HEADER.size + length
@@ -820,7 +834,11 @@ class Executor:
                 break
             reply = bytes(buffer[_HEADER.size:end])
             del buffer[:end]
-            outcomes.append(self._finish(slot, reply, now))
+            job = slot.jobs[0]  # the one this reply answers
+            outcome = self._finish(slot, reply, now)
+            outcomes.append(outcome)
+            if job.trace:
+                self._traced(job, outcome)
         if closed:  # the child's end closed: it died (EOF comes after everything it wrote)
             if not slot.jobs:
                 log.warning("idle child died pid=%s exitcode=%s; replacing it",
@@ -831,8 +849,11 @@ class Executor:
             running = self._take_head(slot)
             self._cut_short(slot)
             slot.process.join(1.0)
-            outcomes.append(failed(running, "ChildProcessDied", _death_message(running, slot.process.exitcode),
-                                   now - started_at))
+            outcome = failed(running, "ChildProcessDied", _death_message(running, slot.process.exitcode),
+                             now - started_at)
+            outcomes.append(outcome)
+            if running.trace:
+                self._traced(running, outcome)
 
     def _cut_short(self, slot: _Slot) -> None:
         """Retire ``slot``'s child; the jobs of its batch not yet answered go back to the queue."""
@@ -890,9 +911,11 @@ class Executor:
             job = slot.job
             assert job is not None
             self._retire(slot)
-            outcomes.append(failed(job, "TimedOut",
-                                   f"task {job.name!r} ran longer than its timeout of {job.timeout_s:g}s "
-                                   f"and its child process was killed", now - slot.started_at))
+            outcome = failed(job, "TimedOut", f"task {job.name!r} ran longer than its timeout of {job.timeout_s:g}s "
+                                              f"and its child process was killed", now - slot.started_at)
+            outcomes.append(outcome)
+            if job.trace:
+                self._traced(job, outcome)
         self.tasks_finished += len(outcomes)
         return outcomes
 
@@ -926,8 +949,24 @@ class Executor:
         self._timed.pop(job.task_id, None)
         self._cut_short(slot)
         self.tasks_finished += 1
-        return failed(job, "Cancelled", f"task {job.name!r} was {reason} while running; its child was killed",
-                      now - started_at)
+        outcome = failed(job, "Cancelled", f"task {job.name!r} was {reason} while running; its child was killed",
+                         now - started_at)
+        if job.trace:
+            self._traced(job, outcome)
+        return outcome
+
+    def _traced(self, job: Job, outcome: TaskOutcome) -> None:
+        """The ``execute`` span of an attempt that ran (or began to): it ends now, and lasted the run time
+        the child measured (or, for a child killed or dead, the time since it started the job).
+
+        Made here, in the worker, not in the child: the child needs no OpenTelemetry, and
+        only attempts that came with a trace (``job.trace``) get here at all.  An attempt
+        dropped before it started (cancelled or released from the queue) has none.
+        """
+        error = outcome.error
+        tracing.executed(job.trace, job.task_id, job.name, job.attempt, job.epoch, self.worker_id, outcome.ok,
+                         error.type if error is not None else "", error.message if error is not None else "",
+                         outcome.duration_s, time.time_ns())
 
 
 def _outcome_of(job: Job, fields: Any) -> TaskOutcome | None:

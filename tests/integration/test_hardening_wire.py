@@ -85,7 +85,7 @@ def _raw(sock: zmq.Socket[bytes], kind: bytes, body: Any) -> None:
 
 
 def _spec(args: list[Any]) -> list[Any]:
-    return ["deep-1", ECHO, args, {}, 0, [], None, None, [], []]
+    return ["deep-1", ECHO, args, {}, 0, [], None, None, [], [], ""]
 
 
 def _alive(cluster: LocalCluster) -> None:

@@ -59,7 +59,8 @@ def test_msgpack_refuses_nesting_past_its_stack_as_invalid_msgpack() -> None:
 
 
 def _spec_body(args: Any = None, kwargs: Any = None) -> list[Any]:
-    return ["t-1", "m:f", [] if args is None else args, {} if kwargs is None else kwargs, 0, [], None, None, [], []]
+    return ["t-1", "m:f", [] if args is None else args, {} if kwargs is None else kwargs, 0, [], None, None, [], [],
+            ""]
 
 
 def test_check_depth_counts_levels_of_lists_and_maps() -> None:
@@ -154,7 +155,7 @@ def test_a_bytes_key_in_kwargs_is_refused_at_decode_naming_the_field(kwargs: dic
 
 
 def test_bytes_keys_are_refused_in_every_str_keyed_map_field_and_nested_maps_keep_theirs() -> None:
-    assign = [[["t-1", "m:f", [], {b"k": 1}, 1, 1, None, 0, False]]]
+    assign = [[["t-1", "m:f", [], {b"k": 1}, 1, 1, None, 0, False, ""]]]
     with pytest.raises(ProtocolError, match="Assignment.kwargs key"):
         p.Codec(p.TO_WORKER_MESSAGES).decode([p.VERSION, p.Assign.KIND, msgpack.packb(assign, use_bin_type=True)])
     with pytest.raises(ProtocolError, match="StatsReply.stats key"):

@@ -388,7 +388,7 @@ def _valid_instance(cls: type) -> st.SearchStrategy[Any]:
 @example(kwargs={b"k": 1})
 @given(kwargs=st.dictionaries(st.one_of(st.text(max_size=4), st.binary(max_size=4)), PLAIN, max_size=3))
 def test_a_map_field_with_non_string_keys_is_a_protocol_error(kwargs: dict[Any, Any]) -> None:
-    spec = [["t-1", "actorsched.tasks:echo", [], kwargs, 0, [], None, None, [], []]]
+    spec = [["t-1", "actorsched.tasks:echo", [], kwargs, 0, [], None, None, [], [], ""]]
     frames = [p.VERSION, p.Submit.KIND, packb([1, spec, False])]
     try:
         message = p.Codec(p.CLIENT_MESSAGES).decode(frames)

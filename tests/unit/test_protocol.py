@@ -209,12 +209,12 @@ def test_a_field_of_the_wrong_type_is_rejected_naming_the_field(
 
 @pytest.mark.parametrize("spec_body", [
     ["t-1", "m:f"],  # too few fields
-    ["t-1", "m:f", [], {}, "high", [], None, None, [], []],  # priority not an int
-    ["t-1", "m:f", [], {}, 0, "t-0", None, None, [], []],  # deps not a list
-    ["t-1", "m:f", [], {}, 0, [], "1.0", None, [], []],  # timeout not a number
-    ["t-1", "m:f", [], {}, 0, [], None, True, [], []],  # max_attempts a bool
-    ["t-1", "m:f", {}, {}, 0, [], None, None, [], []],  # args a map
-    ["t-1", "m:f", [], [], 0, [], None, None, [], []],  # kwargs a list
+    ["t-1", "m:f", [], {}, "high", [], None, None, [], [], ""],  # priority not an int
+    ["t-1", "m:f", [], {}, 0, "t-0", None, None, [], [], ""],  # deps not a list
+    ["t-1", "m:f", [], {}, 0, [], "1.0", None, [], [], ""],  # timeout not a number
+    ["t-1", "m:f", [], {}, 0, [], None, True, [], [], ""],  # max_attempts a bool
+    ["t-1", "m:f", {}, {}, 0, [], None, None, [], [], ""],  # args a map
+    ["t-1", "m:f", [], [], 0, [], None, None, [], [], ""],  # kwargs a list
     {"task_id": "t-1"},  # a map instead of an array
 ])
 def test_a_nested_record_of_the_wrong_shape_is_rejected(spec_body: object) -> None:
@@ -242,7 +242,7 @@ def test_msgpack_extension_types_are_rejected() -> None:
     body = msgpack.packb(["bye", msgpack.ExtType(5, b"\x00\x01")], use_bin_type=True)
     with pytest.raises(ProtocolError, match="extension"):
         p.Codec(p.CLIENT_MESSAGES).decode([p.VERSION, b"submit", msgpack.packb([1, [
-            ["t-1", "m:f", [msgpack.ExtType(5, b"\x00")], {}, 0, [], None, None, [], []]]], use_bin_type=True)])
+            ["t-1", "m:f", [msgpack.ExtType(5, b"\x00")], {}, 0, [], None, None, [], [], ""]]], use_bin_type=True)])
     with pytest.raises(ProtocolError, match="extension"):
         p.Codec(p.WORKER_MESSAGES).decode([p.VERSION, b"goodbye", body])
 
@@ -251,7 +251,7 @@ def test_msgpack_extension_types_are_rejected() -> None:
                                    msgpack.ExtType(5, b"data")], ids=["timestamp32", "timestamp96", "empty", "ext"])
 def test_every_extension_type_is_refused_timestamps_too_and_a_request_is_answered(value: object) -> None:
     """msgpack decodes timestamps itself, past ext_hook: one used to reach the coordinator's actors and journal."""
-    spec = ["t-1", "m:f", [value], {}, 0, [], None, None, [], []]
+    spec = ["t-1", "m:f", [value], {}, 0, [], None, None, [], [], ""]
     with pytest.raises(p.BadRequest, match="extension type") as caught:  # its request_id can be read: answered
         p.Codec(p.CLIENT_MESSAGES).decode([p.VERSION, b"submit", msgpack.packb([9, [spec], False])])
     assert caught.value.request_id == 9
