@@ -45,6 +45,16 @@ chunks are in flight while the replies come back.
 attempt wrote to stdout and stderr.  :meth:`Client.wait_connected` waits for the
 connection's handshake only (the socket monitor reports it), so a tool can say within a
 couple of seconds that nothing answers at an address instead of waiting out ``timeout_s``.
+
+Several coordinators (a leader and its standbys, PostgreSQL backend): ``endpoint`` may
+name them all, separated by commas.  The client talks to one at a time.  A standby
+answers ``NotLeader`` naming the leader: the client moves its socket there and sends the
+request again (every request is safe to repeat: a resubmit of the same task is the same
+task).  A connection that drops, or a coordinator silent for :data:`SILENT_SWITCH_S`, sends
+it to the next one (:class:`~actorsched.coordinators.CoordinatorList` decides where).  A
+move counts as a connection drop, so waits renew their watches with the new leader.
+Only real replies restart the ``timeout_s`` clock: standbys that keep saying "not me"
+do not keep a call alive.
 """
 
 from __future__ import annotations
@@ -68,7 +78,8 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from actorsched import protocol, tracing
-from actorsched.config import check_endpoint, default_client_endpoint
+from actorsched.config import check_endpoints, default_client_endpoint
+from actorsched.coordinators import CoordinatorList
 from actorsched.core import states as core_states
 from actorsched.core.queue import PRIORITY_MAX, PRIORITY_MIN, REF_KEY
 from actorsched.errors import (
@@ -111,6 +122,12 @@ _TASK_STATES = frozenset(state.value for state in core_states.TaskState)
 
 _SPEC_FIELDS = frozenset(f for f in TaskSpec.__dataclass_fields__)
 _DRAIN_LIMIT = 10_000  # messages read per poll before the lock is offered to others
+SILENT_SWITCH_S = 3.0
+"""With several coordinators, a request unanswered this long is sent to the next one (the leader's host may be gone
+without a word).  Longer than a busy leader's answers take; a takeover takes a lease (3 s by default) anyway."""
+NOT_LEADER_RETRY_S = 0.1
+"""A standby with no leader to name is asked again after this pause: one of the standbys takes over within a lease."""
+
 _R = TypeVar("_R", bound=Message)
 
 
@@ -359,7 +376,9 @@ class Client:
     def __init__(self, endpoint: str | None = None, timeout_s: float = 10.0,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
                  server_key_file: str | None = None, key_file: str | None = None) -> None:
-        self.endpoint = check_endpoint(endpoint, "coordinator endpoint") if endpoint else default_client_endpoint()
+        listed = check_endpoints(endpoint or default_client_endpoint(), "coordinator endpoint")
+        self.coordinators = CoordinatorList(listed)
+        self.endpoint = self.coordinators.current  # the one this client talks to now
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not timeout_s > 0:
             raise ConfigError(f"client timeout_s must be a number of seconds > 0, got {timeout_s!r}")
         self.timeout_s = float(timeout_s)
@@ -385,31 +404,51 @@ class Client:
         self._hangup_reason = ""
         self._server_key_file = server_key_file or os.environ.get(SERVER_KEY_ENV, "")
         self._key_file = key_file or os.environ.get(CLIENT_KEY_ENV, "")
-        self._socket: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        self._drops = 0
+        self._answers = 0  # messages from a coordinator that acts on requests (not NotLeader)
+        self._leader_hint: str | None = None  # set by a NotLeader, taken by the request loop
         self._wake_r, self._wake_w = socket.socketpair()
+        self._poller = zmq.Poller()
         try:
-            self._socket.setsockopt(zmq.LINGER, 0)
-            self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + 1024)
-            self._socket.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
-            # CURVE, when the coordinator listens beyond loopback: arguments, else the environment.
-            secure_client_socket(self._socket, self._server_key_file, self._key_file)
-            # Disconnections: a watch opened before one may be gone (a restarted coordinator).
-            # Handshakes: a refused one is an answer, not an outage.
-            self._monitor: zmq.Socket[bytes] = self._socket.get_monitor_socket(
-                zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED | _HANDSHAKE_EVENTS)
-            self._drops = 0
-            self._link_up = False  # the handshake succeeded and the connection has not dropped since
-            self._tcp_connected = False  # a TCP connection was made at least once
-            self._socket.connect(self.endpoint)
+            self._open_socket()
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)
-            self._poller = zmq.Poller()
-            self._poller.register(self._socket, zmq.POLLIN)
             self._poller.register(self._wake_r, zmq.POLLIN)
-            self._poller.register(self._monitor, zmq.POLLIN)
         except BaseException:
             self._release_sockets()
             raise
+
+    def _open_socket(self) -> None:
+        """A DEALER and its monitor, connected to ``self.endpoint`` and in the poller."""
+        self._socket: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes + 1024)
+        self._socket.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
+        # CURVE, when the coordinator listens beyond loopback: arguments, else the environment.
+        secure_client_socket(self._socket, self._server_key_file, self._key_file)
+        # Disconnections: a watch opened before one may be gone (a restarted coordinator).
+        # Handshakes: a refused one is an answer, not an outage.
+        self._monitor: zmq.Socket[bytes] = self._socket.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED | _HANDSHAKE_EVENTS)
+        self._link_up = False  # the handshake succeeded and the connection has not dropped since
+        self._tcp_connected = False  # a TCP connection was made at least once
+        self._socket.connect(self.endpoint)
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+
+    def _move_to(self, endpoint: str) -> None:
+        """Talk to ``endpoint`` from now on, on a new socket (under a turn).  What was queued on the old one
+        is dropped with it; callers send their open requests again.  Counted as a drop: watches are renewed."""
+        log.info("client moving from coordinator %s to %s", self.endpoint, endpoint)
+        self._poller.unregister(self._socket)
+        self._poller.unregister(self._monitor)
+        self._socket.disable_monitor()
+        self._monitor.close(linger=0)
+        self._socket.close(linger=0)
+        self.endpoint = endpoint
+        self._drops += 1
+        self._hangups = 0
+        self._open_socket()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -425,7 +464,8 @@ class Client:
         if monitor is not None:
             self._socket.disable_monitor()
             monitor.close(linger=0)
-        self._socket.close(linger=0)
+        if getattr(self, "_socket", None) is not None:
+            self._socket.close(linger=0)
         self._wake_r.close()
         self._wake_w.close()
 
@@ -875,9 +915,16 @@ class Client:
             return []
         replies: dict[int, Message] = {}
         outstanding: list[int] = []
+        frames_of = dict(requests)
+        redo: list[int] = []  # answered NotLeader: to send again, to the leader
+        redo_at = math.inf
         sent = 0
         refusals = self._refusals
-        deadline = time.monotonic() + self.timeout_s
+        several = self.coordinators.several
+        now = time.monotonic()
+        deadline = now + self.timeout_s
+        switch_at = now + SILENT_SWITCH_S if several else math.inf
+        drops, answers = self._drops, self._answers
         try:
             while len(replies) < len(requests):
                 with self._turn():
@@ -888,23 +935,51 @@ class Client:
                         self._send(frames)
                         sent += 1
                     harvested = [r for r in outstanding if r in self._arrived]
+                    progress = False
                     for rid in harvested:
-                        replies[rid] = self._arrived.pop(rid)
-                        self._open.discard(rid)
+                        reply = self._arrived.pop(rid)
                         outstanding.remove(rid)
-                    if harvested:
-                        deadline = time.monotonic() + self.timeout_s
-                        continue  # done, or room to send more
-                    self._check_refused(refusals)
+                        if isinstance(reply, protocol.NotLeader):
+                            redo.append(rid)  # stays open: it is sent again below
+                            continue
+                        replies[rid] = reply
+                        self._open.discard(rid)
+                        progress = True
                     now = time.monotonic()
+                    if progress:
+                        deadline = now + self.timeout_s
+                        switch_at = now + SILENT_SWITCH_S if several else math.inf
+                        continue  # done, or room to send more
+                    if redo and self._leader_hint is not None:
+                        hint, self._leader_hint = self._leader_hint, None
+                        if self.coordinators.after_not_leader(hint, now) != self.endpoint:
+                            self._move_to(self.coordinators.current)
+                            redo, outstanding = redo + outstanding, []
+                            redo_at = now
+                        else:
+                            redo_at = now + NOT_LEADER_RETRY_S
+                    dropped = self._drops != drops and not self._link_up
+                    if several and (now >= switch_at or dropped):
+                        self._move_to(self.coordinators.after_silence(now))
+                        redo, outstanding = redo + outstanding, []
+                        redo_at, switch_at = now, now + SILENT_SWITCH_S
+                    drops = self._drops
+                    if redo and now >= redo_at:
+                        for rid in redo:
+                            outstanding.append(rid)
+                            self._send(frames_of[rid])
+                        redo, redo_at = [], math.inf
+                        continue
+                    self._check_refused(refusals)
                     if now >= deadline:
                         raise self._no_answer(what)
-                    if self._poll(deadline - now):
+                    if self._poll(min(deadline, switch_at, redo_at) - now) and self._answers != answers:
+                        answers = self._answers
                         deadline = time.monotonic() + self.timeout_s
         finally:
             if len(replies) < len(requests):
                 with self._turn(check_open=False):
-                    for rid in outstanding:
+                    for rid in outstanding + redo:
                         self._open.discard(rid)
                         self._arrived.pop(rid, None)
         return [replies[rid] for rid, _ in requests]
@@ -935,6 +1010,11 @@ class Client:
                 f"coordinator at {self.endpoint} hung up on the handshake {self._hangups} time(s) "
                 f"({self._hangup_reason}) and never answered; is it an actorsched "
                 f"coordinator's client endpoint?")
+        if self.coordinators.several:
+            return ConnectionFailed(
+                f"no leading coordinator answered within {self.timeout_s:g} s (to a {what} request; tried "
+                f"{', '.join(self.coordinators.endpoints)}, last {self.endpoint}): is one of them running and "
+                f"does one lead? Standbys answer only once one of them holds the lease. {START_HINT}")
         return ConnectionFailed(
             f"no answer from coordinator at {self.endpoint} within {self.timeout_s:g} s (to a {what} request): is "
             f"it running? {START_HINT}")
@@ -1013,6 +1093,13 @@ class Client:
             self._refusal_reason = message.reason
             return
         rid: int = getattr(message, "request_id", -1)
+        if isinstance(message, protocol.NotLeader):
+            self._leader_hint = message.leader
+            if rid in self._watches and rid not in self._open:
+                self._drops += 1  # a standby holds no watch: like a drop, the waiter renews it with the leader
+                return
+        else:
+            self._answers += 1
         box = self._watches.get(rid)
         if rid in self._open and rid not in self._arrived and not isinstance(message, protocol.TasksDone):
             # The reply.  A submit that also watches gets TasksDone (or an ErrorReply for

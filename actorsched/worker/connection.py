@@ -40,6 +40,17 @@ again at most every :data:`REFUSAL_REMINDER_S`.  ZeroMQ never reconnects after a
 authentication or protocol failure, so the worker opens a new connection itself, backing
 off from ``reconnect_min_s`` to ``reconnect_max_s``: once an operator adds the key (and
 reloads or restarts the coordinator) the worker gets in without a restart of its own.
+
+Several coordinators (a leader and its standbys, ``[connection] coordinator`` a list
+separated by commas): the worker talks to one at a time.  A standby answers
+``NotLeader`` naming the leader; the worker moves its connection there and registers
+with what it holds, as after a coordinator restart.  A connection down for
+:data:`MOVE_AFTER_DOWN_S`, or no Welcome and no word for :data:`SILENT_MOVE_S`, moves it
+to the next coordinator (:class:`~actorsched.coordinators.CoordinatorList` decides).  With
+a list, ZeroMQ's own heartbeats (PING/PONG) run on the connection, so a leader whose
+host died without closing it counts as down within :data:`LINK_TIMEOUT_S`.  Anything
+still queued on the old connection (a Results sent to a dead leader) is lost with it:
+the new leader runs those attempts again, and at most one result commits.
 """
 
 from __future__ import annotations
@@ -53,7 +64,8 @@ import time
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from actorsched.config import WorkerConfig
+from actorsched.config import WorkerConfig, check_endpoints
+from actorsched.coordinators import CoordinatorList
 from actorsched.errors import ProtocolError
 from actorsched.protocol import (
     MAX_FRAMES,
@@ -66,6 +78,7 @@ from actorsched.protocol import (
     Goodbye,
     Heartbeat,
     Message,
+    NotLeader,
     Refused,
     Register,
     Release,
@@ -95,6 +108,14 @@ STARTED_DELAY_S = 0.005
 EXIT_OK, EXIT_FORCED, EXIT_REFUSED = 0, 1, 2
 REFUSAL_REMINDER_S = 60.0
 """A refused handshake that keeps being refused is logged again at most this often."""
+MOVE_AFTER_DOWN_S = 1.0
+"""With several coordinators: a connection down this long moves to the next one."""
+SILENT_MOVE_S = 3.0
+"""With several coordinators: connected, unregistered, and neither a Welcome nor a NotLeader for this long: move on."""
+NOT_LEADER_RETRY_S = 0.25
+"""A standby with no leader to name gets the Register again after this pause (one of them takes over soon)."""
+LINK_TIMEOUT_S = 3.0
+"""With several coordinators: ZeroMQ heartbeats every third of this, and drops a connection silent this long."""
 _LINK_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                 | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
@@ -189,7 +210,10 @@ class WorkerConnection:
         self.worker_id = config.resolved_worker_id()
         self.slots = config.resolved_slots()
         self.prefetch = config.resolved_prefetch()
-        self.endpoint = config.connection.coordinator
+        self.coordinators = CoordinatorList(check_endpoints(config.connection.coordinator, "[connection] coordinator"))
+        self.endpoint = self.coordinators.current  # the one this worker talks to now
+        self._heard_at = time.monotonic()  # the last Welcome or NotLeader from the current coordinator
+        self.moves = 0
         self._stop_requests = stop_requests
         self._wakeup_fd = wakeup_fd
         self._executor = executor or Executor(
@@ -276,6 +300,9 @@ class WorkerConnection:
             sock.setsockopt(zmq.SNDHWM, 100_000)
             sock.setsockopt(zmq.RCVHWM, 100_000)
             secure_client_socket(sock, conn.server_public_key_file, conn.secret_key_file)
+            if self.coordinators.several:  # a dead leader's host must not look connected forever
+                sock.setsockopt(zmq.HEARTBEAT_IVL, int(LINK_TIMEOUT_S * 1000 / 3))
+                sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(LINK_TIMEOUT_S * 1000))
             self._monitor = sock.get_monitor_socket(_LINK_EVENTS)
             sock.connect(self.endpoint)
         except BaseException:  # a socket left open would block the context's term() forever
@@ -310,11 +337,14 @@ class WorkerConnection:
         events = self._poller.poll(max(0, math.ceil(timeout_s * 1000)))
         now = time.monotonic()
         ready: list[int] = []
+        sock, monitor = self._socket, self._monitor  # a move to another coordinator replaces both mid-turn
         for item, _event in events:
-            if item is self._monitor:  # first: the poller lists it first
-                self._read_monitor(now)
-            elif item is self._socket:
-                self._read_socket(now)
+            if item is monitor:  # first: the poller lists it first
+                if monitor is self._monitor:
+                    self._read_monitor(now)
+            elif item is sock:
+                if sock is self._socket:
+                    self._read_socket(now)
             elif item == self._wakeup_fd:
                 self._drain_wakeup_fd()
             else:
@@ -385,6 +415,7 @@ class WorkerConnection:
                     log.debug("heartbeat n=%d not sent: no connection to coordinator=%s (skipped=%d)",
                               self._heartbeats, self.endpoint, self.skipped_heartbeats)
             self._next_heartbeat_at = now + self.heartbeat_interval_s
+        self._check_leader(now)
         if not self.registered and now >= self._next_register_at:
             level = logging.INFO if self._register_attempts < 3 else logging.WARNING
             if self._link_up:
@@ -471,6 +502,9 @@ class WorkerConnection:
     def _on_link_down(self, now: float) -> None:
         if not self._link_up:
             return  # a handshake that failed: its own event said why
+        if self.coordinators.several:
+            self.registered = False  # with a list, the next Welcome may come from another coordinator
+            self._register_attempts = 0
         self._link_up = False
         self._link_down_since = now
         self._link_drops += 1
@@ -515,6 +549,30 @@ class WorkerConnection:
         self._register_attempts = 0
         self._send_register(now)
 
+    def _move(self, now: float, endpoint: str, why: str) -> None:
+        """Talk to ``endpoint`` from now on: a new connection with a Register waiting in it."""
+        self.moves += 1
+        log.info("moving to coordinator=%s from %s (%s) held=%s", endpoint, self.endpoint, why,
+                 len(self._executor.held_task_ids()))
+        self._close_socket(0)
+        self.endpoint = endpoint
+        self._open_socket()
+        self._link_down_since = now
+        self._heard_at = now
+        self.registered = False
+        self._register_attempts = 0
+        self._send_register(now)
+
+    def _check_leader(self, now: float) -> None:
+        """With several coordinators, unregistered: move on from one that is down or says nothing."""
+        if not self.coordinators.several or self.registered or self.exit_code is not None:
+            return
+        down = not self._link_up and now - self._link_down_since >= MOVE_AFTER_DOWN_S
+        silent = self._link_up and now - self._heard_at >= SILENT_MOVE_S
+        if down or silent:
+            self._move(now, self.coordinators.after_silence(now),
+                       "no connection" if down else f"no answer for {now - self._heard_at:.1f} s")
+
     def _register_delay_s(self) -> float:
         conn = self.config.connection
         return register_retry_delay_s(max(1, self._register_attempts), self.heartbeat_interval_s,
@@ -538,7 +596,7 @@ class WorkerConnection:
                             self.protocol_errors)
             else:
                 self._handle(message, now)
-                if self.exit_code is not None:
+                if self.exit_code is not None or sock is not self._socket:  # done, or moved to another one
                     return
             if not has_input(sock):
                 return
@@ -556,7 +614,22 @@ class WorkerConnection:
                     self._outcomes.append(outcome)
                 elif self._debug:
                     log.debug("cancel of unheld attempt ignored task_id=%s attempt=%s", ref.task_id, ref.attempt)
+        elif isinstance(message, NotLeader):
+            self._heard_at = now
+            target = self.coordinators.after_not_leader(message.leader, now)
+            if target != self.endpoint:
+                self._move(now, target, f"coordinator={self.endpoint} stands by; epoch {message.epoch} leads there")
+                return
+            if self.registered:  # the coordinator it was registered with no longer leads
+                self.registered = False
+                self._register_attempts = 0
+            if self._debug:
+                log.debug("coordinator=%s stands by and names no live leader; registering again soon",
+                          self.endpoint)
+            self._next_register_at = min(self._next_register_at, now + NOT_LEADER_RETRY_S)
         elif isinstance(message, Welcome):
+            self._heard_at = now
+            self.coordinators.note_up(self.endpoint)
             self.registered = True
             self.epoch = message.epoch
             if message.heartbeat_interval_s > 0:
