@@ -952,10 +952,11 @@ class Client:
                         continue  # done, or room to send more
                     if redo and self._leader_hint is not None:
                         hint, self._leader_hint = self._leader_hint, None
+                        switch_at = now + SILENT_SWITCH_S if several else math.inf  # it answers: not silent
                         if self.coordinators.after_not_leader(hint, now) != self.endpoint:
                             self._move_to(self.coordinators.current)
                             redo, outstanding = redo + outstanding, []
-                            redo_at = now
+                            redo_at, drops = now, self._drops  # a move is not a drop of the new link
                         else:
                             redo_at = now + NOT_LEADER_RETRY_S
                     dropped = self._drops != drops and not self._link_up

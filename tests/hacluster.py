@@ -163,10 +163,12 @@ class HaCluster:
             raise RuntimeError("no live coordinator leads")
         return best[1]
 
-    def add_worker(self, worker_id: str, slots: int = 2, *extra: str) -> subprocess.Popen[bytes]:
+    def add_worker(self, worker_id: str, slots: int = 2, *extra: str, endpoints: str = "") -> subprocess.Popen[bytes]:
+        """A worker given every coordinator (or ``endpoints``, a list in another order)."""
         with open(self.dir / f"{worker_id}.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "actorsched.worker", "--connect", self.worker_endpoints, "--slots", str(slots),
+                [sys.executable, "-m", "actorsched.worker", "--connect", endpoints or self.worker_endpoints,
+                 "--slots", str(slots),
                  "--worker-id", worker_id, *extra],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=str(ROOT) if FROM_CHECKOUT else None)
         self.workers.append(proc)

@@ -49,12 +49,21 @@ with what it holds, as after a coordinator restart.  A connection down for
 to the next coordinator (:class:`~actorsched.coordinators.CoordinatorList` decides).  With
 a list, ZeroMQ's own heartbeats (PING/PONG) run on the connection, so a leader whose
 host died without closing it counts as down within :data:`LINK_TIMEOUT_S`.  Anything
-still queued on the old connection (a Results sent to a dead leader) is lost with it:
-the new leader runs those attempts again, and at most one result commits.
+still queued on the old connection (a Results sent to a dead leader) is lost with it.
+
+Results are sent again after a reconnection.  What a coordinator had not read when it
+died (Results in the kernel's buffers, or queued on a connection given up) would
+otherwise be lost, and the attempts run again once ``restart_grace_s`` has passed.  So the
+worker keeps the Results it sent in the last :data:`RESEND_WINDOW_S` (at most
+``max_message_bytes`` of them) and sends them again after the next Welcome that follows a
+dropped connection, a move, or a request to register again.  The coordinator judges them
+by their fencing tokens: one it already has is a duplicate and dropped, one for an attempt
+it is waiting to adopt finishes the task, and at most one result ever commits.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
@@ -114,6 +123,8 @@ SILENT_MOVE_S = 3.0
 """With several coordinators: connected, unregistered, and neither a Welcome nor a NotLeader for this long: move on."""
 NOT_LEADER_RETRY_S = 0.25
 """A standby with no leader to name gets the Register again after this pause (one of them takes over soon)."""
+RESEND_WINDOW_S = 10.0
+"""Results sent this recently are sent again after a reconnection (see the module notes)."""
 LINK_TIMEOUT_S = 3.0
 """With several coordinators: ZeroMQ heartbeats every third of this, and drops a connection silent this long."""
 _LINK_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -214,6 +225,10 @@ class WorkerConnection:
         self.endpoint = self.coordinators.current  # the one this worker talks to now
         self._heard_at = time.monotonic()  # the last Welcome or NotLeader from the current coordinator
         self.moves = 0
+        self._sent_results: collections.deque[tuple[float, list[bytes]]] = collections.deque()
+        self._sent_bytes = 0
+        self._resend_after_welcome = False
+        self.resent_results = 0
         self._stop_requests = stop_requests
         self._wakeup_fd = wakeup_fd
         self._executor = executor or Executor(
@@ -484,6 +499,7 @@ class WorkerConnection:
             # is a new process).  Register once, now, rather than heartbeat into Reregisters.
             log.info("connection to coordinator=%s is back after %.1f s; registering again held=%s",
                      self.endpoint, now - self._link_down_since, len(self._executor.held_task_ids()))
+            self._resend_after_welcome = True
             self.registered = False
             self._register_attempts = 0
             self._send_register(now)
@@ -505,6 +521,7 @@ class WorkerConnection:
         if self.coordinators.several:
             self.registered = False  # with a list, the next Welcome may come from another coordinator
             self._register_attempts = 0
+        self._resend_after_welcome = True
         self._link_up = False
         self._link_down_since = now
         self._link_drops += 1
@@ -557,6 +574,7 @@ class WorkerConnection:
         self._close_socket(0)
         self.endpoint = endpoint
         self._open_socket()
+        self._resend_after_welcome = True
         self._link_down_since = now
         self._heard_at = now
         self.registered = False
@@ -638,6 +656,9 @@ class WorkerConnection:
             self._register_attempts = 0
             log.info("registered worker_id=%s coordinator=%s epoch=%s heartbeat_interval_s=%s",
                      self.worker_id, self.endpoint, self.epoch, self.heartbeat_interval_s)
+            if self._resend_after_welcome:
+                self._resend_after_welcome = False
+                self._resend_results(now)
         elif isinstance(message, Reregister):
             if not self.registered:
                 # A Register is on its way already (an unregistered worker always has one
@@ -649,6 +670,7 @@ class WorkerConnection:
                 return
             log.info("coordinator asked to register again reason=%r held=%s", message.reason,
                      len(self._executor.held_task_ids()))
+            self._resend_after_welcome = True
             self.registered = False
             self._register_attempts = 0
             self._send_register(now)
@@ -713,13 +735,35 @@ class WorkerConnection:
         except ProtocolError as exc:
             problem = ("ResultNotSerializable", str(exc))
         if problem is None:
-            self._send_frames(frames)
+            self._send_result_frames(frames)
         elif len(outcomes) > 1:  # find the culprit by halving; the others go as they are
             middle = len(outcomes) // 2
             self._send_results(outcomes[:middle])
             self._send_results(outcomes[middle:])
         else:
-            self._send_frames(encode(Results([_replace_error(outcomes[0], *problem)])))
+            self._send_result_frames(encode(Results([_replace_error(outcomes[0], *problem)])))
+
+    def _send_result_frames(self, frames: list[bytes]) -> None:
+        """Send a Results and keep it for :data:`RESEND_WINDOW_S`, within ``max_message_bytes`` in all."""
+        self._send_frames(frames)
+        sent = self._sent_results
+        sent.append((time.monotonic(), frames))
+        self._sent_bytes += len(frames[2])
+        while sent and self._sent_bytes > self.config.connection.max_message_bytes:
+            self._sent_bytes -= len(sent.popleft()[1][2])
+
+    def _resend_results(self, now: float) -> None:
+        """Send again the Results of the last :data:`RESEND_WINDOW_S` (after a reconnection's Welcome)."""
+        sent = self._sent_results
+        while sent and sent[0][0] < now - RESEND_WINDOW_S:
+            self._sent_bytes -= len(sent.popleft()[1][2])
+        if not sent:
+            return
+        for _, frames in sent:
+            self._send_frames(frames)
+        self.resent_results += len(sent)
+        log.info("sent again %d Results message(s) of the last %.0f s: the coordinator may not have read them "
+                 "before the connection dropped (it drops those it has)", len(sent), RESEND_WINDOW_S)
 
     def _send(self, message: Message) -> None:
         self._send_frames(encode(message))

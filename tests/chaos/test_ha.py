@@ -264,3 +264,49 @@ def test_a_leader_cut_off_from_the_database_stops_serving_within_its_lease(
         finally:
             leader.kill()
             cluster.stop()
+
+
+def test_a_standby_answers_who_leads_and_clients_and_workers_listed_standby_first_go_there(
+        pg_dsn: str, tmp_path: Path) -> None:
+    import zmq
+
+    from actorsched import protocol
+    from actorsched.client import Client
+
+    cluster = HaCluster(pg_dsn, coordinators=2, lease_s=LEASE_S, log_dir=str(tmp_path))
+    try:
+        cluster.start()
+        leader = cluster.leader()
+        standby = next(c for c in cluster.coordinators if c is not leader)
+        # The standby itself: a request gets NotLeader, naming the leader's client endpoint once the standby
+        # has read the lease (it reads it every lease_s / 12; before that it names none).
+        dealer = zmq.Context.instance().socket(zmq.DEALER)
+        codec = protocol.Codec(protocol.TO_CLIENT_MESSAGES)
+        answers: list[Any] = []
+
+        def names_the_leader() -> bool:
+            dealer.send_multipart(protocol.encode(protocol.GetStats(len(answers) + 1)))
+            assert dealer.poll(10_000), "the standby did not answer"
+            answers.append(codec.decode(dealer.recv_multipart()))
+            return bool(answers[-1].leader)
+        try:
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.connect(standby.client_endpoint)
+            wait_until(names_the_leader, 10, "the standby to name the leader", 0.05)
+        finally:
+            dealer.close()
+        assert all(isinstance(a, protocol.NotLeader) and a.request_id == i + 1 for i, a in enumerate(answers))
+        assert answers[-1].leader == leader.client_endpoint and answers[-1].epoch >= 1
+        # Listed standby first, a client and a worker end up with the leader.
+        cluster.add_worker("w1", 1, endpoints=f"{standby.worker_endpoint},{leader.worker_endpoint}")
+        with Client(f"{standby.client_endpoint},{leader.client_endpoint}", timeout_s=10) as client:
+            assert client.submit("actorsched.tasks:add", 20, 22).result(timeout=30) == 42
+            assert client.endpoint == leader.client_endpoint
+            assert [w.worker_id for w in client.workers()] == ["w1"]
+        # The CLI takes the same list.
+        out = subprocess.run([sys.executable, "-m", "actorsched", "stats", "--json", "--coordinator",
+                              f"{standby.client_endpoint},{leader.client_endpoint}"],
+                             capture_output=True, text=True, timeout=60, env=cluster.env)
+        assert out.returncode == 0, out.stderr
+    finally:
+        cluster.stop()

@@ -155,6 +155,10 @@ def test_timeout_cancel_and_reregister_report_held_tasks(coordinator: FakeCoordi
     register = coordinator.expect(Register)
     assert isinstance(register, Register) and register.running == [AttemptRef("held", 5, 2)]
     coordinator.send(Welcome("w1", 6, 0.2))
+    # After re-registering, the Results of the last RESEND_WINDOW_S go again: a restarted coordinator may
+    # never have read them.
+    resent = coordinator.outcomes(1)
+    assert list(resent) == ["timed"] and resent["timed"] == outcomes["timed"]
     coordinator.send(CancelTasks([AttemptRef("held", 5, 2)]))
     cancelled = coordinator.outcomes(1)["held"]
     assert cancelled.error is not None and cancelled.error.type == "Cancelled"
