@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="worker", description="Run an actorsched worker: connect to a coordinator and run tasks.",
     )
     parser.add_argument("--config", metavar="PATH", help="worker TOML file (default: built-in defaults)")
-    parser.add_argument("--connect", metavar="tcp://HOST:PORT",
-                        help="coordinator worker endpoint (overrides [connection] coordinator)")
+    parser.add_argument("--connect", metavar="tcp://HOST:PORT[,...]",
+                        help="coordinator worker endpoint, or every coordinator's separated by commas "
+                             "(overrides [connection] coordinator)")
     parser.add_argument("--slots", type=int, metavar="N", help="child processes (0 = one per CPU)")
     parser.add_argument("--worker-id", metavar="ID", help="stable worker id (default: HOST-PID)")
     parser.add_argument("--tag", action="append", metavar="TAG",
