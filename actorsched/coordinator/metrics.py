@@ -55,8 +55,8 @@ class _Snapshot(Collector):
                                 "and final ones not yet durable or still needed).", value=queue.get("in_memory", 0))
         yield GaugeMetricFamily("actorsched_pending_bytes", "Packed argument bytes of the unfinished tasks.",
                                 value=queue.get("pending_bytes", 0))
-        yield GaugeMetricFamily("actorsched_epoch", "The coordinator's epoch (one more per start).",
-                                value=queue["epoch"])
+        yield GaugeMetricFamily("actorsched_epoch", "The coordinator's epoch (one more per start, or per "
+                                "takeover among standbys).", value=queue["epoch"])
         for name, text in _QUEUE_COUNTERS.items():
             yield CounterMetricFamily(f"actorsched_{name}", text, value=queue.get(name, 0))
         yield from self._workers()
