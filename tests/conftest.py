@@ -76,3 +76,20 @@ def pg_dsn(pg_server: PgServer, request: pytest.FixtureRequest) -> Iterator[str]
     yield dsn
     if pg_server.running:  # else the database goes with the server's folder at session end
         pg_server.drop_database(name)
+
+
+@pytest.fixture
+def memory_spans() -> Iterator[Any]:
+    """This process traces into the OpenTelemetry SDK's in-memory exporter (as the client); off again afterwards."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from actorsched import tracing
+
+    assert not tracing.ENABLED, "tracing was left on in this process by an earlier test"
+    exporter = InMemorySpanExporter()
+    assert tracing.setup("client", exporters=[exporter])
+    try:
+        yield exporter
+    finally:
+        tracing.shutdown()
+    assert not tracing.ENABLED

@@ -474,22 +474,9 @@ class JournalReader:
         db = self._db
         top, low = db.execute("SELECT coalesce(max(rowid), 0), coalesce(min(rowid), 0) FROM tasks").fetchone()
         bottom = top - max_rows
-        where = ["rowid > ?"]
-        params: list[Any] = [bottom]
-        if state is not None:
-            where.append("state = ?")
-            params.append(state)
-        if spec_contains:
-            where.append("instr(spec, ?) > 0")
-            params.append(spec_contains.encode())
-        if result_contains:
-            where.append("instr(result, ?) > 0")
-            params.append(result_contains.encode())
-        if id_prefix:
-            where.append("substr(task_id, 1, ?) = ?")
-            params += [len(id_prefix), id_prefix]
+        where, params = listing_filter(SQLITE_LISTING, bottom, state, spec_contains, result_contains, id_prefix)
         cursor = db.execute(f"SELECT task_id, seq, state, attempt, finished_at, spec, result FROM tasks "
-                            f"WHERE {' AND '.join(where)} ORDER BY rowid DESC", params)
+                            f"WHERE {where} ORDER BY rowid DESC", params)
         try:
             for raw in cursor:
                 listed = listed_row(raw)
@@ -502,6 +489,36 @@ class JournalReader:
 
     def close(self) -> None:
         self._db.close()
+
+
+class ListingSql(NamedTuple):
+    """How one SQL dialect writes a listing's filters (see :func:`listing_filter`)."""
+
+    order: str  # the column in submit order
+    param: str  # a placeholder
+    contains: str  # "the blob {column} holds the bytes of a parameter"
+    prefix: str  # "task_id starts with a parameter", given its length first
+
+
+SQLITE_LISTING = ListingSql("rowid", "?", "instr({column}, ?) > 0", "substr(task_id, 1, ?) = ?")
+
+
+def listing_filter(sql: ListingSql, bottom: int, state: str | None, spec_contains: str, result_contains: str,
+                   id_prefix: str) -> tuple[str, list[Any]]:
+    """The WHERE clause and parameters of a listing (see :meth:`JournalReader.newest`)."""
+    where = [f"{sql.order} > {sql.param}"]
+    params: list[Any] = [bottom]
+    if state is not None:
+        where.append(f"state = {sql.param}")
+        params.append(state)
+    for column, text in (("spec", spec_contains), ("result", result_contains)):
+        if text:
+            where.append(sql.contains.format(column=column))
+            params.append(text.encode())
+    if id_prefix:
+        where.append(sql.prefix)
+        params += [len(id_prefix), id_prefix]
+    return " AND ".join(where), params
 
 
 def listed_row(raw: tuple[Any, ...]) -> ListedRow | None:

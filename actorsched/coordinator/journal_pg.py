@@ -51,9 +51,11 @@ from actorsched.coordinator.journal import (
     JournalError,
     JournalRow,
     ListedRow,
+    ListingSql,
     RowProblem,
     fold_batches,
     listed_row,
+    listing_filter,
     pack_result,
     stored_row,
 )
@@ -124,6 +126,7 @@ $$ LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan;
 _WRITE = "SELECT actorsched_write(%s, " + ", ".join(["%s"] * 17) + ")"
 _FENCED = "actorsched fenced"
 _COLUMNS = "task_id, seq, state, attempt, epoch, deaths, finished_at, spec, result"
+_PG_LISTING = ListingSql("seq", "%s", "position(%s IN {column}) > 0", "left(task_id, %s) = %s")
 _REPLAY_PAGE = 5000  # rows per SELECT when replaying (keyset paging, no transaction held open)
 _RECONNECT_EVERY_S = 0.2
 
@@ -499,22 +502,9 @@ class PgJournalReader:
         """As :meth:`actorsched.coordinator.journal.JournalReader.newest`, by ``seq`` (submit order)."""
         top, low = self._read("SELECT coalesce(max(seq), 0), coalesce(min(seq), 0) FROM actorsched_tasks", ())[0]
         bottom = top - max_rows
-        where = ["seq > %s"]
-        params: list[Any] = [bottom]
-        if state is not None:
-            where.append("state = %s")
-            params.append(state)
-        if spec_contains:
-            where.append("position(%s IN spec) > 0")
-            params.append(spec_contains.encode())
-        if result_contains:
-            where.append("position(%s IN result) > 0")
-            params.append(result_contains.encode())
-        if id_prefix:
-            where.append("left(task_id, %s) = %s")
-            params += [len(id_prefix), id_prefix]
+        where, params = listing_filter(_PG_LISTING, bottom, state, spec_contains, result_contains, id_prefix)
         query = (f"SELECT task_id, seq, state, attempt, finished_at, spec, result FROM actorsched_tasks "
-                 f"WHERE {' AND '.join(where)} ORDER BY seq DESC")
+                 f"WHERE {where} ORDER BY seq DESC")
         db = self._connection()
         with db.transaction(), db.cursor(name="actorsched_listing") as cursor:  # rows as they are read
             cursor.itersize = 500

@@ -20,7 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -83,15 +83,9 @@ def traced_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def client_spans(traced_env: Path) -> Iterator[InMemorySpanExporter]:
-    """This process's client traces into memory; tracing is off here again afterwards."""
-    assert not tracing.ENABLED, "tracing was left on in the test process"
-    exporter = InMemorySpanExporter()
-    assert tracing.setup("client", exporters=[exporter])
-    try:
-        yield exporter
-    finally:
-        tracing.shutdown()
+def client_spans(traced_env: Path, memory_spans: InMemorySpanExporter) -> InMemorySpanExporter:
+    """This process's client traces into memory (tests/conftest.py), with the cluster's environment set first."""
+    return memory_spans
 
 
 def _stop(cluster: LocalCluster) -> None:

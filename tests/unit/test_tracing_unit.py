@@ -10,7 +10,6 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +36,9 @@ PARENT = f"00-{TRACE_ID}-{SPAN_ID}-01"
 
 
 @pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """Tracing on in this process, into memory; off again afterwards, whatever happened."""
-    assert not tracing.ENABLED, "tracing was left on by an earlier test"
-    exporter = InMemorySpanExporter()
-    assert tracing.setup("client", exporters=[exporter])
-    try:
-        yield exporter
-    finally:
-        tracing.shutdown()
-    assert not tracing.ENABLED
+def spans(memory_spans: InMemorySpanExporter) -> InMemorySpanExporter:
+    """Tracing on in this process, into memory (tests/conftest.py); off again afterwards."""
+    return memory_spans
 
 
 def finished(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
