@@ -404,9 +404,9 @@ class Client:
         self._hangup_reason = ""
         self._server_key_file = server_key_file or os.environ.get(SERVER_KEY_ENV, "")
         self._key_file = key_file or os.environ.get(CLIENT_KEY_ENV, "")
-        self._drops = 0
-        self._answers = 0  # messages from a coordinator that acts on requests (not NotLeader)
-        self._leader_hint: str | None = None  # set by a NotLeader, taken by the request loop
+        self._drops = 0  # connection drops and moves: a watch opened before one may be gone
+        self._disconnects = 0  # connection drops the socket monitor reported
+        self._moves = 0  # moves to another coordinator (each a new socket)
         self._wake_r, self._wake_w = socket.socketpair()
         self._poller = zmq.Poller()
         try:
@@ -447,7 +447,9 @@ class Client:
         self._socket.close(linger=0)
         self.endpoint = endpoint
         self._drops += 1
+        self._moves += 1
         self._hangups = 0
+        self._handshake_refusal = ""  # that one's refusal; this one has not refused anything yet
         self._open_socket()
 
     # ------------------------------------------------------------ lifecycle
@@ -821,6 +823,7 @@ class Client:
             kind, value = int(event["event"]), int(event["value"])
             if kind == zmq.EVENT_DISCONNECTED:
                 self._drops += 1
+                self._disconnects += 1
                 self._link_up = False
             elif kind == zmq.EVENT_CONNECTED:
                 self._tcp_connected = True
@@ -909,22 +912,24 @@ class Client:
         """Send encoded requests (at most WINDOW in flight) and return their replies in order.
 
         ErrorReply is returned, not raised.  ConnectionFailed if no reply arrives for
-        ``timeout_s`` (each reply that arrives restarts that clock).
+        ``timeout_s`` (each reply to one of these requests restarts that clock).  With several
+        coordinators, requests follow the leader (see the module notes); the socket is shared, so
+        a move made by another caller re-sends these too, without moving again.
         """
         if not requests:
             return []
         replies: dict[int, Message] = {}
         outstanding: list[int] = []
         frames_of = dict(requests)
-        redo: list[int] = []  # answered NotLeader: to send again, to the leader
+        redo: list[int] = []  # to send (again) on the current socket: answered NotLeader, or sent on a closed one
         redo_at = math.inf
+        hint: str | None = None  # the leader the last NotLeader for one of ours named
         sent = 0
         refusals = self._refusals
-        several = self.coordinators.several
         now = time.monotonic()
         deadline = now + self.timeout_s
-        switch_at = now + SILENT_SWITCH_S if several else math.inf
-        drops, answers = self._drops, self._answers
+        switch_at = now + SILENT_SWITCH_S if self.coordinators.several else math.inf
+        moves, disconnects = self._moves, self._disconnects
         try:
             while len(replies) < len(requests):
                 with self._turn():
@@ -941,42 +946,45 @@ class Client:
                         outstanding.remove(rid)
                         if isinstance(reply, protocol.NotLeader):
                             redo.append(rid)  # stays open: it is sent again below
+                            hint = reply.leader
                             continue
                         replies[rid] = reply
                         self._open.discard(rid)
                         progress = True
                     now = time.monotonic()
-                    if progress:
+                    several = self.coordinators.several
+                    if progress:  # only replies to our own requests restart the clocks
                         deadline = now + self.timeout_s
                         switch_at = now + SILENT_SWITCH_S if several else math.inf
                         continue  # done, or room to send more
-                    if redo and self._leader_hint is not None:
-                        hint, self._leader_hint = self._leader_hint, None
+                    moved = False
+                    if self._moves != moves:  # another caller moved the socket: ours went with the old one
+                        moved = True
+                    elif hint is not None:
                         switch_at = now + SILENT_SWITCH_S if several else math.inf  # it answers: not silent
                         if self.coordinators.after_not_leader(hint, now) != self.endpoint:
                             self._move_to(self.coordinators.current)
-                            redo, outstanding = redo + outstanding, []
-                            redo_at, drops = now, self._drops  # a move is not a drop of the new link
+                            moved = True
                         else:
-                            redo_at = now + NOT_LEADER_RETRY_S
-                    dropped = self._drops != drops and not self._link_up
-                    if several and (now >= switch_at or dropped):
-                        self._move_to(self.coordinators.after_silence(now))
+                            redo_at = min(redo_at, now + NOT_LEADER_RETRY_S)
+                        hint = None
+                    elif several and (now >= switch_at or (self._disconnects != disconnects and not self._link_up)):
+                        self._move_to(self.coordinators.after_silence(now, dropped=self._disconnects != disconnects))
+                        moved = True
+                    if moved:
                         redo, outstanding = redo + outstanding, []
                         redo_at, switch_at = now, now + SILENT_SWITCH_S
-                    drops = self._drops
+                        moves, disconnects = self._moves, self._disconnects
+                    self._check_refused(refusals)
+                    if now >= deadline:
+                        raise self._no_answer(what)
                     if redo and now >= redo_at:
                         for rid in redo:
                             outstanding.append(rid)
                             self._send(frames_of[rid])
                         redo, redo_at = [], math.inf
                         continue
-                    self._check_refused(refusals)
-                    if now >= deadline:
-                        raise self._no_answer(what)
-                    if self._poll(min(deadline, switch_at, redo_at) - now) and self._answers != answers:
-                        answers = self._answers
-                        deadline = time.monotonic() + self.timeout_s
+                    self._poll(min(deadline, switch_at, redo_at) - now)
         finally:
             if len(replies) < len(requests):
                 with self._turn(check_open=False):
@@ -1094,13 +1102,9 @@ class Client:
             self._refusal_reason = message.reason
             return
         rid: int = getattr(message, "request_id", -1)
-        if isinstance(message, protocol.NotLeader):
-            self._leader_hint = message.leader
-            if rid in self._watches and rid not in self._open:
-                self._drops += 1  # a standby holds no watch: like a drop, the waiter renews it with the leader
-                return
-        else:
-            self._answers += 1
+        if isinstance(message, protocol.NotLeader) and rid in self._watches and rid not in self._open:
+            self._drops += 1  # a standby holds no watch: like a drop, the waiter renews it with the leader
+            return
         box = self._watches.get(rid)
         if rid in self._open and rid not in self._arrived and not isinstance(message, protocol.TasksDone):
             # The reply.  A submit that also watches gets TasksDone (or an ErrorReply for

@@ -133,7 +133,6 @@ class Coordinator:
         self.failure_detector = self._started(FailureDetectorActor.start(config.liveness, self.queue, self.registry))
         if self.lease is not None:
             transport.lead(self.queue, self.registry)
-            self.lease.start_keeping()
         else:
             transport.connect(self.queue, self.registry)
             transport.start()
@@ -177,8 +176,12 @@ class Coordinator:
                     log.info("standing by: no coordinator leads; taking over once the last lease ends")
             if self._stop_request.wait(lease_s / 12):
                 raise Stopped("asked to stop while standing by")
+        # Renewed from now on, through the replay (which may take longer than a lease); meanwhile
+        # peers hear that no one leads yet rather than the name of a leader that is gone.
+        lease.start_keeping()
+        transport.standby = ("", "", 0)
         self.epoch = lease.epoch
-        self.journal = PgJournal(dsn, lease.epoch, lease.holds, lease.lose)
+        self.journal = PgJournal(dsn, lease.epoch, lease.holds, lease.lose, lease_s)
         log.info("leading: took the lease epoch=%d holder=%s", lease.epoch, lease.holder)
 
     def leads(self) -> bool:

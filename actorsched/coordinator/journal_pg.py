@@ -121,12 +121,35 @@ BEGIN
     END IF;
 END
 $$ LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan;
+CREATE OR REPLACE FUNCTION actorsched_purge(claimed bigint, before float8, keep text[], most integer)
+        RETURNS TABLE(purged_state text, purged bigint) AS $$
+BEGIN
+    PERFORM actorsched_fence(claimed);
+    RETURN QUERY WITH gone AS (
+        DELETE FROM actorsched_tasks WHERE task_id IN (
+            SELECT t.task_id FROM actorsched_tasks AS t
+            WHERE t.finished_at IS NOT NULL AND t.finished_at <= before AND NOT (t.task_id = ANY(keep))
+            LIMIT most)
+        RETURNING actorsched_tasks.state AS gone_state)
+    SELECT gone.gone_state, count(*) FROM gone GROUP BY gone.gone_state;
+END
+$$ LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan;
+CREATE OR REPLACE FUNCTION actorsched_quarantine(claimed bigint, id text, finished float8, stored bytea)
+        RETURNS void AS $$
+BEGIN
+    PERFORM actorsched_fence(claimed);
+    UPDATE actorsched_tasks SET state = 'FAILED', finished_at = finished, result = stored WHERE task_id = id;
+END
+$$ LANGUAGE plpgsql;
 """
 # force_custom_plan: a plan cached while the table was small (a sequential scan) would stay as it grows.
 _WRITE = "SELECT actorsched_write(%s, " + ", ".join(["%s"] * 17) + ")"
 _FENCED = "actorsched fenced"
 _COLUMNS = "task_id, seq, state, attempt, epoch, deaths, finished_at, spec, result"
 _PG_LISTING = ListingSql("seq", "%s", "position(%s IN {column}) > 0", "left(task_id, %s) = %s")
+_PURGE_CHUNK = 20_000
+"""Rows one purge statement deletes at most: each is its own short transaction, so that a purge of millions
+neither holds the lease row's share lock past a renewal nor keeps one transaction open for long."""
 _REPLAY_PAGE = 5000  # rows per SELECT when replaying (keyset paging, no transaction held open)
 _RECONNECT_EVERY_S = 0.2
 
@@ -220,7 +243,13 @@ class Lease:
             if self._db is not None:
                 self._db.close()
             self._db = None
-            self._db = connect(self.dsn)
+            db = connect(self.dsn)
+            # Never wait on a lock for long (a write in flight holds the lease row's share lock for
+            # milliseconds; a stuck one must not hold the standby's loop or the renewal).
+            wait_ms = max(100, int(self.lease_s * 1000 / 3))
+            db.execute(f"SET lock_timeout = {wait_ms}")
+            db.execute(f"SET statement_timeout = {2 * wait_ms}")
+            self._db = db
         return self._db
 
     def leader(self) -> LeaderInfo | None:
@@ -330,12 +359,14 @@ class PgJournal:
     """
 
     def __init__(self, dsn: str, epoch: int, holds_lease: Callable[[], bool] = lambda: True,
-                 on_fenced: Callable[[str], None] = lambda reason: None) -> None:
+                 on_fenced: Callable[[str], None] = lambda reason: None, lease_s: float = 3.0) -> None:
         self.dsn = dsn
         self.epoch = epoch
         self.holds_lease = holds_lease
         self.on_fenced = on_fenced
-        self._db: psycopg.Connection[Any] | None = connect(dsn)
+        self.lease_ms = lease_s * 1000
+        self._orphan = 0  # the server pid of a connection given up mid-write, to end before writing again
+        self._db: psycopg.Connection[Any] | None = None
         self._pack = packer()  # for the one thread that writes
 
     # ---------------------------------------------------------------- start-up reads
@@ -368,23 +399,23 @@ class PgJournal:
     # ---------------------------------------------------------------- fenced writes
 
     def quarantine(self, task_id: str, reason: str, finished_at: float) -> None:
-        error = ["Quarantined", reason, ""]
-
-        def apply(db: psycopg.Connection[Any]) -> None:
-            db.execute("UPDATE actorsched_tasks SET state = 'FAILED', finished_at = %s, result = %s "
-                       "WHERE task_id = %s", (finished_at, self._pack([None, error, []]), task_id))
-        self._fenced(apply)
+        stored = self._pack([None, ["Quarantined", reason, ""], []])
+        self._retried(lambda db: db.execute("SELECT actorsched_quarantine(%s, %s, %s, %s)",
+                                            (self.epoch, task_id, finished_at, stored)))
 
     def purge(self, finished_before: float, keep: list[str]) -> dict[str, int]:
+        """Delete final tasks finished at or before ``finished_before`` (except ``keep``), in chunks of
+        :data:`_PURGE_CHUNK`, each a fenced statement of its own; how many per state."""
         counts: dict[str, int] = {}
-
-        def apply(db: psycopg.Connection[Any]) -> None:
-            counts.clear()
-            for (state,) in db.execute(
-                    "DELETE FROM actorsched_tasks WHERE finished_at IS NOT NULL AND finished_at <= %s "
-                    "AND NOT (task_id = ANY(%s)) RETURNING state", (finished_before, keep)):
-                counts[state] = counts.get(state, 0) + 1
-        self._fenced(apply)
+        for _ in range(1_000_000):  # bounded: each round deletes a chunk, and the table is finite
+            found: list[tuple[str, int]] = []
+            self._retried(lambda db, into=found: into.extend(db.execute(  # type: ignore[misc]
+                "SELECT * FROM actorsched_purge(%s, %s, %s, %s)",
+                (self.epoch, finished_before, keep, _PURGE_CHUNK)).fetchall()))
+            for state, n in found:
+                counts[state] = counts.get(state, 0) + int(n)
+            if sum(int(n) for _, n in found) < _PURGE_CHUNK:
+                break
         return counts
 
     def write_batches(self, batches: list[tuple[list[JournalRow], list[str]]]) -> None:
@@ -404,20 +435,21 @@ class PgJournal:
         else:  # deletions in between (a purge): the steps in order, in one transaction
             self._retried(lambda db: _in_transaction(db, [(_WRITE, p) for p in params]))
 
-    def _fenced(self, apply: Callable[[psycopg.Connection[Any]], None]) -> None:
-        """Run ``apply`` in one transaction that first proves this epoch still leads (see :meth:`_retried`)."""
-        def fenced(db: psycopg.Connection[Any]) -> None:
-            with db.pipeline(), db.transaction():  # BEGIN, fence, writes, COMMIT: sent together
-                db.execute("SELECT actorsched_fence(%s)", (self.epoch,))
-                apply(db)
-        self._retried(fenced)
-
     def _retried(self, write: Callable[[psycopg.Connection[Any]], Any]) -> None:
-        """Run ``write``, a fenced transaction; a broken connection is replaced and the whole transaction sent
-        again (every write is idempotent) for as long as the lease holds; :class:`Fenced` if another leads."""
+        """Run ``write``, one fenced transaction; :class:`Fenced` if another coordinator leads.
+
+        A broken connection is replaced and the whole transaction sent again, for as long as the
+        lease holds.  Idempotent is not enough: the old connection's backend may still be running
+        the first try (a stalled network), and committing it after later writes would undo them.
+        So before sending again, that backend is ended and waited for (:meth:`_end_backend`).
+        """
         while True:
             try:
-                write(self._writer())
+                db = self._writer()
+                if self._orphan:
+                    self._end_backend(db, self._orphan)
+                    self._orphan = 0
+                write(db)
                 return
             except psycopg.Error as exc:
                 if _FENCED in str(exc):
@@ -433,6 +465,8 @@ class PgJournal:
                                        f"the lease: {_first_line(exc)}") from None
                 log.warning("journal connection lost (%s); sending the write again on a new one",
                             _first_line(exc))
+                if self._db is not None:
+                    self._orphan = self._orphan or self._db.info.backend_pid
                 self._drop_connection()
                 time.sleep(_RECONNECT_EVERY_S)  # a pause between connection attempts, not synchronisation
             except JournalError:  # could not reconnect yet
@@ -446,7 +480,19 @@ class PgJournal:
     def _writer(self) -> psycopg.Connection[Any]:
         if self._db is None or self._db.closed:
             self._db = connect(self.dsn)
+            # A session stuck inside a transaction (its coordinator paused or cut off mid-way) is ended by the
+            # server after a lease, releasing the lease row's lock for a standby.
+            self._db.execute(f"SET idle_in_transaction_session_timeout = {int(self.lease_ms)}")
         return self._db
+
+    def _end_backend(self, db: psycopg.Connection[Any], pid: int) -> None:
+        """End the server process of a connection given up, and wait until it is gone (while the lease holds)."""
+        db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        while db.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() != (0,):
+            if not self.holds_lease():
+                raise JournalError(f"the journal database's session {pid} of a lost connection did not end "
+                                   f"within the lease; not sending the write again")
+            time.sleep(0.02)  # polling the server for the old session's end, bounded by the lease
 
     def _drop_connection(self) -> None:
         if self._db is not None:
@@ -458,6 +504,7 @@ class PgJournal:
 
 
 def _in_transaction(db: psycopg.Connection[Any], statements: list[tuple[str, Any]]) -> None:
+    """The statements in one transaction, sent together up to the COMMIT (no round trip inside it)."""
     with db.pipeline(), db.transaction():
         for query, params in statements:
             db.execute(query, params)

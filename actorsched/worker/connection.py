@@ -125,6 +125,8 @@ NOT_LEADER_RETRY_S = 0.25
 """A standby with no leader to name gets the Register again after this pause (one of them takes over soon)."""
 RESEND_WINDOW_S = 10.0
 """Results sent this recently are sent again after a reconnection (see the module notes)."""
+RESEND_MAX_MESSAGES = 10_000
+"""At most this many Results messages are kept for that (and at most max_message_bytes of them)."""
 LINK_TIMEOUT_S = 3.0
 """With several coordinators: ZeroMQ heartbeats every third of this, and drops a connection silent this long."""
 _LINK_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -491,6 +493,7 @@ class WorkerConnection:
 
     def _on_link_up(self, now: float) -> None:
         self._link_up = True
+        self._heard_at = now
         self._failures_logged.clear()  # a refusal after this one is news again
         self._hangups = 0
         self._reopens = 0
@@ -572,8 +575,14 @@ class WorkerConnection:
         log.info("moving to coordinator=%s from %s (%s) held=%s", endpoint, self.endpoint, why,
                  len(self._executor.held_task_ids()))
         self._close_socket(0)
-        self.endpoint = endpoint
-        self._open_socket()
+        previous, self.endpoint = self.endpoint, endpoint
+        try:
+            self._open_socket()
+        except zmq.ZMQError as exc:  # an endpoint ZeroMQ will not take: stay with the one we had
+            log.warning("cannot connect to coordinator=%s (%s); staying with %s", endpoint, exc, previous)
+            self.coordinators.note_down(endpoint, now)
+            self.coordinators.current = self.endpoint = previous
+            self._open_socket()
         self._resend_after_welcome = True
         self._link_down_since = now
         self._heard_at = now
@@ -588,7 +597,7 @@ class WorkerConnection:
         down = not self._link_up and now - self._link_down_since >= MOVE_AFTER_DOWN_S
         silent = self._link_up and now - self._heard_at >= SILENT_MOVE_S
         if down or silent:
-            self._move(now, self.coordinators.after_silence(now),
+            self._move(now, self.coordinators.after_silence(now, dropped=down),
                        "no connection" if down else f"no answer for {now - self._heard_at:.1f} s")
 
     def _register_delay_s(self) -> float:
@@ -659,6 +668,8 @@ class WorkerConnection:
             if self._resend_after_welcome:
                 self._resend_after_welcome = False
                 self._resend_results(now)
+            if self.draining:  # a coordinator met after the drain began must not send it more
+                self._send(Draining("draining (said again to this coordinator)"))
         elif isinstance(message, Reregister):
             if not self.registered:
                 # A Register is on its way already (an unregistered worker always has one
@@ -718,6 +729,7 @@ class WorkerConnection:
     # ------------------------------------------------------------- outbound
 
     def _send_register(self, now: float) -> None:
+        self._heard_at = now  # silence is counted from the Register on
         self._register_attempts += 1
         self._next_register_at = now + self._register_delay_s()
         # Sent on a live connection it is gone if that one drops; sent while down it waits in the queue.
@@ -746,10 +758,12 @@ class WorkerConnection:
     def _send_result_frames(self, frames: list[bytes]) -> None:
         """Send a Results and keep it for :data:`RESEND_WINDOW_S`, within ``max_message_bytes`` in all."""
         self._send_frames(frames)
+        now = time.monotonic()
         sent = self._sent_results
-        sent.append((time.monotonic(), frames))
+        sent.append((now, frames))
         self._sent_bytes += len(frames[2])
-        while sent and self._sent_bytes > self.config.connection.max_message_bytes:
+        while sent and (self._sent_bytes > self.config.connection.max_message_bytes
+                        or len(sent) > RESEND_MAX_MESSAGES or sent[0][0] < now - RESEND_WINDOW_S):
             self._sent_bytes -= len(sent.popleft()[1][2])
 
     def _resend_results(self, now: float) -> None:

@@ -303,6 +303,23 @@ def test_a_standby_answers_who_leads_and_clients_and_workers_listed_standby_firs
             assert client.submit("actorsched.tasks:add", 20, 22).result(timeout=30) == 42
             assert client.endpoint == leader.client_endpoint
             assert [w.worker_id for w in client.workers()] == ["w1"]
+        # One client shared by threads, listed standby first: each call reaches the leader, with one move.
+        with Client(f"{standby.client_endpoint},{leader.client_endpoint}", timeout_s=10) as shared:
+            errors: list[BaseException] = []
+
+            def ask() -> None:
+                try:
+                    for _ in range(20):
+                        assert "queue" in shared.stats()
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    errors.append(exc)
+            threads = [threading.Thread(target=ask) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert not errors and not any(t.is_alive() for t in threads), errors
+            assert shared.endpoint == leader.client_endpoint and shared._moves == 1
         # The CLI takes the same list.
         out = subprocess.run([sys.executable, "-m", "actorsched", "stats", "--json", "--coordinator",
                               f"{standby.client_endpoint},{leader.client_endpoint}"],

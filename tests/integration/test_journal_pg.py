@@ -163,3 +163,27 @@ def test_a_write_whose_connection_was_cut_is_sent_again_on_a_new_one(dsn: str, l
         assert [r.task_id for r in journal.rows()] == ["one", "two"]
     finally:
         journal.close()
+
+
+def test_a_purge_deletes_in_chunks_each_fenced_and_keeps_what_it_must(
+        dsn: str, leases: list[Lease], monkeypatch: pytest.MonkeyPatch) -> None:
+    from actorsched.coordinator import journal_pg
+
+    monkeypatch.setattr(journal_pg, "_PURGE_CHUNK", 2)  # 5 old rows: three statements of at most 2
+    lease = make_lease(dsn, leases, "leader")
+    assert lease.try_take()
+    journal = PgJournal(dsn, lease.epoch, lease.holds)
+    try:
+        journal.write_batches([([row(f"old-{i}", i, "SUCCEEDED", value=i, finished=10.0) for i in range(1, 6)]
+                                + [row("kept", 6, "FAILED", finished=10.0), row("new", 7, "SUCCEEDED", finished=99.0),
+                                   row("open", 8)], [])])
+        assert journal.purge(finished_before=50.0, keep=["kept"]) == {"SUCCEEDED": 5}
+        assert [r.task_id for r in journal.rows()] == ["kept", "new", "open"]
+        new = make_lease(dsn, leases, "new")
+        lease.resign()
+        assert new.try_take()
+        with pytest.raises(Fenced):
+            journal.purge(finished_before=1e12, keep=[])
+        assert len(list(journal.rows())) == 3
+    finally:
+        journal.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from actorsched.config import MAX_COORDINATORS
 from actorsched.coordinators import RECENTLY_DOWN_S, CoordinatorList
 
 A, B, C = "tcp://10.0.0.1:7700", "tcp://10.0.0.2:7700", "tcp://10.0.0.3:7700"
@@ -43,3 +44,26 @@ def test_one_endpoint_is_not_several_and_an_empty_list_is_refused() -> None:
     assert CoordinatorList([A, B]).several
     with pytest.raises(ValueError):
         CoordinatorList([])
+
+
+def test_a_name_that_is_no_endpoint_is_ignored_and_followed_leaders_are_bounded() -> None:
+    coordinators = CoordinatorList([A, B])
+    for bad in ("tcp://host-without-port", "not an endpoint", "tcp://10.0.0.9:99999"):
+        assert coordinators.after_not_leader(bad, now=0.0) == A
+    for port in range(20000, 20100):  # a standby naming ever new leaders cannot grow the list without bound
+        coordinators.after_not_leader(f"tcp://10.0.0.9:{port}", now=0.0)
+    assert len(coordinators.endpoints) == MAX_COORDINATORS
+
+
+def test_a_coordinator_left_for_silence_is_not_marked_down_and_is_followed_again_when_named() -> None:
+    coordinators = CoordinatorList([A, B])
+    assert coordinators.after_silence(now=10.0, dropped=False) == B  # A was only slow
+    assert coordinators.after_not_leader(A, now=10.5) == A, "B names A, which did not drop: back to it"
+
+
+def test_a_leader_followed_from_a_single_endpoint_makes_several() -> None:
+    coordinators = CoordinatorList([A])
+    assert not coordinators.several
+    assert coordinators.after_not_leader(B, now=0.0) == B
+    assert coordinators.several  # when B dies, A (perhaps leading again) is tried
+    assert coordinators.after_silence(now=1.0) == A
