@@ -24,6 +24,7 @@ _QUEUE_COUNTERS = {
     "retries": "Attempts scheduled again after a failure or a process death.",
     "requeued_lost": "Tasks requeued because their worker was lost.",
     "stale_outcomes": "Outcomes dropped because their attempt was no longer current.",
+    "repeated_outcomes": "Outcomes of an attempt already committed, reported again (after a reconnection).",
     "rejected_batches": "Submit batches refused whole.",
     "purged": "Final tasks deleted by retention or purge.",
     "lost_assignments": "Assignments a worker did not hold and that queued again.",

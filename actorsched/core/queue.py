@@ -175,9 +175,9 @@ class TaskQueueCore:
         self.open_count = 0  # tasks not in a final state
         self.counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self.counters: dict[str, int] = {
-            "submitted": 0, "stale_outcomes": 0, "retries": 0, "requeued_lost": 0, "rejected_batches": 0,
-            "purged": 0, "lost_assignments": 0, "take_back_asked": 0, "taken_back": 0, "forgotten": 0,
-            "recalled": 0, "quarantined": 0, "never_started": 0,
+            "submitted": 0, "stale_outcomes": 0, "repeated_outcomes": 0, "retries": 0, "requeued_lost": 0,
+            "rejected_batches": 0, "purged": 0, "lost_assignments": 0, "take_back_asked": 0, "taken_back": 0,
+            "forgotten": 0, "recalled": 0, "quarantined": 0, "never_started": 0,
         }
         self._seq = 0
         self._retry_heap: list[tuple[float, str]] = []  # (due, task id); stale items skipped
@@ -422,7 +422,11 @@ class TaskQueueCore:
             if task is None or task.state not in (S.ASSIGNED, S.RUNNING) or not self._is_current(
                 task, worker, outcome
             ):
-                self.counters["stale_outcomes"] += 1
+                # The committed attempt reported again (a worker re-sends its recent Results after a
+                # reconnection) is not stale news: counted apart, so that stale_outcomes keeps its meaning.
+                repeated = task is not None and task.state in FINAL_STATES and (
+                    task.attempt, task.epoch) == (outcome.attempt, outcome.epoch)
+                self.counters["repeated_outcomes" if repeated else "stale_outcomes"] += 1
                 continue
             if self._unhold(worker, outcome.task_id):  # (an adopted result was never held)
                 self.done_by[worker] += 1
