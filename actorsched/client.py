@@ -79,7 +79,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from actorsched import protocol, tracing
 from actorsched.config import check_endpoints, default_client_endpoint
-from actorsched.coordinators import CoordinatorList
+from actorsched.coordinators import LINK_TIMEOUT_S, CoordinatorList
 from actorsched.core import states as core_states
 from actorsched.core.queue import PRIORITY_MAX, PRIORITY_MIN, REF_KEY
 from actorsched.errors import (
@@ -426,6 +426,9 @@ class Client:
         self._socket.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
         # CURVE, when the coordinator listens beyond loopback: arguments, else the environment.
         secure_client_socket(self._socket, self._server_key_file, self._key_file)
+        if self.coordinators.several:  # a dead leader's host must not look connected until SILENT_SWITCH_S
+            self._socket.setsockopt(zmq.HEARTBEAT_IVL, int(LINK_TIMEOUT_S * 1000 / 3))
+            self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(LINK_TIMEOUT_S * 1000))
         # Disconnections: a watch opened before one may be gone (a restarted coordinator).
         # Handshakes: a refused one is an answer, not an outage.
         self._monitor: zmq.Socket[bytes] = self._socket.get_monitor_socket(

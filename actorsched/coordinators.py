@@ -26,6 +26,11 @@ from collections.abc import Sequence
 from actorsched.config import MAX_COORDINATORS, check_endpoint
 from actorsched.errors import ConfigError
 
+LINK_TIMEOUT_S = 2.0
+"""With several coordinators, ZeroMQ's own heartbeats (PING/PONG every third of this, answered by libzmq's I/O
+thread, so no Python pause delays them) drop a connection silent this long: a leader whose host died without
+closing its connections counts as down within it."""
+
 RECENTLY_DOWN_S = 5.0
 """How long an endpoint whose connection dropped is avoided while another one may lead: a standby names a
 killed leader until its lease (3 s by default) has run out."""

@@ -48,8 +48,9 @@ with what it holds, as after a coordinator restart.  A connection down for
 :data:`MOVE_AFTER_DOWN_S`, or no Welcome and no word for :data:`SILENT_MOVE_S`, moves it
 to the next coordinator (:class:`~actorsched.coordinators.CoordinatorList` decides).  With
 a list, ZeroMQ's own heartbeats (PING/PONG) run on the connection, so a leader whose
-host died without closing it counts as down within :data:`LINK_TIMEOUT_S`.  Anything
-still queued on the old connection (a Results sent to a dead leader) is lost with it.
+host died without closing it counts as down within
+:data:`~actorsched.coordinators.LINK_TIMEOUT_S` (2 s).  Anything still queued on the old
+connection (a Results sent to a dead leader) is lost with it.
 
 Results are sent again after a reconnection.  What a coordinator had not read when it
 died (Results in the kernel's buffers, or queued on a connection given up) would
@@ -74,7 +75,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from actorsched.config import WorkerConfig, check_endpoints
-from actorsched.coordinators import CoordinatorList
+from actorsched.coordinators import LINK_TIMEOUT_S, CoordinatorList
 from actorsched.errors import ProtocolError
 from actorsched.protocol import (
     MAX_FRAMES,
@@ -117,7 +118,7 @@ STARTED_DELAY_S = 0.005
 EXIT_OK, EXIT_FORCED, EXIT_REFUSED = 0, 1, 2
 REFUSAL_REMINDER_S = 60.0
 """A refused handshake that keeps being refused is logged again at most this often."""
-MOVE_AFTER_DOWN_S = 1.0
+MOVE_AFTER_DOWN_S = 0.5
 """With several coordinators: a connection down this long moves to the next one."""
 SILENT_MOVE_S = 3.0
 """With several coordinators: connected, unregistered, and neither a Welcome nor a NotLeader for this long: move on."""
@@ -127,8 +128,6 @@ RESEND_WINDOW_S = 10.0
 """Results sent this recently are sent again after a reconnection (see the module notes)."""
 RESEND_MAX_MESSAGES = 10_000
 """At most this many Results messages are kept for that (and at most max_message_bytes of them)."""
-LINK_TIMEOUT_S = 3.0
-"""With several coordinators: ZeroMQ heartbeats every third of this, and drops a connection silent this long."""
 _LINK_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                 | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 

@@ -327,3 +327,67 @@ def test_a_standby_answers_who_leads_and_clients_and_workers_listed_standby_firs
         assert out.returncode == 0, out.stderr
     finally:
         cluster.stop()
+
+
+def test_the_leaders_host_cut_off_from_everyone_a_standby_leads_and_clients_and_workers_follow(
+        namespace: tuple[str, str, str, str], tmp_path: Path) -> None:
+    """The leader's host is gone for every peer at once (its only link down): database, clients and workers.
+
+    It binds its namespace's address, so CURVE keys are on; both coordinators share one key pair.
+    """
+    from actorsched import security
+    from actorsched.client import Client
+
+    ns, host_veth, host_addr, ns_addr = namespace
+    reason = PgServer.available()
+    if reason:
+        pytest.skip(f"PostgreSQL unavailable: {reason}")
+    for folder, name in (("server", "coordinator"), ("workers", "w1"), ("clients", "c")):
+        security.generate(tmp_path / folder, name)
+    server_key = str(tmp_path / "server" / "coordinator.key")
+    keys = (f'[security]\nsecret_key_file = "{tmp_path}/server/coordinator.key_secret"\n'
+            f'worker_keys_dir = "{tmp_path}/workers"\nclient_keys_dir = "{tmp_path}/clients"\n')
+    with PgServer(listen=[host_addr]) as pg:
+        dsn = pg.create_database("host")
+        far_config = tmp_path / "far.toml"
+        far_config.write_text(f'[journal]\nbackend = "postgresql"\ndsn = "{dsn.replace("127.0.0.1", host_addr)}"\n'
+                              f'lease_s = {LEASE_S}\n{keys}')
+        cluster = HaCluster(dsn, coordinators=1, lease_s=LEASE_S, log_dir=str(tmp_path), extra_config=keys)
+        near = cluster.coordinators[0]
+        far = CoordinatorProcess(9, far_config, tmp_path, dict(cluster.env))
+        far.client_endpoint = f"tcp://{ns_addr}:{far.client_port}"
+        far.worker_endpoint = f"tcp://{ns_addr}:{far.worker_port}"
+        try:
+            with open(far.log_path, "ab") as log:
+                far.proc = subprocess.Popen(
+                    ["ip", "netns", "exec", ns, sys.executable, "-m", "actorsched.coordinator", "--config",
+                     str(far_config), "--bind", far.client_endpoint, "--worker-bind", far.worker_endpoint,
+                     "--http", ""], stdout=subprocess.PIPE, stderr=log, env=far.env, cwd=os.getcwd())
+            threading.Thread(target=far._read, args=(far.proc,), daemon=True).start()
+            wait_until(lambda: far.ready_since(0.0), 30, "the coordinator in the namespace to lead")
+            cluster.start(expect_leader=False)
+            cluster.add_worker("w1", 2, "--server-key", server_key, "--key",
+                               str(tmp_path / "workers" / "w1.key_secret"),
+                               endpoints=f"{far.worker_endpoint},{near.worker_endpoint}")
+            with Client(f"{far.client_endpoint},{near.client_endpoint}", timeout_s=20, server_key_file=server_key,
+                        key_file=str(tmp_path / "clients" / "c.key_secret")) as client:
+                wait_until(lambda: [w.worker_id for w in client.workers()] == ["w1"], 30,
+                           "the worker to register with the far leader")
+                assert client.submit("actorsched.tasks:add", 1, 1).result(timeout=30) == 2
+                assert client.endpoint == far.client_endpoint
+
+                ip("link", "set", host_veth, "down")  # the far host is gone, for everyone
+                cut_at = time.monotonic()
+                _, took_over_at = cluster.wait_for_leader(cut_at, 30)
+                assert took_over_at - cut_at < LEASE_S + 5
+                # the same client and the same worker carry on with the new leader by themselves
+                assert client.submit("actorsched.tasks:add", 2, 2).result(timeout=60) == 4
+                answered_at = time.monotonic()
+                assert client.endpoint == near.client_endpoint
+                assert [w.worker_id for w in client.workers()] == ["w1"]
+                assert answered_at - cut_at < LEASE_S + 10
+            # cut off from its database too, the far leader stepped down within its lease
+            assert far.proc.wait(30) == 3
+        finally:
+            far.kill()
+            cluster.stop()
