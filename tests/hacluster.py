@@ -46,10 +46,11 @@ class CoordinatorProcess:
         self.lines: list[tuple[float, str]] = []  # (monotonic time, line), of every incarnation
         self._lock = threading.Lock()
 
-    def start(self, *extra: str) -> None:
+    def start(self, *extra: str, prefix: tuple[str, ...] = ()) -> None:
+        """Start (again) on the same ports; ``prefix`` runs it under a command (``ip netns exec NS``)."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "actorsched.coordinator", "--config", str(self.config_path),
+                [*prefix, sys.executable, "-m", "actorsched.coordinator", "--config", str(self.config_path),
                  "--bind", self.client_endpoint, "--worker-bind", self.worker_endpoint, "--http", "", *extra],
                 stdout=subprocess.PIPE, stderr=log, env=self.env, cwd=str(ROOT) if FROM_CHECKOUT else None)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()

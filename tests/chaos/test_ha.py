@@ -10,7 +10,6 @@ test fails.
 from __future__ import annotations
 
 import collections
-import os
 import random
 import signal
 import subprocess
@@ -241,12 +240,7 @@ def test_a_leader_cut_off_from_the_database_stops_serving_within_its_lease(
         leader = CoordinatorProcess(9, cut_config, tmp_path, env)
         leader.client_endpoint = f"tcp://127.0.0.1:{leader.client_port}"
         try:
-            with open(leader.log_path, "ab") as log:
-                leader.proc = subprocess.Popen(
-                    ["ip", "netns", "exec", ns, sys.executable, "-m", "actorsched.coordinator", "--config",
-                     str(cut_config), "--bind", leader.client_endpoint, "--worker-bind", leader.worker_endpoint,
-                     "--http", ""], stdout=subprocess.PIPE, stderr=log, env=env, cwd=os.getcwd())
-            threading.Thread(target=leader._read, args=(leader.proc,), daemon=True).start()
+            leader.start(prefix=("ip", "netns", "exec", ns))
             wait_until(lambda: leader.ready_since(0.0), 30, "the coordinator in the namespace to lead")
             cluster.start(expect_leader=False)  # the standby, on this side
             standby = cluster.coordinators[0]
@@ -358,12 +352,7 @@ def test_the_leaders_host_cut_off_from_everyone_a_standby_leads_and_clients_and_
         far.client_endpoint = f"tcp://{ns_addr}:{far.client_port}"
         far.worker_endpoint = f"tcp://{ns_addr}:{far.worker_port}"
         try:
-            with open(far.log_path, "ab") as log:
-                far.proc = subprocess.Popen(
-                    ["ip", "netns", "exec", ns, sys.executable, "-m", "actorsched.coordinator", "--config",
-                     str(far_config), "--bind", far.client_endpoint, "--worker-bind", far.worker_endpoint,
-                     "--http", ""], stdout=subprocess.PIPE, stderr=log, env=far.env, cwd=os.getcwd())
-            threading.Thread(target=far._read, args=(far.proc,), daemon=True).start()
+            far.start(prefix=("ip", "netns", "exec", ns))
             wait_until(lambda: far.ready_since(0.0), 30, "the coordinator in the namespace to lead")
             cluster.start(expect_leader=False)
             cluster.add_worker("w1", 2, "--server-key", server_key, "--key",
