@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmarks: percentiles and a figure printer."""
+"""Shared helpers for the benchmarks: percentiles, a figure printer, and waiting for many tasks."""
 
 from __future__ import annotations
 
@@ -8,6 +8,26 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
+
+FINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def query_all(client: Any, ids: list[str]) -> list[Any]:
+    """The TaskInfo of every id, asked 2,000 at a time."""
+    infos: list[Any] = []
+    for start in range(0, len(ids), 2000):
+        infos += client.query_many(ids[start:start + 2000])
+    return infos
+
+
+def wait_final(client: Any, ids: list[str], timeout_s: float) -> list[Any]:
+    """The TaskInfo of every id once all are final, or as they are after ``timeout_s`` (polled every 0.5 s)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        infos = query_all(client, ids)
+        if all(i.state in FINAL for i in infos) or time.monotonic() > deadline:
+            return infos
+        time.sleep(0.5)  # polling the cluster's progress, bounded by timeout_s
 
 
 def percentile(values: list[float], q: float) -> float:

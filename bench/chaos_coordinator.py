@@ -50,13 +50,13 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import msgpack  # noqa: E402
+from _common import FINAL, query_all, wait_final  # noqa: E402
 
 from actorsched.client import Client  # noqa: E402
 from actorsched.errors import ActorschedError  # noqa: E402
 from actorsched.localcluster import LocalCluster  # noqa: E402
 
 SLEEP = "actorsched.tasks:sleep"
-FINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 class Submitter(threading.Thread):
@@ -104,21 +104,6 @@ class Submitter(threading.Thread):
     def acked_now(self) -> dict[str, float]:
         with self.lock:
             return dict(self.acked)
-
-
-def query_all(client: Client, ids: list[str]) -> list[Any]:
-    infos = []
-    for start in range(0, len(ids), 2000):
-        infos += client.query_many(ids[start:start + 2000])
-    return infos
-
-
-def wait_final(client: Client, ids: list[str], deadline: float) -> list[Any]:
-    while True:
-        infos = query_all(client, ids)
-        if all(i.state in FINAL for i in infos) or time.monotonic() > deadline:
-            return infos
-        time.sleep(0.5)
 
 
 def journal_rows(state_dir: str) -> dict[str, tuple[str, int, list[Any], Any]]:
@@ -195,7 +180,7 @@ def main() -> None:
             with cluster.client(timeout_s=30) as client:
                 cluster.wait_for_workers(client, args.workers, timeout_s=60)
                 ids = list(acked)
-                infos = wait_final(client, ids, min(deadline + args.settle_s, time.monotonic() + args.settle_s))
+                infos = wait_final(client, ids, min(deadline - time.monotonic(), 0.0) + args.settle_s)
                 flights = [query_all(client, list(f)) for f in in_flights]
                 workers_after = {w.worker_id: w.pid for w in client.workers()}
             cluster.kill_coordinator(signal.SIGTERM)  # a clean stop: the journal file is complete

@@ -38,24 +38,20 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import msgpack  # noqa: E402
-import psycopg  # noqa: E402
-from _common import figure, median, percentile  # noqa: E402
-from hacluster import HaCluster  # noqa: E402
+from _common import FINAL, figure, median, percentile, wait_final  # noqa: E402
+from hacluster import HaCluster, committed_rows, committed_successes  # noqa: E402
 from pgserver import PgServer  # noqa: E402
 
 from actorsched.errors import ActorschedError  # noqa: E402
 from actorsched.localcluster import wait_until  # noqa: E402
 
 SLEEP = "actorsched.tasks:sleep"
-FINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 class Submitter(threading.Thread):
@@ -108,15 +104,6 @@ class Submitter(threading.Thread):
     def first_answer_after(self, since: float) -> float | None:
         with self.lock:
             return next((t for t in self.answer_times if t > since), None)
-
-
-def journal_rows(dsn: str) -> dict[str, tuple[str, list[Any], Any]]:
-    with psycopg.connect(dsn) as db:
-        rows = {}
-        for task_id, state, result in db.execute("SELECT task_id, state, result FROM actorsched_tasks"):
-            stored = msgpack.unpackb(result, raw=False) if result else [None, None, []]
-            rows[task_id] = (state, stored[2], stored[0])
-        return rows
 
 
 def main() -> None:
@@ -188,20 +175,14 @@ def main() -> None:
             submitter.client.close()
             ids = list(submitter.acked)
             with cluster.client() as client:
-                settle = time.monotonic() + args.settle_s
-                while True:
-                    infos = [info for start in range(0, len(ids), 2000)
-                             for info in client.query_many(ids[start:start + 2000])]
-                    if all(i.state in FINAL for i in infos) or time.monotonic() > settle:
-                        break
-                    time.sleep(0.5)  # polling the cluster's progress, bounded by --settle-s
+                infos = wait_final(client, ids, args.settle_s)
         finally:
             cluster.stop()
-        journal = journal_rows(dsn)
+        journal = committed_rows(dsn)
     acked = submitter.acked
     lost = [i.task_id for i in infos if i.state == "NOT_FOUND"] + [t for t in ids if t not in journal]
     not_succeeded = [(i.task_id, i.state) for i in infos if i.state not in ("SUCCEEDED", "NOT_FOUND")]
-    twice = [t for t in ids if t in journal and sum(1 for h in journal[t][1] if len(h) > 2 and h[2] == "succeeded") > 1]
+    twice = [t for t in ids if t in journal and committed_successes(journal[t][1]) > 1]
     wrong = [i.task_id for i in infos if i.state == "SUCCEEDED" and i.value != acked[i.task_id]]
     outcomes = collections.Counter(h.outcome for i in infos for h in i.history)
     print(f"\nkills: {len(takeovers)}; acknowledged tasks: {len(ids):,}; submits that failed during a takeover: "

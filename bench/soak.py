@@ -36,12 +36,11 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import psutil  # noqa: E402
+from _common import wait_final  # noqa: E402
 
-from actorsched.client import Client  # noqa: E402
 from actorsched.localcluster import LocalCluster, wait_until  # noqa: E402
 
 SLEEP = "actorsched.tasks:sleep"
-FINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 def snapshot(pid: int) -> dict[str, Any]:
@@ -103,17 +102,6 @@ def still_running(pids: list[int]) -> list[int]:
         except psutil.Error:
             pass
     return alive
-
-
-def wait_final(client: Client, ids: list[str], timeout_s: float) -> list[Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        infos = []
-        for start in range(0, len(ids), 2000):
-            infos += client.query_many(ids[start:start + 2000])
-        if all(i.state in FINAL for i in infos) or time.monotonic() > deadline:
-            return infos
-        time.sleep(0.5)
 
 
 def main() -> None:

@@ -25,6 +25,24 @@ from typing import Any
 from actorsched.localcluster import FROM_CHECKOUT, ROOT, wait_until
 
 
+def committed_rows(dsn: str) -> dict[str, tuple[str, list[Any], Any]]:
+    """task_id -> (state, attempt history, value), read straight from the PostgreSQL journal's table."""
+    import msgpack
+    import psycopg
+
+    with psycopg.connect(dsn) as db:
+        rows = {}
+        for task_id, state, result in db.execute("SELECT task_id, state, result FROM actorsched_tasks"):
+            stored = msgpack.unpackb(result, raw=False) if result else [None, None, []]
+            rows[task_id] = (state, stored[2], stored[0])
+        return rows
+
+
+def committed_successes(history: list[Any]) -> int:
+    """Attempts of a stored history whose outcome is "succeeded" (more than one would be a double commit)."""
+    return sum(1 for attempt in history if len(attempt) > 2 and attempt[2] == "succeeded")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

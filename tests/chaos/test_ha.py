@@ -20,10 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgpack
-import psycopg
 import pytest
-from hacluster import CoordinatorProcess, HaCluster
+from hacluster import CoordinatorProcess, HaCluster, committed_rows, committed_successes
 from netns import ip
 from pgserver import PgServer
 
@@ -78,17 +76,6 @@ class Load(threading.Thread):
         return dict(self.acked)
 
 
-def committed(dsn: str) -> dict[str, tuple[str, int, list[Any], Any]]:
-    """task_id -> (state, epoch, history, value) straight from the database."""
-    with psycopg.connect(dsn) as db:
-        rows = {}
-        for task_id, state, epoch, result in db.execute(
-                "SELECT task_id, state, epoch, result FROM actorsched_tasks"):
-            stored = msgpack.unpackb(result, raw=False) if result else [None, None, []]
-            rows[task_id] = (state, epoch, stored[2], stored[0])
-        return rows
-
-
 def check_every_acknowledged_task_ran_once(cluster: HaCluster, dsn: str, acked: dict[str, float]) -> None:
     ids = list(acked)
     with cluster.client() as client:
@@ -99,10 +86,10 @@ def check_every_acknowledged_task_ran_once(cluster: HaCluster, dsn: str, acked: 
     states = collections.Counter(i.state for i in infos)
     assert states == {"SUCCEEDED": len(ids)}, f"acknowledged tasks by state: {dict(states)}"
     assert all(i.value == acked[i.task_id] for i in infos)
-    rows = committed(dsn)
+    rows = committed_rows(dsn)
     missing = [t for t in ids if t not in rows]
     assert not missing, f"{len(missing)} acknowledged task(s) missing from the database: {missing[:5]}"
-    twice = [t for t in ids if sum(1 for h in rows[t][2] if len(h) > 2 and h[2] == "succeeded") > 1]
+    twice = [t for t in ids if committed_successes(rows[t][1]) > 1]
     assert not twice, f"tasks with more than one committed success: {twice[:5]}"
 
 
@@ -186,7 +173,7 @@ def test_a_paused_leader_is_fenced_commits_nothing_after_the_takeover_and_steps_
     assert "acked" not in result, "the old leader acknowledged a task after it lost the lease"
     log = old.log_text()
     assert "leadership lost" in log or "no longer leads" in log, log[-2000:]
-    assert "late-1" not in committed(pg_dsn), "the old leader committed after the takeover"
+    assert "late-1" not in committed_rows(pg_dsn), "the old leader committed after the takeover"
 
 
 def test_a_postgresql_restart_under_load_loses_no_acknowledged_task(tmp_path: Path) -> None:
