@@ -758,18 +758,21 @@ class WorkerConnection:
         """Send a Results and keep it for :data:`RESEND_WINDOW_S`, within ``max_message_bytes`` in all."""
         self._send_frames(frames)
         now = time.monotonic()
-        sent = self._sent_results
-        sent.append((now, frames))
+        self._sent_results.append((now, frames))
         self._sent_bytes += len(frames[2])
+        self._forget_sent(now)
+
+    def _forget_sent(self, now: float) -> None:
+        """Drop kept Results older than :data:`RESEND_WINDOW_S`, and the oldest beyond the size and count bounds."""
+        sent = self._sent_results
         while sent and (self._sent_bytes > self.config.connection.max_message_bytes
                         or len(sent) > RESEND_MAX_MESSAGES or sent[0][0] < now - RESEND_WINDOW_S):
             self._sent_bytes -= len(sent.popleft()[1][2])
 
     def _resend_results(self, now: float) -> None:
         """Send again the Results of the last :data:`RESEND_WINDOW_S` (after a reconnection's Welcome)."""
+        self._forget_sent(now)
         sent = self._sent_results
-        while sent and sent[0][0] < now - RESEND_WINDOW_S:
-            self._sent_bytes -= len(sent.popleft()[1][2])
         if not sent:
             return
         for _, frames in sent:
